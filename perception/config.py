@@ -1,0 +1,297 @@
+"""Experiment configuration: frozen, typed dataclasses loaded from YAML.
+
+- ``load_config(path, overrides)`` reads YAML with ``yaml.safe_load``, applies
+  ``--set a.b.c=value`` overrides (the value parsed as YAML, then checked against the
+  dataclass field's type), builds the dataclasses and validates them in ``__post_init__``.
+- Unknown keys are errors that list the known ones; derived values are properties.
+- ``dump_config(cfg)`` writes the fully resolved config (``config.resolved.yaml`` of a run).
+- Switches are booleans named ``enabled``. YAML 1.1 reads ``on/off/yes/no`` as booleans,
+  so a string field that receives a boolean is an error asking for quotes.
+
+Each later part of the system adds its section here; everything goes through this one loader.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+DETECTION_CLASSES = (
+    "car", "truck", "bus", "trailer", "construction_vehicle",
+    "pedestrian", "motorcycle", "bicycle", "traffic_cone", "barrier",
+)
+
+
+class ConfigError(ValueError):
+    """A config value is unusable. Names the file, the dotted key and the value."""
+
+
+# ---------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The BEV grid in ego@t0: x forward, y left, z up; metres."""
+
+    x_range: tuple[float, float] = (-51.2, 51.2)
+    y_range: tuple[float, float] = (-51.2, 51.2)
+    z_range: tuple[float, float] = (-5.0, 3.0)
+    resolution: float = 0.8  # metres per BEV cell
+
+    def __post_init__(self) -> None:
+        for name in ("x_range", "y_range", "z_range"):
+            lo, hi = getattr(self, name)
+            if not lo < hi:
+                raise ConfigError(f"grid.{name}: must be ordered [low, high], got [{lo}, {hi}]")
+        if self.resolution <= 0:
+            raise ConfigError(f"grid.resolution: must be > 0 metres, got {self.resolution}")
+        for name, (lo, hi) in (("x_range", self.x_range), ("y_range", self.y_range)):
+            cells = (hi - lo) / self.resolution
+            if abs(cells - round(cells)) > 1e-6:
+                raise ConfigError(f"grid.{name}: extent {hi - lo} m is not a whole number of "
+                                  f"{self.resolution} m cells ({cells:.3f})")
+
+    @property
+    def bev_shape(self) -> tuple[int, int]:
+        """(H, W) = (cells along x, cells along y)."""
+        return (round((self.x_range[1] - self.x_range[0]) / self.resolution),
+                round((self.y_range[1] - self.y_range[0]) / self.resolution))
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """Time alignment of every sensor to t0 through the ego poses (false = all treated as captured at t0)."""
+
+    enabled: bool = True
+    max_extrapolation_ms: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.max_extrapolation_ms < 0:
+            raise ConfigError(f"data.sync.max_extrapolation_ms: must be >= 0, got {self.max_extrapolation_ms}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    grid: GridConfig = field(default_factory=GridConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One experiment. ``rig`` is a rig YAML path (relative to the config file's folder, or absolute)."""
+
+    name: str
+    rig: str = ""
+    classes: tuple[str, ...] = DETECTION_CLASSES
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("name: must be a non-empty string")
+        unknown = [c for c in self.classes if c not in DETECTION_CLASSES]
+        if unknown:
+            raise ConfigError(f"classes: {unknown} are not nuScenes detection classes; known: {list(DETECTION_CLASSES)}")
+        if len(set(self.classes)) != len(self.classes):
+            raise ConfigError(f"classes: duplicates in {list(self.classes)}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+# ---------------------------------------------------------------------------
+# Generic typed construction
+# ---------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert one YAML value against a field type. Raises ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {_type_name(tp)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)} ({value!r})")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        vt = args[1] if args else Any
+        return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got the boolean {value!r} (YAML 1.1 reads "
+                              f"on/off/yes/no/true/false unquoted as booleans): quote the value")
+        if not isinstance(value, (str, int, float)) or value is None:
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported field type {_type_name(tp)}")
+
+
+def _build(cls: type, data: Any, prefix: str = "") -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or '(top level)'}: expected a mapping for {cls.__name__}, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"{where}: unknown key; known keys here: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
+    missing = [n for n, f in fields.items()
+               if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        where = f"{prefix}.{missing[0]}" if prefix else missing[0]
+        raise ConfigError(f"{where}: required key is missing")
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        # Section validators name keys relative to the root; keep their message.
+        raise ConfigError(str(err)) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'a.b.c=value' -> (['a', 'b', 'c'], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected KEY=VALUE, e.g. data.sync.enabled=false")
+    key, _, raw = text.partition("=")
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override '{text}': empty key segment")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({err})") from None
+    return parts, value
+
+
+def _check_override_path(cls: type, parts: list[str], text: str) -> None:
+    """Refuse an override whose key does not exist in the dataclass tree, listing the valid keys."""
+    tp: Any = cls
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(f"override '{text}': '{'.'.join(parts[:i])}' is a value, not a section")
+        hints = typing.get_type_hints(tp)
+        if part not in hints:
+            raise ConfigError(f"override '{text}': unknown key '{'.'.join(parts[:i + 1])}'; "
+                              f"known keys here: {sorted(hints)}")
+        tp = hints[part]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+            tp = inner[0] if inner else tp
+
+
+def apply_overrides(data: dict, overrides: Sequence[str], cls: type = Config) -> dict:
+    """Return a copy of the raw YAML dict with ``a.b.c=value`` overrides applied (checked against ``cls``)."""
+    import copy
+
+    out = copy.deepcopy(data) if data else {}
+    for text in overrides:
+        parts, value = parse_override(text)
+        _check_override_path(cls, parts, text)
+        node = out
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return out
+
+
+def config_from_dict(data: dict, overrides: Sequence[str] = (), source: str = "") -> Config:
+    try:
+        return _build(Config, apply_overrides(data, overrides))
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}" if source else str(err)) from None
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Load, override, type-check and validate an experiment config.
+
+    A relative ``rig`` path is resolved against the config file's folder.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file does not exist") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    cfg = config_from_dict(data or {}, overrides, str(path))
+    if cfg.rig and not Path(cfg.rig).is_absolute():
+        cfg = dataclasses.replace(cfg, rig=str((path.parent / cfg.rig).resolve()))
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> Any:
+    """Dataclasses -> plain YAML-safe structures (tuples become lists)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [config_to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: config_to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    """The fully resolved config as YAML; ``config_from_dict(yaml.safe_load(dump_config(c))) == c``."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def config_hash(cfg: Config) -> str:
+    """Short content hash of the resolved config (carried by checkpoints)."""
+    return hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:16]

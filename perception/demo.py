@@ -1,0 +1,115 @@
+"""`make demo`: the main job on the embedded default, as far as it exists so far.
+
+Today: validate the shipped rigs, then (when the real samples are present) convert real
+calibration into rigs and draw projection overlays of real lidar and radar onto real images.
+Outputs go to ``demo_out/`` with a ``REPORT.md`` listing them. Running it twice redoes the
+cheap steps. Later issues add: synthetic data, the shipped checkpoint, evaluation, export, replay.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from perception.cli import calib
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def find_realdata() -> Path | None:
+    """The real sensor samples: $PERCEPTION_REALDATA, else ../shared/realdata beside the checkout."""
+    env = os.environ.get("PERCEPTION_REALDATA")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "realdata"]:
+        if cand.is_dir():
+            return cand
+    return None
+
+
+class Steps:
+    """Runs named steps, timing each, and stops at the first failure with a hint."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, float, str]] = []
+
+    def run(self, name: str, fn: Callable[[], str], hint: str) -> bool:
+        print(f"[demo] {name} ...", flush=True)
+        t = time.perf_counter()
+        try:
+            detail = fn()
+        except Exception as err:  # noqa: BLE001 - the demo reports any failure with a hint and stops
+            self.rows.append((name, "FAILED", time.perf_counter() - t, f"{type(err).__name__}: {err}"))
+            print(f"[demo] {name} FAILED: {type(err).__name__}: {err}\n[demo] hint: {hint}", flush=True)
+            return False
+        self.rows.append((name, "ok", time.perf_counter() - t, detail))
+        print(f"[demo] {name} ok ({time.perf_counter() - t:.1f} s) {detail}", flush=True)
+        return True
+
+    def skip(self, name: str, why: str) -> None:
+        self.rows.append((name, "skipped", 0.0, why))
+        print(f"[demo] {name} skipped: {why}", flush=True)
+
+
+def _calib(*argv: str) -> str:
+    rc = calib.main(list(argv))
+    if rc != 0:
+        raise RuntimeError(f"perception-calib {' '.join(argv)} exited with {rc}")
+    return ""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m perception.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="demo_out", help="output folder")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = Steps()
+    pictures: list[str] = []
+    ok = True
+    for rig in ("configs/rigs/nuscenes.yaml", "configs/rigs/stereo_radar.yaml"):
+        ok &= steps.run(f"validate {rig}", lambda rig=rig: _calib("validate", str(REPO / rig)),
+                        "the message above names the sensor and field; fix the rig YAML")
+    real = find_realdata()
+    if real is None:
+        steps.skip("real-data overlays", "../shared/realdata not found (set PERCEPTION_REALDATA to its path)")
+    else:
+        demo = real / "nuscenes_demo"
+        pkl = next(demo.glob("*.pkl"), None)
+        if pkl is not None:
+            rig_path = out / "nuscenes_demo_rig.yaml"
+            ok &= steps.run("convert the nuScenes keyframe's mmdet3d info into a rig",
+                            lambda: _calib("convert", "--from", "mmdet3d-info", str(pkl), "--out", str(rig_path)),
+                            "is the .pkl an mmdet3d v1.1 info file?")
+            lidar = next(demo.glob("*LIDAR_TOP*.pcd.bin"))
+            for cam in ("CAM_FRONT", "CAM_BACK"):
+                img = next(demo.glob(f"*__{cam}__*.jpg"))
+                png = out / f"overlay_nuscenes_lidar_{cam}.png"
+                if steps.run(f"overlay real lidar on {cam}", lambda img=img, png=png, cam=cam: _calib(
+                        "overlay", "--rig", str(rig_path), "--image", f"{cam}={img}", "--points", str(lidar),
+                        "--frame", "sensor:LIDAR_TOP", "--out", str(png)), "see the error above"):
+                    pictures.append(png.name)
+        vod = real / "vod" / "radar" / "training"
+        for frame in sorted(p.stem for p in (vod / "calib").glob("*.txt"))[:1]:
+            rig_path = out / f"vod_{frame}_rig.yaml"
+            png = out / f"overlay_vod_radar_{frame}.png"
+            ok &= steps.run(f"convert View-of-Delft calib {frame}", lambda: _calib(
+                "convert", "--from", "kitti", str(vod / "calib" / f"{frame}.txt"),
+                "--image", str(vod / "image_2" / f"{frame}.jpg"), "--out", str(rig_path)), "see the error above")
+            if steps.run(f"overlay real 4D radar on the View-of-Delft camera ({frame})", lambda: _calib(
+                    "overlay", "--rig", str(rig_path), "--image", f"CAM_FRONT={vod / 'image_2' / f'{frame}.jpg'}",
+                    "--points", str(vod / "velodyne" / f"{frame}.bin"), "--points-format", "vod-radar",
+                    "--out", str(png)), "see the error above"):
+                pictures.append(png.name)
+    report = out / "REPORT.md"
+    lines = ["# Demo report", "", "| step | result | seconds | detail |", "|---|---|---|---|"]
+    lines += [f"| {n} | {r} | {s:.1f} | {d} |" for n, r, s, d in steps.rows]
+    lines += ["", "## Pictures", ""] + [f"![{p}]({p})" for p in pictures]
+    report.write_text("\n".join(lines) + "\n")
+    print(f"[demo] report: {report}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
