@@ -1,0 +1,166 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from numpy.testing import assert_allclose
+
+from perception.cli.calib import main
+
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLE = (Path(__file__).resolve().parents[2] / "calibration" / "test_rig.py").read_text().split('EXAMPLE = """')[1] \
+    .split('"""')[0]
+
+
+def write(tmp_path, text: str, name: str = "rig.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_validate_ok(tmp_path, capsys):
+    assert main(["validate", str(write(tmp_path, EXAMPLE))]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok: ") and "2 cameras, 1 radars, 1 stereo pairs" in out and "baseline 0.500 m" in out
+    assert len(out.strip().splitlines()) == 1
+
+
+# Each validate failure of the issue, as a text edit of the example, and what the message must name.
+FAILURES = {
+    "non-orthonormal rotation (quaternion norm off)": (
+        ("rotation: [0.5, -0.5, 0.5, -0.5]\n  CAM_FRONT_R", "rotation: [0.5, -0.5, 0.5, -0.52]\n  CAM_FRONT_R"),
+        ["CAM_FRONT_L", "'rotation'", "not a unit quaternion", "[0.5, -0.5, 0.5, -0.52]"]),
+    "non-positive focal length": (
+        ("[[1266.4, 0.0, 816.3], [0.0, 1266.4, 491.5]", "[[-1266.4, 0.0, 816.3], [0.0, 1266.4, 491.5]"),
+        ["CAM_FRONT_L", "'intrinsics'", "non-positive focal length", "fx=-1266.4"]),
+    "principal point outside the image": (
+        ("width: 1600\n    height: 900\n    intrinsics: [[1266.4, 0.0, 816.3]",
+         "width: 800\n    height: 900\n    intrinsics: [[1266.4, 0.0, 816.3]"),
+        ["CAM_FRONT_L", "principal point is outside the 800x900 image", "816.3"]),
+    "NaN": (("translation: [3.41, 0.0, 0.50]", "translation: [3.41, .nan, 0.50]"),
+            ["RADAR_FRONT", "'translation'", "NaN or inf", "nan"]),
+    "inf": (("translation: [1.70, 0.25, 1.51]", "translation: [1.70, .inf, 1.51]"),
+            ["CAM_FRONT_L", "'translation'", "NaN or inf", "inf"]),
+    "stereo pair names a missing camera": (("right: CAM_FRONT_R}", "right: CAM_REAR}"),
+                                           ["stereo_pairs[0]", "'right'", "'CAM_REAR'", "not in the rig"]),
+    "zero baseline": (("translation: [1.70, -0.25, 1.51]", "translation: [1.70, 0.25, 1.51]"),
+                      ["stereo_pairs[0]", "'baseline'", "0.0", "same place"]),
+    "duplicate channel names": (("  CAM_FRONT_R:\n", "  CAM_FRONT_L:\n"),
+                                ["CAM_FRONT_L", "appears twice", "line 11"]),
+    "missing required field": (("    height: 900\n    intrinsics: [[1266.4, 0.0, 816.3]", "    intrinsics: [[1266.4, 0.0, 816.3]"),
+                               ["CAM_FRONT_L", "'height'", "required but missing"]),
+    "unknown doppler kind": (("doppler: cartesian", "doppler: polar"),
+                             ["RADAR_FRONT", "'doppler'", "'polar'", "not a known Doppler kind"]),
+    "not YAML": (("stereo_pairs:", "stereo_pairs: [unclosed"), ["not valid YAML"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAILURES))
+def test_validate_failures_name_sensor_field_value(tmp_path, capsys, case):
+    (old, new), fragments = FAILURES[case]
+    assert old in EXAMPLE, old
+    path = write(tmp_path, EXAMPLE.replace(old, new, 1))
+    assert main(["validate", str(path)]) == 1
+    captured = capsys.readouterr()
+    err = captured.err
+    assert captured.out == "" and "Traceback" not in err
+    assert err.startswith(f"error: CalibrationError: {path}: ")
+    assert len(err.strip().splitlines()) == 1
+    for frag in fragments:
+        assert frag in err, f"{frag!r} not in {err!r}"
+
+
+def test_validate_missing_file(tmp_path, capsys):
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_console_script_has_no_traceback_and_exit_codes(tmp_path):
+    exe = Path(sys.executable).parent / "perception-calib"
+    bad = write(tmp_path, EXAMPLE.replace("doppler: cartesian", "doppler: polar"))
+    r = subprocess.run([str(exe), "validate", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "polar" in r.stderr
+    r = subprocess.run([str(exe), "validate"], capture_output=True, text=True)
+    assert r.returncode == 2  # usage error from argparse
+    r = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "examples:" in r.stdout and "exit codes" in r.stdout
+
+
+def test_project(tmp_path, capsys, nuscenes_rig):
+    rig_path = REPO / "configs" / "rigs" / "nuscenes.yaml"
+    pts = np.array([[20.0, 0.0, 1.0], [-20.0, 0.0, 1.0], [10.0, 2.0, 0.0]])
+    np.save(tmp_path / "p.npy", pts)
+    assert main(["project", "--rig", str(rig_path), "--channel", "CAM_FRONT", "--points", str(tmp_path / "p.npy"),
+                 "--out", str(tmp_path / "uvd.npy")]) == 0
+    assert "2 inside the 1600x900 image of CAM_FRONT" in capsys.readouterr().out
+    uvd = np.load(tmp_path / "uvd.npy")
+    assert uvd.shape == (3, 3)
+    cam = nuscenes_rig.cameras["CAM_FRONT"]
+    hom = cam.img_from_ego @ np.r_[pts[0], 1.0]
+    assert_allclose(uvd[0], [hom[0] / hom[2], hom[1] / hom[2], hom[2]])
+    assert uvd[1, 2] < 0 and np.isnan(uvd[1, 0])  # behind the camera
+    np.save(tmp_path / "bad.npy", np.zeros((4, 2)))
+    assert main(["project", "--rig", str(rig_path), "--channel", "CAM_FRONT", "--points", str(tmp_path / "bad.npy"),
+                 "--out", str(tmp_path / "uvd.npy")]) == 1
+    assert "expected (N, 3)" in capsys.readouterr().err
+    assert main(["project", "--rig", str(rig_path), "--channel", "CAM_NOPE", "--points", str(tmp_path / "p.npy"),
+                 "--out", str(tmp_path / "uvd.npy")]) == 1
+    assert "cameras: ['CAM_FRONT_LEFT'" in capsys.readouterr().err
+
+
+def test_overlay_draws_points_where_they_project(tmp_path, capsys):
+    """A synthetic grey image and three ego points: the PNG has coloured pixels at their projections."""
+    from PIL import Image
+
+    rig = yaml.safe_load(EXAMPLE)
+    rig["cameras"] = {"CAM_FRONT_L": rig["cameras"]["CAM_FRONT_L"]}
+    rig["stereo_pairs"] = []
+    rig_path = write(tmp_path, yaml.safe_dump(rig))
+    Image.fromarray(np.full((900, 1600, 3), 128, np.uint8)).save(tmp_path / "img.png")
+    pts = np.array([[10.0, 0.25, 1.51], [20.0, 3.0, 1.0], [-5.0, 0.0, 0.0]])
+    np.save(tmp_path / "pts.npy", pts)
+    out = tmp_path / "o.png"
+    assert main(["overlay", "--rig", str(rig_path), "--image", f"CAM_FRONT_L={tmp_path / 'img.png'}",
+                 "--points", str(tmp_path / "pts.npy"), "--out", str(out)]) == 0
+    assert "2 of 3 points inside the image" in capsys.readouterr().out
+    png = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    # the image occupies the left 1600 of the figure's columns at 1:1 scale
+    colourful = np.abs(png[..., 0] - png[..., 2]) > 40
+    # the first point lies on the optical axis: principal point (816.3, 491.5)
+    assert colourful[488:495, 813:820].any()
+    assert not colourful[600:700, 100:200].any()
+    # half-size image: intrinsics scaled, with a note
+    Image.fromarray(np.full((450, 800, 3), 128, np.uint8)).save(tmp_path / "half.png")
+    assert main(["overlay", "--rig", str(rig_path), "--image", f"CAM_FRONT_L={tmp_path / 'half.png'}",
+                 "--points", str(tmp_path / "pts.npy"), "--out", str(out)]) == 0
+    assert "intrinsics scaled by 0.5" in capsys.readouterr().out
+    Image.fromarray(np.full((500, 500, 3), 128, np.uint8)).save(tmp_path / "square.png")
+    assert main(["overlay", "--rig", str(rig_path), "--image", f"CAM_FRONT_L={tmp_path / 'square.png'}",
+                 "--points", str(tmp_path / "pts.npy"), "--out", str(out)]) == 1
+    assert "nor its aspect ratio" in capsys.readouterr().err
+
+
+@pytest.mark.realdata
+def test_real_data_commands(realdata, tmp_path, capsys):
+    """perception-calib on the real samples: convert both real formats, validate, overlay lidar and radar."""
+    pkl = next((realdata / "nuscenes_demo").glob("*.pkl"))
+    assert main(["convert", "--from", "mmdet3d-info", str(pkl), "--out", str(tmp_path / "demo.yaml")]) == 0
+    assert main(["validate", str(tmp_path / "demo.yaml")]) == 0
+    front = next((realdata / "nuscenes_demo").glob("*__CAM_FRONT__*.jpg"))
+    lidar = next((realdata / "nuscenes_demo").glob("*.pcd.bin"))
+    assert main(["overlay", "--rig", str(tmp_path / "demo.yaml"), "--image", f"CAM_FRONT={front}",
+                 "--points", str(lidar), "--frame", "sensor:LIDAR_TOP", "--out", str(tmp_path / "l.png")]) == 0
+    out = capsys.readouterr().out
+    n_lidar = int(out.strip().splitlines()[-1].split(": ")[1].split(" of ")[0])
+    assert 2000 < n_lidar < 6000  # the front camera sees a ~65 degree slice of the 34,688-point sweep
+    vod = realdata / "vod" / "radar" / "training"
+    assert main(["convert", "--from", "kitti", str(vod / "calib" / "00549.txt"), "--image",
+                 str(vod / "image_2" / "00549.jpg"), "--out", str(tmp_path / "vod.yaml")]) == 0
+    assert main(["overlay", "--rig", str(tmp_path / "vod.yaml"), "--image", f"CAM_FRONT={vod / 'image_2' / '00549.jpg'}",
+                 "--points", str(vod / "velodyne" / "00549.bin"), "--points-format", "vod-radar",
+                 "--out", str(tmp_path / "v.png")]) == 0
+    assert (tmp_path / "v.png").stat().st_size > 100_000
+    assert main(["convert", "--from", "kitti", str(vod / "calib" / "00549.txt"), "--out", str(tmp_path / "x.yaml")]) == 1
+    assert "--image-size" in capsys.readouterr().err

@@ -1,0 +1,89 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from perception.config import (
+    DETECTION_CLASSES,
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_hash,
+    dump_config,
+    load_config,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_config_loads_and_resolves_rig_path():
+    cfg = load_config(REPO / "configs" / "synthetic_tiny.yaml")
+    assert cfg.name == "synthetic_tiny"
+    assert Path(cfg.rig) == (REPO / "configs" / "rigs" / "nuscenes.yaml").resolve()
+    assert cfg.data.grid.bev_shape == (64, 64)  # derived: 102.4 m / 1.6 m
+    assert cfg.classes == DETECTION_CLASSES and cfg.num_classes == 10
+
+
+def test_dump_round_trip_is_identical():
+    cfg = config_from_dict({"name": "x", "data": {"grid": {"resolution": 0.4}, "sync": {"enabled": False}}})
+    again = config_from_dict(yaml.safe_load(dump_config(cfg)))
+    assert again == cfg
+    assert config_hash(again) == config_hash(cfg)
+    assert config_hash(config_from_dict({"name": "y"})) != config_hash(cfg)
+
+
+def test_overrides_are_typed_by_the_field():
+    base = {"name": "x"}
+    cfg = config_from_dict(base, ["data.sync.enabled=false", "data.grid.resolution=0.4",
+                                  "data.grid.x_range=[-25.6, 25.6]", "classes=[car, pedestrian]"])
+    assert cfg.data.sync.enabled is False
+    assert cfg.data.grid.resolution == 0.4 and isinstance(cfg.data.grid.resolution, float)
+    assert cfg.data.grid.x_range == (-25.6, 25.6)
+    assert cfg.data.grid.bev_shape == (128, 256)  # 51.2 m and 102.4 m at 0.4 m
+    assert cfg.classes == ("car", "pedestrian")
+    assert base == {"name": "x"}  # the raw dict is not mutated
+    with pytest.raises(ConfigError, match=r"data\.sync\.enabled: expected true or false, got 'maybe'"):
+        config_from_dict(base, ["data.sync.enabled=maybe"])
+    with pytest.raises(ConfigError, match=r"unknown key 'data.sync.enable'; known keys here: \['enabled', "):
+        config_from_dict(base, ["data.sync.enable=true"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        config_from_dict(base, ["data.sync.enabled"])
+    with pytest.raises(ConfigError, match=r"data\.grid\.resolution: expected a number, got True"):
+        config_from_dict(base, ["data.grid.resolution=yes"])
+
+
+def test_yaml_booleans_are_not_strings():
+    # YAML 1.1 reads unquoted off as False: a string field must refuse it rather than store "False"
+    with pytest.raises(ConfigError, match=r"name: expected a string, got the boolean False.*quote the value"):
+        config_from_dict(yaml.safe_load("name: off"))
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ({"name": "x", "data": {"grid": {"x_range": [10, -10]}}}, "grid.x_range: must be ordered"),
+    ({"name": "x", "data": {"grid": {"resolution": 0.7}}}, "not a whole number of 0.7 m cells"),
+    ({"name": "x", "data": {"grid": {"resolution": -1.0}}}, "grid.resolution: must be > 0"),
+    ({"name": "x", "classes": ["car", "spaceship"]}, "['spaceship'] are not nuScenes detection classes"),
+    ({"name": "x", "data": {"gird": {}}}, "data.gird: unknown key; known keys here: ['grid', 'sync']"),
+    ({"data": {}}, "name: required key is missing"),
+    ({"name": "x", "data": {"grid": {"x_range": [1, 2, 3]}}}, "data.grid.x_range: expected 2 values"),
+])
+def test_validation_messages(data, fragment):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(data, source="exp.yaml")
+    assert fragment in str(err.value)
+    assert str(err.value).startswith("exp.yaml: ")
+
+
+def test_frozen():
+    cfg = Config(name="x")
+    with pytest.raises(AttributeError):
+        cfg.name = "y"  # type: ignore[misc]
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
