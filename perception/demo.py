@@ -8,6 +8,8 @@ cheap steps. Later issues add: synthetic data, the shipped checkpoint, evaluatio
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import time
 from pathlib import Path
@@ -52,10 +54,15 @@ class Steps:
 
 
 def _calib(*argv: str) -> str:
-    rc = calib.main(list(argv))
+    """Run perception-calib in-process; return its one-line result for the report."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = calib.main(list(argv))
+    lines = buf.getvalue().strip().splitlines()
+    print("\n".join(lines))
     if rc != 0:
-        raise RuntimeError(f"perception-calib {' '.join(argv)} exited with {rc}")
-    return ""
+        raise RuntimeError(f"perception-calib {' '.join(argv)} exited with {rc} (its error is printed above)")
+    return lines[-1].replace(str(REPO) + "/", "") if lines else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
