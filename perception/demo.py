@@ -35,11 +35,12 @@ class Steps:
     def __init__(self) -> None:
         self.rows: list[tuple[str, str, float, str]] = []
 
-    def run(self, name: str, fn: Callable[[], str], hint: str) -> bool:
+    def run(self, name: str, hint: str, fn: Callable[..., str], *args: str) -> bool:
+        """Run ``fn(*args)`` as step ``name``; on failure print ``hint`` and return False."""
         print(f"[demo] {name} ...", flush=True)
         t = time.perf_counter()
         try:
-            detail = fn()
+            detail = fn(*args)
         except Exception as err:  # noqa: BLE001 - the demo reports any failure with a hint and stops
             self.rows.append((name, "FAILED", time.perf_counter() - t, f"{type(err).__name__}: {err}"))
             print(f"[demo] {name} FAILED: {type(err).__name__}: {err}\n[demo] hint: {hint}", flush=True)
@@ -76,8 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     pictures: list[str] = []
     ok = True
     for rig in ("configs/rigs/nuscenes.yaml", "configs/rigs/stereo_radar.yaml"):
-        ok &= steps.run(f"validate {rig}", lambda rig=rig: _calib("validate", str(REPO / rig)),
-                        "the message above names the sensor and field; fix the rig YAML")
+        ok &= steps.run(f"validate {rig}", "the message above names the sensor and field; fix the rig YAML",
+                        _calib, "validate", str(REPO / rig))
     real = find_realdata()
     if real is None:
         steps.skip("real-data overlays", "../shared/realdata not found (set PERCEPTION_REALDATA to its path)")
@@ -87,27 +88,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if pkl is not None:
             rig_path = out / "nuscenes_demo_rig.yaml"
             ok &= steps.run("convert the nuScenes keyframe's mmdet3d info into a rig",
-                            lambda: _calib("convert", "--from", "mmdet3d-info", str(pkl), "--out", str(rig_path)),
-                            "is the .pkl an mmdet3d v1.1 info file?")
+                            "is the .pkl an mmdet3d v1.1 info file?",
+                            _calib, "convert", "--from", "mmdet3d-info", str(pkl), "--out", str(rig_path))
             lidar = next(demo.glob("*LIDAR_TOP*.pcd.bin"))
             for cam in ("CAM_FRONT", "CAM_BACK"):
                 img = next(demo.glob(f"*__{cam}__*.jpg"))
                 png = out / f"overlay_nuscenes_lidar_{cam}.png"
-                if steps.run(f"overlay real lidar on {cam}", lambda img=img, png=png, cam=cam: _calib(
-                        "overlay", "--rig", str(rig_path), "--image", f"{cam}={img}", "--points", str(lidar),
-                        "--frame", "sensor:LIDAR_TOP", "--out", str(png)), "see the error above"):
+                if steps.run(f"overlay real lidar on {cam}", "see the error above", _calib,
+                             "overlay", "--rig", str(rig_path), "--image", f"{cam}={img}", "--points", str(lidar),
+                             "--frame", "sensor:LIDAR_TOP", "--out", str(png)):
                     pictures.append(png.name)
         vod = real / "vod" / "radar" / "training"
         for frame in sorted(p.stem for p in (vod / "calib").glob("*.txt"))[:1]:
             rig_path = out / f"vod_{frame}_rig.yaml"
             png = out / f"overlay_vod_radar_{frame}.png"
-            ok &= steps.run(f"convert View-of-Delft calib {frame}", lambda: _calib(
-                "convert", "--from", "kitti", str(vod / "calib" / f"{frame}.txt"),
-                "--image", str(vod / "image_2" / f"{frame}.jpg"), "--out", str(rig_path)), "see the error above")
-            if steps.run(f"overlay real 4D radar on the View-of-Delft camera ({frame})", lambda: _calib(
-                    "overlay", "--rig", str(rig_path), "--image", f"CAM_FRONT={vod / 'image_2' / f'{frame}.jpg'}",
-                    "--points", str(vod / "velodyne" / f"{frame}.bin"), "--points-format", "vod-radar",
-                    "--out", str(png)), "see the error above"):
+            image = vod / "image_2" / f"{frame}.jpg"
+            ok &= steps.run(f"convert View-of-Delft calib {frame}", "see the error above", _calib,
+                            "convert", "--from", "kitti", str(vod / "calib" / f"{frame}.txt"),
+                            "--image", str(image), "--out", str(rig_path))
+            if steps.run(f"overlay real 4D radar on the View-of-Delft camera ({frame})", "see the error above", _calib,
+                         "overlay", "--rig", str(rig_path), "--image", f"CAM_FRONT={image}",
+                         "--points", str(vod / "velodyne" / f"{frame}.bin"), "--points-format", "vod-radar",
+                         "--out", str(png)):
                 pictures.append(png.name)
     report = out / "REPORT.md"
     lines = ["# Demo report", "", "| step | result | seconds | detail |", "|---|---|---|---|"]

@@ -16,7 +16,7 @@ from calibration.io import (
 )
 from calibration.rig import CalibrationError, Camera, Rig
 from calibration.transforms import project_points, transform_points
-from perception.cli.common import EXIT_INPUT, EXIT_OK, HelpFormatter, parse_size, run
+from perception.cli.common import EXIT_OK, HelpFormatter, parse_size, run
 from perception.data.io import KEEP_ALL, DEVKIT_DEFAULT, SensorFileError, image_size, read_image, read_points
 
 EXAMPLES = {

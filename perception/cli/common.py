@@ -38,7 +38,8 @@ def parse_size(text: str) -> tuple[int, int]:
         if w <= 0 or h <= 0:
             raise ValueError
     except ValueError:
-        raise argparse.ArgumentTypeError(f"image size must be WIDTHxHEIGHT in pixels, e.g. 1600x900; got '{text}'")
+        raise argparse.ArgumentTypeError(
+            f"image size must be WIDTHxHEIGHT in pixels, e.g. 1600x900; got '{text}'") from None
     return w, h
 
 

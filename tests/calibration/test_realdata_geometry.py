@@ -8,7 +8,7 @@ from numpy.testing import assert_allclose
 
 from calibration.io import load_rig, read_mmdet3d_info, rig_from_kitti, save_rig
 from calibration.sync import PoseStream, camera_img_from_ego
-from calibration.transforms import invert, make_transform, project_points, quaternion_to_matrix, transform_points
+from calibration.transforms import make_transform, project_points, quaternion_to_matrix, transform_points
 from perception.data.io import image_size, read_vod_radar
 
 pytestmark = pytest.mark.realdata
