@@ -254,31 +254,60 @@ class Scene:
         p, h = self.ego_path.pose_at(self.ego_profile.distance(ts))
         return (p[1] - p[0]) / 0.02, float(np.angle(np.exp(1j * (h[1] - h[0])))) / 0.02
 
-    def snapshot(self, t_us: int) -> Snapshot:
-        t = np.array([(t_us - self.t_start_us) * 1e-6])
-        boxes, owner, kind, colour, rcs = [self.scenery], [np.full(len(self.scenery), -1)], [self.scenery_kind], \
-            [self.scenery_colour], [self.scenery_rcs]
-        actor_boxes = np.zeros((len(self.actors), 7))
-        actor_vel = np.zeros((len(self.actors), 2))
-        actor_cls = np.zeros(len(self.actors), np.int64)
+    def precompute(self, times_us: np.ndarray) -> None:
+        """Evaluate every actor at all ``times_us`` at once (vectorised per actor); ``snapshot`` at one of these
+        times is then a lookup. Exact, not interpolated."""
+        times_us = np.unique(np.asarray(times_us, dtype=np.int64))
+        t = (times_us - self.t_start_us) * 1e-6
+        a_n = len(self.actors)
+        pos = np.zeros((a_n, len(t), 2))
+        yaw = np.zeros((a_n, len(t)))
+        vel = np.zeros((a_n, len(t), 2))
         for i, a in enumerate(self.actors):
-            pos, yaw, vel = a.state(t)
-            l, w, h = a.size_lwh
-            actor_boxes[i] = [pos[0, 0], pos[0, 1], h / 2, l, w, h, yaw[0]]
-            actor_vel[i] = vel[0]
-            actor_cls[i] = CLASSES.index(a.cls)
-            c, s = np.cos(yaw[0]), np.sin(yaw[0])
-            slots = np.stack([a.colour, a.colour2, np.array([35, 35, 38], np.float32),
-                              np.array([205, 160, 130], np.float32)])
-            for (px, py, pz, pl, pw, ph, pk, slot) in _parts(a.cls, l, w, h, a.has_rider):
-                boxes.append(np.array([[pos[0, 0] + c * px - s * py, pos[0, 1] + s * px + c * py, pz, pl, pw, ph, yaw[0]]]))
-                owner.append(np.array([i]))
-                kind.append(np.array([pk]))
-                colour.append(slots[slot][None])
-                rcs.append(np.array([RCS_DBSM[a.cls] + a.rcs_offset_db]))
-        return Snapshot(int(t_us), np.concatenate(boxes).astype(np.float64), np.concatenate(owner).astype(np.int32),
-                        np.concatenate(kind).astype(np.int32), np.concatenate(colour).astype(np.float32),
-                        np.concatenate(rcs).astype(np.float32), actor_boxes, actor_vel, actor_cls)
+            pos[i], yaw[i], vel[i] = a.state(t)
+        self._cache = ({int(x): k for k, x in enumerate(times_us)}, pos, yaw, vel)
+
+    def _parts_table(self) -> tuple[np.ndarray, ...]:
+        """All actor parts in their actors' frames, built once: local (P, 6) [x, y, z, l, w, h], owner (P,),
+        kind (P,), colour (P, 3), rcs (P,)."""
+        if getattr(self, "_parts", None) is None:
+            local, owner, kind, colour, rcs = [], [], [], [], []
+            for i, a in enumerate(self.actors):
+                slots = np.stack([a.colour, a.colour2, np.array([35, 35, 38], np.float32),
+                                  np.array([205, 160, 130], np.float32)])
+                for (px, py, pz, pl, pw, ph, pk, slot) in _parts(a.cls, *a.size_lwh, a.has_rider):
+                    local.append([px, py, pz, pl, pw, ph])
+                    owner.append(i)
+                    kind.append(pk)
+                    colour.append(slots[slot])
+                    rcs.append(RCS_DBSM[a.cls] + a.rcs_offset_db)
+            self._parts = (np.array(local, float).reshape(-1, 6), np.array(owner, np.int32), np.array(kind, np.int32),
+                           np.array(colour, np.float32).reshape(-1, 3), np.array(rcs, np.float32))
+        return self._parts
+
+    def snapshot(self, t_us: int) -> Snapshot:
+        cache = getattr(self, "_cache", None)
+        if cache is not None and int(t_us) in cache[0]:
+            k = cache[0][int(t_us)]
+            pos, yaw, vel = cache[1][:, k], cache[2][:, k], cache[3][:, k]
+        else:
+            t = np.array([(t_us - self.t_start_us) * 1e-6])
+            states = [a.state(t) for a in self.actors]
+            pos = np.array([s[0][0] for s in states]).reshape(-1, 2)
+            yaw = np.array([s[1][0] for s in states]).reshape(-1)
+            vel = np.array([s[2][0] for s in states]).reshape(-1, 2)
+        size = np.array([a.size_lwh for a in self.actors]).reshape(-1, 3)
+        actor_boxes = np.c_[pos, size[:, 2] / 2, size, yaw] if len(self.actors) else np.zeros((0, 7))
+        actor_cls = np.array([CLASSES.index(a.cls) for a in self.actors], np.int64)
+        local, owner, kind, colour, rcs = self._parts_table()
+        c, s = np.cos(yaw[owner]), np.sin(yaw[owner])
+        parts = np.c_[pos[owner, 0] + c * local[:, 0] - s * local[:, 1], pos[owner, 1] + s * local[:, 0] + c * local[:, 1],
+                      local[:, 2:6], yaw[owner]]
+        return Snapshot(int(t_us), np.concatenate([self.scenery, parts.reshape(-1, 7)]).astype(np.float64),
+                        np.concatenate([np.full(len(self.scenery), -1, np.int32), owner]),
+                        np.concatenate([self.scenery_kind, kind]).astype(np.int32),
+                        np.concatenate([self.scenery_colour, colour]).astype(np.float32),
+                        np.concatenate([self.scenery_rcs, rcs]).astype(np.float32), actor_boxes, vel, actor_cls)
 
 
 # ---------------------------------------------------------------------------
@@ -294,7 +323,7 @@ def _ego_route(rng: np.random.Generator, length_needed: float) -> Path:
     """An ego route on the grid: from inside a block, straight, then left/right/straight at intersections."""
     heading = float(rng.integers(0, 4)) * np.pi / 2
     lane = -1.75 if rng.random() < 0.6 else -5.25  # right-hand traffic: lanes right of the centre line
-    i, j = rng.integers(-3, 4, size=2)
+    i, j = rng.integers(4, 8, size=2)  # inside the region the map PNG covers (0 .. 12 blocks)
     along = float(rng.uniform(15.0, BLOCK - APPROACH - 15.0))
     fwd = np.array([np.cos(heading), np.sin(heading)])
     left = np.array([-fwd[1], fwd[0]])
