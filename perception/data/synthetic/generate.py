@@ -50,6 +50,7 @@ ANNOTATION_RANGE = 80.0  # metres from the ego: objects annotated per sample
 T_BASE_US = 1_533_000_000_000_000
 DEFAULT_LIDAR = Lidar("LIDAR_TOP", make_transform([0.7068, -0.0154, 0.0174, -0.7070], [0.9437, 0.0, 1.8402]))
 MAP_RES = 0.1  # m/px, as nuscenes-devkit's MapMask assumes
+MAX_SCENE_ATTEMPTS = 4
 
 ATTRIBUTES = ["vehicle.moving", "vehicle.stopped", "vehicle.parked", "cycle.with_rider", "cycle.without_rider",
               "pedestrian.sitting_lying_down", "pedestrian.standing", "pedestrian.moving"]
@@ -67,9 +68,7 @@ VISIBILITY = [("1", "v0-40", "visibility of whole object is between 0 and 40%"),
               ("2", "v40-60", "visibility of whole object is between 40 and 60%"),
               ("3", "v60-80", "visibility of whole object is between 60 and 80%"),
               ("4", "v80-100", "visibility of whole object is between 80 and 100%")]
-# detection_cvpr_2019 class ranges (the devkit filters GT and predictions by them)
-CLASS_RANGE = {"car": 50, "truck": 50, "bus": 50, "trailer": 50, "construction_vehicle": 50, "pedestrian": 40,
-               "motorcycle": 40, "bicycle": 40, "traffic_cone": 30, "barrier": 30}
+CLASS_RANGE = W.CLASS_RANGE
 
 
 class SynthError(ValueError):
@@ -113,7 +112,7 @@ def _camera_offsets_us(rig: Rig, rng: np.random.Generator) -> dict[str, int]:
     for name, cam in rig.cameras.items():
         axis = cam.ego_from_camera[:3, 2]
         az = np.degrees(np.arctan2(axis[1], axis[0]))
-        offsets[name] = int(round((-43.0 + ((55.0 - az) % 360.0) / 360.0 * 50.0) * 1000)) + int(rng.integers(-300, 300))
+        offsets[name] = int(round((-43.0 + ((60.0 - az) % 360.0) / 360.0 * 50.0) * 1000)) + int(rng.integers(-300, 300))
     for pair in rig.stereo_pairs:
         offsets[pair.right] = offsets[pair.left]
     return offsets
@@ -196,7 +195,20 @@ def generate(opts: SynthOptions, progress: Callable[[str, int], Any] | None = No
     summary: dict = {"scenes": [], "annotations": defaultdict(int)}
     bar = progress("synth", opts.scenes * opts.samples_per_scene) if progress else None
     for si in range(opts.scenes):
-        scene_summary = _write_scene(opts, si, rig, tables, cs_token, renderers, map_token, out, lidar_name, bar)
+        # A scene must show every class in evaluable form (in range, with lidar or radar points): a scene
+        # may form the whole validation split. Rarely an object is occluded everywhere; then the scene slot
+        # is drawn again (deterministically), its rows dropped and its files overwritten.
+        lengths = {name: len(rows) for name, rows in tables.rows.items()}
+        for attempt in range(MAX_SCENE_ATTEMPTS):
+            scene_summary = _write_scene(opts, si, rig, tables, cs_token, renderers, map_token, out, lidar_name,
+                                         bar if attempt == 0 else None, attempt)
+            name = scene_summary["name"]
+            counts = class_counts_after_filters(tables.rows, {"scene": [name]})["scene"]
+            if all(counts.get(c, 0) > 0 for c in W.CLASSES) or attempt == MAX_SCENE_ATTEMPTS - 1:
+                break
+            for table, n in lengths.items():
+                del tables.rows[table][n:]
+        scene_summary["attempts"] = attempt + 1
         log_tokens.append(scene_summary.pop("log_token"))
         summary["scenes"].append(scene_summary)
     if bar is not None:
@@ -266,13 +278,13 @@ def class_counts_after_filters(rows: dict[str, list[dict]], splits: dict[str, li
 
 
 def _write_scene(opts: SynthOptions, si: int, rig: Rig, tables: _Tables, cs_token: dict, renderers: dict,
-                 map_token: str, out: Path, lidar_name: str, bar: Any = None) -> dict:
+                 map_token: str, out: Path, lidar_name: str, bar: Any = None, attempt: int = 0) -> dict:
     seed, K = opts.seed, opts.samples_per_scene
     t_start = T_BASE_US + si * 3_600_000_000
     duration = (K - 1) * KEYFRAME_US * 1e-6 + 1.5
-    scene = W.generate_scene(seed, si, duration, t_start)
     wrng = np.random.default_rng([seed, si, 2])
     sample_times = [t_start + KEYFRAME_US + k * KEYFRAME_US + int(wrng.integers(-1000, 1000)) for k in range(K)]
+    scene = W.generate_scene(seed, si, duration, t_start, (np.array(sample_times) - t_start) * 1e-6, attempt)
     log_name = f"n000-synth-{seed}-{scene.name}"
     log_token = tables.add("log", token=_token("log", seed, si), logfile=log_name, vehicle="synth-ego",
                            date_captured="2018-08-01", location="synth-grid-city")

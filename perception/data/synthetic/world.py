@@ -45,6 +45,9 @@ RCS_DBSM = {"car": 10.0, "truck": 18.0, "bus": 20.0, "trailer": 18.0, "construct
             "pedestrian": -6.0, "motorcycle": 2.0, "bicycle": -1.0, "traffic_cone": -8.0, "barrier": 3.0,
             "building": 22.0, "pole": 6.0}
 SIDE_RCS_GAIN_DB = 4.0
+# detection_cvpr_2019 evaluation range per class (the devkit drops GT and predictions beyond it)
+CLASS_RANGE = {"car": 50, "truck": 50, "bus": 50, "trailer": 50, "construction_vehicle": 50, "pedestrian": 40,
+               "motorcycle": 40, "bicycle": 40, "traffic_cone": 30, "barrier": 30}
 
 # Appearance kinds understood by the renderer (texture of a box part).
 K_PLAIN, K_CABIN, K_BODY, K_BUS, K_CONE, K_BARRIER, K_BUILDING, K_CARGO, K_SKIN = range(9)
@@ -416,18 +419,21 @@ def _traffic_profile(rng: np.random.Generator, duration: float, v_max: float) ->
     return SpeedProfile(np.array([0.0, duration]), np.array([v, float(np.clip(v + rng.normal(0, 1.5), 0, v_max))]))
 
 
+N_DISCS = 5
+
+
 def _discs(box: np.ndarray) -> np.ndarray:
-    """(T, 7) boxes -> (T, 3, 3) three discs (x, y, r) covering each box footprint (with 0.15 m clearance)."""
+    """(T, 7) boxes -> (T, N_DISCS, 3) discs (x, y, r) along each box covering its footprint (0.15 m clearance)."""
     x, y, l, w, yaw = box[:, 0], box[:, 1], box[:, 3], box[:, 4], box[:, 6]
-    r = np.maximum(w, l / 3.0) / 2.0 + 0.15
-    offs = np.stack([-l / 3.0, np.zeros_like(l), l / 3.0], axis=1)  # (T, 3)
+    r = np.hypot(w / 2.0, l / (2.0 * N_DISCS)) + 0.15
+    offs = (np.arange(N_DISCS) + 0.5 - N_DISCS / 2) / N_DISCS * l[:, None]  # (T, N_DISCS) disc centres along l
     cx = x[:, None] + offs * np.cos(yaw)[:, None]
     cy = y[:, None] + offs * np.sin(yaw)[:, None]
-    return np.stack([cx, cy, np.repeat(r[:, None], 3, axis=1)], axis=-1)
+    return np.stack([cx, cy, np.repeat(r[:, None], N_DISCS, axis=1)], axis=-1)
 
 
 def _collides(a: np.ndarray, b: np.ndarray) -> bool:
-    """a, b: (T, 3, 3) disc sets over time -> any overlap at any time."""
+    """a, b: (T, N, 3) disc sets over time -> any overlap at any time."""
     d = np.linalg.norm(a[:, :, None, :2] - b[:, None, :, :2], axis=-1)
     return bool(np.any(d < a[:, :, None, 2] + b[:, None, :, 2]))
 
@@ -435,11 +441,14 @@ def _collides(a: np.ndarray, b: np.ndarray) -> bool:
 class _Placer:
     """Places actors on roads near the ego's route, rejecting any that would overlap another or the ego."""
 
-    def __init__(self, rng: np.random.Generator, duration: float, ego_path: Path, ego_profile: SpeedProfile):
+    def __init__(self, rng: np.random.Generator, duration: float, ego_path: Path, ego_profile: SpeedProfile,
+                 key_times: np.ndarray):
         self.rng = rng
         self.duration = duration
         self.times = np.linspace(0.0, duration, max(int(duration * 4) + 1, 2))  # collision checks at 4 Hz
         self.ego_xy, self.ego_h = ego_path.pose_at(ego_profile.distance(self.times))
+        self.key_times = key_times
+        self.key_ego_xy, _ = ego_path.pose_at(ego_profile.distance(key_times))
         fwd = np.c_[np.cos(self.ego_h), np.sin(self.ego_h)]
         ego_box = np.c_[self.ego_xy + 1.4 * fwd, np.zeros(len(self.times)), np.full(len(self.times), 4.9),
                         np.full(len(self.times), 2.0), np.ones(len(self.times)), self.ego_h]
@@ -478,8 +487,14 @@ class _Placer:
         self.actors.append(actor)
         return True
 
-    def count(self, cls: str) -> int:
-        return sum(a.cls == cls for a in self.actors)
+    def count_near(self, cls: str, radius: float) -> int:
+        """Actors of ``cls`` within ``radius`` metres of the ego at some key frame time."""
+        n = 0
+        for a in self.actors:
+            if a.cls == cls:
+                pos, _, _ = a.state(self.key_times)
+                n += bool(np.min(np.linalg.norm(pos - self.key_ego_xy, axis=1)) < radius)
+        return n
 
 
 def _populate(pl: _Placer, duration: float) -> None:
@@ -568,19 +583,26 @@ def _populate(pl: _Placer, duration: float) -> None:
                   float((-LANE if abs(off) > 3 else LANE) * (1 if off > 0 else -1) * (-1 if opp else 1)))
         pl.add(cls, origin, heading, s0, off, _traffic_profile(rng, duration, 14.0 if cls == "car" else 11.0),
                reverse=opp, lane_change=lc)
-    # every class at least once, near the ego (a scene alone may form a validation split)
+    # every class at least once well inside its evaluation range of the ego (a scene alone may form a
+    # validation split, and a class without evaluable GT scores AP 0)
     for cls in CLASSES:
-        for _ in range(40):
-            if pl.count(cls) > 0:
+        for attempt in range(60):
+            if pl.count_near(cls, 0.5 * CLASS_RANGE[cls]) > 0:
                 break
             origin, heading, s_ego = pl.road_near_ego()
             side = float(rng.choice([-1.0, 1.0]))
             if cls in ("traffic_cone", "barrier", "pedestrian", "bicycle"):
-                off = side * (ROAD_HALF + float(rng.uniform(0.5, SIDEWALK - 0.5)))
-            else:
-                off = side * PARKING
-            pl.add(cls, origin, heading, s_ego + float(rng.uniform(-15, 25)), off, _still(duration + 10),
-                   reverse=side > 0, parked=True, has_rider=False)
+                pl.add(cls, origin, heading, s_ego + float(rng.uniform(-15, 25)),
+                       side * (ROAD_HALF + float(rng.uniform(0.5, SIDEWALK - 0.5))), _still(duration + 10),
+                       parked=True, has_rider=False)
+            elif attempt % 2 == 0:  # parked at the kerb
+                pl.add(cls, origin, heading, s_ego + float(rng.uniform(-15, 25)), side * PARKING,
+                       _still(duration + 10), reverse=side > 0, parked=True, has_rider=False)
+            else:  # oncoming traffic that passes the ego
+                v = float(rng.uniform(3.0, 9.0))
+                pl.add(cls, origin, heading, s_ego + float(rng.uniform(0.0, 0.6)) * v * duration + 10.0,
+                       float(rng.choice([1.75, 5.25])), SpeedProfile(np.array([0.0, duration]), np.array([v, v])),
+                       reverse=True)
 
 
 def _scenery(rng: np.random.Generator, ego_xy: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -617,13 +639,18 @@ def _scenery(rng: np.random.Generator, ego_xy: np.ndarray) -> tuple[np.ndarray, 
             np.array(rcs, np.float32))
 
 
-def generate_scene(seed: int, index: int, duration_s: float, t_start_us: int) -> Scene:
-    """Scene ``index`` of a dataset with world seed ``seed``: a pure function of its arguments (never of a rig)."""
-    rng = np.random.default_rng([seed, index, 0xC0FFEE])
+def generate_scene(seed: int, index: int, duration_s: float, t_start_us: int,
+                   key_times_s: np.ndarray | None = None, attempt: int = 0) -> Scene:
+    """Scene ``index`` of a dataset with world seed ``seed``: a pure function of its arguments (never of a rig).
+    ``key_times_s`` (seconds from the start) are the annotated instants: every class is placed near the ego at
+    one of them (default: every 0.5 s). ``attempt`` > 0 draws another world for the same scene slot."""
+    rng = np.random.default_rng([seed, index, 0xC0FFEE] + ([attempt] if attempt else []))
     # route length: enough for 20 m/s over the whole scene
     ego_path = _ego_route(rng, 20.0 * (duration_s + 6.0))
     ego_profile = _ego_profile(rng, duration_s, ego_path)
-    placer = _Placer(rng, duration_s, ego_path, ego_profile)
+    if key_times_s is None:
+        key_times_s = np.arange(0.5, duration_s, 0.5)
+    placer = _Placer(rng, duration_s, ego_path, ego_profile, np.asarray(key_times_s, dtype=np.float64))
     _populate(placer, duration_s)
     boxes, kinds, cols, rcs = _scenery(rng, placer.ego_xy)
     sun_az, sun_el = float(rng.uniform(-np.pi, np.pi)), float(rng.uniform(0.35, 1.1))
