@@ -22,6 +22,8 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
+REPO = Path(__file__).resolve().parents[1]
+
 DETECTION_CLASSES = (
     "car", "truck", "bus", "trailer", "construction_vehicle",
     "pedestrian", "motorcycle", "bicycle", "traffic_cone", "barrier",
@@ -78,10 +80,112 @@ class SyncConfig:
             raise ConfigError(f"data.sync.max_extrapolation_ms: must be >= 0, got {self.max_extrapolation_ms}")
 
 
+RADAR_POINT_FIELDS = ("x", "y", "z", "rcs", "vx", "vy", "dt", "sensor")
+
+
+@dataclass(frozen=True)
+class RadarFilterConfig:
+    """Which nuScenes radar states to keep; null keeps every value. The devkit's defaults are dyn_prop 0-6
+    (dropping 7 "stopped"), invalid_state [0], ambig_state [3]; a fusion model wants stationary returns too."""
+
+    dyn_prop: tuple[int, ...] | None = None
+    invalid_state: tuple[int, ...] | None = (0,)
+    ambig_state: tuple[int, ...] | None = (3,)
+
+
+@dataclass(frozen=True)
+class RadarDataConfig:
+    """Multi-sweep radar input. Sweeps of each unit are taken newest first from ``t0 + future_tolerance_ms``
+    back to ``t0 - window_ms`` (offline is non-causal: nuScenes key-frame radar sweeps straddle t0)."""
+
+    sweeps: int = 6
+    window_ms: float = 500.0
+    future_tolerance_ms: float = 50.0
+    max_points: int = 1500  # P_max: newest points first when there are more
+    filter: RadarFilterConfig = field(default_factory=RadarFilterConfig)
+    fields: tuple[str, ...] = RADAR_POINT_FIELDS
+
+    def __post_init__(self) -> None:
+        if self.sweeps < 1:
+            raise ConfigError(f"data.radar.sweeps: must be >= 1, got {self.sweeps}")
+        if self.max_points < 1:
+            raise ConfigError(f"data.radar.max_points: must be >= 1, got {self.max_points}")
+        if self.window_ms < 0 or self.future_tolerance_ms < 0:
+            raise ConfigError("data.radar.window_ms and future_tolerance_ms: must be >= 0")
+        unknown = [f for f in self.fields if f not in RADAR_POINT_FIELDS]
+        if unknown or not {"x", "y", "z", "rcs", "vx", "vy", "dt"} <= set(self.fields):
+            raise ConfigError(f"data.radar.fields: {list(self.fields)} must include x, y, z, rcs, vx, vy, dt and "
+                              f"only use {list(RADAR_POINT_FIELDS)}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation (never applied at evaluation). BEV: rotation about z, scaling and flips
+    applied to boxes, velocities, radar, trajectories and img_from_ego together. Image: resize jitter,
+    crop jitter and horizontal flip per camera, with img_from_ego updated."""
+
+    enabled: bool = True
+    bev_rotate_deg: float = 22.5
+    bev_scale: tuple[float, float] = (0.95, 1.05)
+    bev_flip: bool = True
+    image_scale: tuple[float, float] = (0.94, 1.06)
+    image_crop_jitter: float = 0.05  # of the input height/width
+    image_flip: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("bev_scale", "image_scale"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ConfigError(f"data.augment.{name}: must be 0 < low <= high, got [{lo}, {hi}]")
+
+
+@dataclass(frozen=True)
+class DropoutConfig:
+    """Training-time modality dropout probabilities (per frame): the sensors are masked invalid."""
+
+    camera_one: float = 0.0
+    camera_all: float = 0.0
+    radar_one: float = 0.0
+    radar_all: float = 0.0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            p = getattr(self, f.name)
+            if not 0.0 <= p <= 1.0:
+                raise ConfigError(f"data.dropout.{f.name}: must be a probability in [0, 1], got {p}")
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    batch_size: int = 4
+    workers: int = 2
+    pin_memory: bool = True
+    max_boxes: int = 200  # GT boxes per frame after padding (a batch has fixed shapes)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.workers < 0 or self.max_boxes < 1:
+            raise ConfigError("data.loader: batch_size >= 1, workers >= 0, max_boxes >= 1")
+
+
 @dataclass(frozen=True)
 class DataConfig:
+    """Frames: camera images resized to fit ``image_size`` in width, then cropped to its height keeping the
+    bottom (the sky carries nothing); radar from several sweeps; GT in ego@t0."""
+
+    image_size: tuple[int, int] = (256, 704)  # (H, W) of the network input
     grid: GridConfig = field(default_factory=GridConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    radar: RadarDataConfig = field(default_factory=RadarDataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    dropout: DropoutConfig = field(default_factory=DropoutConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    future_steps: int = 12  # 2 Hz trajectory targets (6 s)
+    on_bad_file: Literal["mask", "skip"] = "mask"
+
+    def __post_init__(self) -> None:
+        h, w = self.image_size
+        if h < 8 or w < 8 or h % 8 or w % 8:
+            raise ConfigError(f"data.image_size: (H, W) must be multiples of 8 and >= 8, got [{h}, {w}]")
 
 
 @dataclass(frozen=True)
@@ -272,8 +376,21 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     cfg = config_from_dict(data or {}, overrides, str(path))
     if cfg.rig and not Path(cfg.rig).is_absolute():
-        cfg = dataclasses.replace(cfg, rig=str((path.parent / cfg.rig).resolve()))
+        # relative to the config file; stored relative to the repository when inside it, so that the resolved
+        # config (and its hash in checkpoints) is the same on every machine
+        rig = (path.parent / cfg.rig).resolve()
+        try:
+            rig_text = str(rig.relative_to(REPO))
+        except ValueError:
+            rig_text = str(rig)
+        cfg = dataclasses.replace(cfg, rig=rig_text)
     return cfg
+
+
+def rig_path(cfg: Config) -> Path:
+    """The rig file of a config as a path (repository-relative paths resolved against the repository)."""
+    p = Path(cfg.rig)
+    return p if p.is_absolute() else REPO / p
 
 
 def config_to_dict(cfg: Any) -> Any:

@@ -12,6 +12,7 @@ import pytest
 from calibration.io import load_rig
 from calibration.rig import Rig
 from calibration.transforms import matrix_to_quaternion
+from perception.data.synthetic.generate import SynthOptions
 
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("PERCEPTION_REALDATA", REPO.parent / "shared" / "realdata"))
@@ -33,6 +34,12 @@ def nuscenes_rig() -> Rig:
 @pytest.fixture(scope="session")
 def stereo_rig() -> Rig:
     return load_rig(REPO / "configs" / "rigs" / "stereo_radar.yaml")
+
+
+def _generate(opts):
+    from perception.data.synthetic.generate import generate
+
+    return generate(opts)
 
 
 def _token(*parts: object) -> str:
@@ -125,3 +132,24 @@ def nuscenes_fixture(tmp_path_factory, nuscenes_rig) -> dict:
     info = write_minimal_nuscenes(root, nuscenes_rig)
     info["root"] = root
     return info
+
+
+# -- synthetic datasets shared by the data, pipeline and model tests (generated once per session) --------
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """5 scenes x 14 key frames (7 s: 6 s of future for forecasting), small images, key frames only."""
+    root = tmp_path_factory.mktemp("synth5")
+    _generate(SynthOptions(out=root, scenes=5, samples_per_scene=14, seed=3, image_scale=0.2, keyframes_only=True))
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth_sweeps(tmp_path_factory) -> Path:
+    """1 scene x 3 key frames with all camera and radar sweeps and a bag."""
+    root = tmp_path_factory.mktemp("synth_sweeps")
+    _generate(SynthOptions(out=root, scenes=1, samples_per_scene=3, seed=5, image_scale=0.15, bags=True))
+    return root
+
+

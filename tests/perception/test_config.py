@@ -11,6 +11,7 @@ from perception.config import (
     config_hash,
     dump_config,
     load_config,
+    rig_path,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,8 +20,10 @@ REPO = Path(__file__).resolve().parents[2]
 def test_shipped_config_loads_and_resolves_rig_path():
     cfg = load_config(REPO / "configs" / "synthetic_tiny.yaml")
     assert cfg.name == "synthetic_tiny"
-    assert Path(cfg.rig) == (REPO / "configs" / "rigs" / "nuscenes.yaml").resolve()
+    assert cfg.rig == "configs/rigs/nuscenes.yaml"  # machine-independent in the resolved config
+    assert rig_path(cfg) == (REPO / "configs" / "rigs" / "nuscenes.yaml").resolve()
     assert cfg.data.grid.bev_shape == (64, 64)  # derived: 102.4 m / 1.6 m
+    assert cfg.data.image_size == (128, 352)
     assert cfg.classes == DETECTION_CLASSES and cfg.num_classes == 10
 
 
@@ -63,7 +66,11 @@ def test_yaml_booleans_are_not_strings():
     ({"name": "x", "data": {"grid": {"resolution": 0.7}}}, "not a whole number of 0.7 m cells"),
     ({"name": "x", "data": {"grid": {"resolution": -1.0}}}, "grid.resolution: must be > 0"),
     ({"name": "x", "classes": ["car", "spaceship"]}, "['spaceship'] are not nuScenes detection classes"),
-    ({"name": "x", "data": {"gird": {}}}, "data.gird: unknown key; known keys here: ['grid', 'sync']"),
+    ({"name": "x", "data": {"gird": {}}}, "data.gird: unknown key; known keys here: ['augment', 'dropout', 'future_steps', 'grid', "),
+    ({"name": "x", "data": {"image_size": [100, 352]}}, "data.image_size: (H, W) must be multiples of 8"),
+    ({"name": "x", "data": {"radar": {"fields": ["x", "y"]}}}, "data.radar.fields: ['x', 'y'] must include"),
+    ({"name": "x", "data": {"dropout": {"camera_one": 1.5}}}, "data.dropout.camera_one: must be a probability"),
+    ({"name": "x", "data": {"on_bad_file": "explode"}}, "data.on_bad_file: 'explode' is not one of ['mask', 'skip']"),
     ({"data": {}}, "name: required key is missing"),
     ({"name": "x", "data": {"grid": {"x_range": [1, 2, 3]}}}, "data.grid.x_range: expected 2 values"),
 ])

@@ -19,22 +19,6 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="session")
-def synth_root(tmp_path_factory) -> Path:
-    """5 scenes x 14 key frames (7 s: 6 s of future for forecasting), small images, key frames only."""
-    root = tmp_path_factory.mktemp("synth5")
-    generate(SynthOptions(out=root, scenes=5, samples_per_scene=14, seed=3, image_scale=0.2, keyframes_only=True))
-    return root
-
-
-@pytest.fixture(scope="session")
-def synth_sweeps(tmp_path_factory) -> Path:
-    """1 scene x 3 key frames with all camera and radar sweeps and a bag."""
-    root = tmp_path_factory.mktemp("synth_sweeps")
-    generate(SynthOptions(out=root, scenes=1, samples_per_scene=3, seed=5, image_scale=0.15, bags=True))
-    return root
-
-
-@pytest.fixture(scope="session")
 def nusc(synth_root):
     from nuscenes.nuscenes import NuScenes
 

@@ -1,0 +1,103 @@
+"""Batching Frames with fixed shapes for the network, and the DataLoader (workers, pinned memory, DDP sampler).
+
+A batch is a dict of tensors (B = batch size, N cameras, P = P_max radar points, G = max_boxes):
+
+=================  ====================  ==========================================================
+key                shape / dtype         meaning
+=================  ====================  ==========================================================
+images             (B, N, 3, H, W) u8    RGB, channels first; normalisation is the network's
+img_from_ego       (B, N, 4, 4) f32
+camera_valid       (B, N) bool
+radar_points       (B, P, F) f32
+radar_valid        (B, P) bool
+stereo_pairs       (S, 2) int64          the same rig for the whole batch
+gt_boxes           (B, G, 9) f32         padded with zeros; ``gt_mask`` marks real boxes
+gt_labels          (B, G) int64          -1 where padded
+gt_mask            (B, G) bool
+gt_future          (B, G, T, 2) f32
+gt_future_valid    (B, G, T) bool
+=================  ====================  ==========================================================
+
+plus ``meta``: a list of dicts (sample_token, t0, global_from_ego, issues, names/attributes/tokens).
+Frames with more GT boxes than G keep the G nearest to the ego (reported in ``meta[i]["issues"]``).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from perception.data.frame import Frame
+
+
+def collate_frames(frames: Sequence[Frame], max_boxes: int) -> dict[str, Any]:
+    n_cams = {f.num_cameras for f in frames}
+    if len(n_cams) != 1:
+        raise ValueError(f"a batch needs one camera count, got {sorted(n_cams)}")
+    b = len(frames)
+    t = frames[0].gt_future.shape[1] if frames[0].gt_future.ndim == 3 else 12
+    boxes = np.zeros((b, max_boxes, 9), np.float32)
+    labels = np.full((b, max_boxes), -1, np.int64)
+    mask = np.zeros((b, max_boxes), bool)
+    future = np.zeros((b, max_boxes, t, 2), np.float32)
+    fvalid = np.zeros((b, max_boxes, t), bool)
+    meta = []
+    for i, f in enumerate(frames):
+        order = np.argsort(np.hypot(f.gt_boxes[:, 0], f.gt_boxes[:, 1]), kind="stable")[:max_boxes]
+        g = len(order)
+        boxes[i, :g] = f.gt_boxes[order]
+        labels[i, :g] = f.gt_labels[order]
+        mask[i, :g] = True
+        future[i, :g] = f.gt_future[order]
+        fvalid[i, :g] = f.gt_future_valid[order]
+        issues = list(f.issues)
+        if len(f.gt_boxes) > max_boxes:
+            issues.append(f"{len(f.gt_boxes) - max_boxes} GT boxes beyond data.loader.max_boxes={max_boxes} dropped "
+                          "(the farthest)")
+        meta.append({"sample_token": f.sample_token, "t0": f.t0, "global_from_ego": f.global_from_ego,
+                     "camera_channels": list(f.camera_channels), "gt_names": f.gt_names[order].tolist(),
+                     "gt_attributes": f.gt_attributes[order].tolist(),
+                     "gt_instance_tokens": f.gt_instance_tokens[order].tolist(), "issues": issues})
+    return {
+        "images": torch.from_numpy(np.stack([f.images for f in frames])).permute(0, 1, 4, 2, 3).contiguous(),
+        "img_from_ego": torch.from_numpy(np.stack([f.img_from_ego for f in frames])),
+        "camera_valid": torch.from_numpy(np.stack([f.camera_valid for f in frames])),
+        "radar_points": torch.from_numpy(np.stack([f.radar_points for f in frames])),
+        "radar_valid": torch.from_numpy(np.stack([f.radar_valid for f in frames])),
+        "stereo_pairs": torch.from_numpy(frames[0].stereo_pairs.astype(np.int64)),
+        "gt_boxes": torch.from_numpy(boxes), "gt_labels": torch.from_numpy(labels), "gt_mask": torch.from_numpy(mask),
+        "gt_future": torch.from_numpy(future), "gt_future_valid": torch.from_numpy(fvalid),
+        "meta": meta,
+    }
+
+
+class _TorchFrames(torch.utils.data.Dataset):
+    def __init__(self, frames: Any):
+        self.frames = frames
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, i: int) -> Frame:
+        return self.frames[i]
+
+
+def make_loader(frames: Any, batch_size: int, max_boxes: int, shuffle: bool, workers: int = 0,
+                pin_memory: bool = False, distributed: bool = False, seed: int = 0,
+                drop_last: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader over an indexable of Frames (e.g. ``NuScenesFrames``). With ``distributed`` a
+    ``DistributedSampler`` shards the indices across ranks (call ``loader.sampler.set_epoch``)."""
+    from functools import partial
+
+    ds = _TorchFrames(frames)
+    sampler = None
+    if distributed:
+        sampler = torch.utils.data.distributed.DistributedSampler(ds, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        shuffle = False
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=workers,
+        pin_memory=pin_memory and torch.cuda.is_available(), collate_fn=partial(collate_frames, max_boxes=max_boxes),
+        generator=gen, drop_last=drop_last)  # workers are re-created per epoch, so set_epoch reaches them

@@ -1,0 +1,322 @@
+"""Frames from any nuScenes-format root through nuscenes-devkit.
+
+Works on real nuScenes (v1.0-trainval / v1.0-mini / v1.0-test with the devkit's splits), on the generated
+``v1.0-synth`` (splits from ``splits.json``, stereo pairs from ``rig.yaml``) and on roots written by others.
+
+Per sample: ``t0`` is the sample timestamp (the LIDAR_TOP key frame); the rig comes from ``calibrated_sensor``;
+each camera keeps its own capture time and ego pose and is aligned to t0 by ``calibration/sync.py``; radar
+sweeps of every unit are taken from ``[t0 - window, t0 + tolerance]`` (offline is non-causal: nuScenes'
+key-frame radar sweeps straddle t0 by up to ~40 ms), newest first, each through its own ego pose.
+
+Bad files never stop a run: an unreadable image masks that camera (image zeros, ``camera_valid`` False), an
+unreadable radar sweep is skipped, a NaN point is dropped; each is recorded in ``Frame.issues``. With
+``data.on_bad_file: skip`` a sample with any bad file is replaced by the next good one instead (and reported).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibration.io import load_rig
+from calibration.rig import CalibrationError, Camera, Radar, Rig
+from calibration.sync import PoseStream, camera_img_from_ego
+from calibration.transforms import invert, make_transform, transform_points
+from perception.config import Config, DataConfig
+from perception.data.frame import Frame
+from perception.data.io import RadarFilter, SensorFileError, read_image
+from perception.data.radar import SweepRef, accumulate
+from perception.data.transforms import (
+    ImageAug,
+    apply_bev,
+    modality_dropout,
+    preprocess_image,
+    random_bev,
+    random_image_aug,
+)
+
+CAMERA_ORDER = ["CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"]
+
+
+class DatasetError(ValueError):
+    """The dataset root, version or split is unusable (names it and says what to do)."""
+
+
+def split_scene_names(dataroot: str | Path, version: str, split: str) -> list[str]:
+    """Scene names of ``split``: the devkit's built-in splits, else ``<dataroot>/<version>/splits.json``."""
+    from nuscenes.utils.splits import create_splits_scenes
+
+    builtin = create_splits_scenes()
+    if split in builtin and not split.startswith("synth"):
+        return list(builtin[split])
+    path = Path(dataroot) / version / "splits.json"
+    if not path.exists():
+        raise DatasetError(f"split '{split}' is not a nuScenes split and {path} does not exist; "
+                           f"built-in splits: {sorted(builtin)}")
+    splits = json.loads(path.read_text())
+    if split not in splits:
+        raise DatasetError(f"split '{split}' is not in {path}; it has {sorted(splits)}")
+    return list(splits[split])
+
+
+@dataclass
+class _SampleIndex:
+    token: str
+    scene: str
+
+
+class NuScenesFrames:
+    """Indexable Frames of one split. ``train=True`` applies the config's augmentation and dropout.
+
+    Index order: scenes in split order, samples by timestamp (``perception-inspect --index`` counts this way).
+    """
+
+    def __init__(self, cfg: Config, dataroot: str | Path, version: str, split: str, train: bool = False,
+                 seed: int = 0, nusc: Any = None):
+        self.cfg = cfg
+        self.dcfg: DataConfig = cfg.data
+        self.dataroot = Path(dataroot)
+        self.version = version
+        self.split = split
+        self.train = train
+        self.seed = seed
+        self.epoch = 0  # set_epoch() varies the augmentation draw per epoch
+        if not (self.dataroot / version).is_dir():
+            raise DatasetError(f"{self.dataroot / version} does not exist: check --dataroot and --version "
+                               "(for the synthetic world: perception-synth --out DIR ...)")
+        if nusc is None:
+            from nuscenes.nuscenes import NuScenes
+
+            nusc = NuScenes(version=version, dataroot=str(self.dataroot), verbose=False)
+        self.nusc = nusc
+        names = split_scene_names(self.dataroot, version, split)
+        by_name = {s["name"]: s for s in nusc.scene}
+        missing = [n for n in names if n not in by_name]
+        if len(missing) == len(names):
+            raise DatasetError(f"none of the {len(names)} scenes of split '{split}' are in {self.dataroot / version}")
+        self.samples: list[_SampleIndex] = []
+        for name in names:
+            if name not in by_name:
+                continue
+            tok = by_name[name]["first_sample_token"]
+            rows = []
+            while tok:
+                s = nusc.get("sample", tok)
+                rows.append(s)
+                tok = s["next"]
+            for s in sorted(rows, key=lambda r: r["timestamp"]):
+                self.samples.append(_SampleIndex(s["token"], name))
+        rig_file = self.dataroot / version / "rig.yaml"
+        self.file_rig: Rig | None = load_rig(rig_file) if rig_file.exists() else None
+        f = self.dcfg.radar.filter
+        self.radar_filter = RadarFilter(f.dyn_prop, f.invalid_state, f.ambig_state)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    # -- calibration -----------------------------------------------------------
+    def _sample_data(self, sample: dict) -> dict[str, dict]:
+        return {ch: self.nusc.get("sample_data", tok) for ch, tok in sample["data"].items()}
+
+    def _sensor(self, sd: dict) -> tuple[dict, dict]:
+        cs = self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+        return cs, self.nusc.get("sensor", cs["sensor_token"])
+
+    def _camera(self, channel: str, sd: dict, cs: dict) -> Camera:
+        dist = None
+        if self.file_rig is not None and channel in self.file_rig.cameras:
+            dist = self.file_rig.cameras[channel].distortion
+        try:
+            return Camera(channel, int(sd["width"]), int(sd["height"]), cs["camera_intrinsic"],
+                          make_transform(cs["rotation"], cs["translation"]), dist)
+        except CalibrationError as err:
+            raise CalibrationError(err.sensor, err.field, err.value, err.problem, err.hint,
+                                   f"calibrated_sensor {cs['token']}") from None
+
+    def _camera_order(self, channels: list[str]) -> list[str]:
+        if self.file_rig is not None:
+            known = [c for c in self.file_rig.cameras if c in channels]
+            return known + sorted(c for c in channels if c not in known)
+        order = {c: i for i, c in enumerate(CAMERA_ORDER)}
+        return sorted(channels, key=lambda c: (order.get(c, len(order)), c))
+
+    # -- frames ----------------------------------------------------------------
+    def __getitem__(self, index: int) -> Frame:
+        frame = self.load(index)
+        if self.dcfg.on_bad_file == "skip" and frame.issues:
+            reasons = list(frame.issues)
+            for step in range(1, len(self)):
+                frame = self.load((index + step) % len(self))
+                if not frame.issues:
+                    frame.issues = [f"sample {self.samples[index].token} skipped: {r}" for r in reasons]
+                    break
+        return frame
+
+    def load(self, index: int, rng: np.random.Generator | None = None) -> Frame:
+        """Frame ``index`` (with augmentation when training; ``rng`` defaults to one seeded by index and seed)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for split '{self.split}' ({len(self)} samples)")
+        if rng is None:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+        sample = self.nusc.get("sample", self.samples[index].token)
+        t0 = int(sample["timestamp"])
+        sds = self._sample_data(sample)
+        issues: list[str] = []
+        # every sample_data has its own ego pose: the stream holds those of the sensors used here
+        pose_rows: dict[int, dict] = {}
+        cameras: dict[str, tuple[Camera, dict]] = {}
+        radars: list[tuple[str, Radar, dict]] = []
+        for ch, sd in sds.items():
+            cs, sensor = self._sensor(sd)
+            pose_rows[sd["timestamp"]] = self.nusc.get("ego_pose", sd["ego_pose_token"])
+            if sensor["modality"] == "camera":
+                cameras[ch] = (self._camera(ch, sd, cs), sd)
+            elif sensor["modality"] == "radar":
+                doppler = "cartesian"
+                if self.file_rig is not None and ch in self.file_rig.radars:
+                    doppler = self.file_rig.radars[ch].doppler
+                radars.append((ch, Radar(ch, make_transform(cs["rotation"], cs["translation"]), doppler), sd))
+        radars.sort(key=lambda r: r[0])
+        sweeps: list[SweepRef] = []
+        rcfg = self.dcfg.radar
+        lo, hi = t0 - int(rcfg.window_ms * 1000), t0 + int(rcfg.future_tolerance_ms * 1000)
+        for idx, (ch, radar, sd) in enumerate(radars):
+            chain = [sd]
+            nxt = sd
+            while nxt["next"]:
+                nxt = self.nusc.get("sample_data", nxt["next"])
+                if nxt["timestamp"] > hi:
+                    break
+                chain.append(nxt)
+            prv = sd
+            while prv["prev"]:
+                prv = self.nusc.get("sample_data", prv["prev"])
+                if prv["timestamp"] < lo:
+                    break
+                chain.append(prv)
+            chain = [c for c in chain if lo <= c["timestamp"] <= hi]
+            chain.sort(key=lambda c: abs(c["timestamp"] - t0))
+            for c in chain[:rcfg.sweeps]:
+                pose_rows[c["timestamp"]] = self.nusc.get("ego_pose", c["ego_pose_token"])
+                sweeps.append(SweepRef(radar, idx, self.dataroot / c["filename"], int(c["timestamp"])))
+        poses = PoseStream.from_records(pose_rows.values(),
+                                        max_extrapolation_us=int(self.dcfg.sync.max_extrapolation_ms * 1000))
+        global_from_ego = poses.at(t0)
+        sync = self.dcfg.sync.enabled
+        # cameras
+        order = self._camera_order(list(cameras))
+        h, w = self.dcfg.image_size
+        images = np.zeros((len(order), h, w, 3), np.uint8)
+        img_from_ego = np.zeros((len(order), 4, 4), np.float32)
+        valid = np.ones(len(order), bool)
+        times = np.zeros(len(order), np.int64)
+        for i, ch in enumerate(order):
+            cam, sd = cameras[ch]
+            times[i] = sd["timestamp"]
+            m, _ = camera_img_from_ego(cam, t0, int(sd["timestamp"]), poses, enabled=sync)
+            aug = ImageAug()
+            if self.train and self.dcfg.augment.enabled:
+                a = self.dcfg.augment
+                aug = random_image_aug(rng, (cam.height, cam.width), (h, w), a.image_scale, a.image_crop_jitter,
+                                       a.image_flip)
+            try:
+                raw = read_image(self.dataroot / sd["filename"])
+                if raw.shape[:2] != (cam.height, cam.width):
+                    raise SensorFileError(self.dataroot / sd["filename"],
+                                          f"image is {raw.shape[1]}x{raw.shape[0]} but calibrated_sensor/sample_data "
+                                          f"say {cam.width}x{cam.height}")
+                raw = _undistort(raw, cam)
+            except SensorFileError as err:
+                issues.append(f"{err.path}: {err.problem}; camera {ch} masked")
+                raw = None
+                valid[i] = False
+            img, m_out = preprocess_image(raw if raw is not None else np.zeros((cam.height, cam.width, 3), np.uint8),
+                                          m, (h, w), aug)
+            images[i] = img
+            img_from_ego[i] = m_out
+        stereo = np.zeros((0, 2), np.int64)
+        if self.file_rig is not None and self.file_rig.stereo_pairs:
+            stereo = np.array([[order.index(p.left), order.index(p.right)] for p in self.file_rig.stereo_pairs
+                               if p.left in order and p.right in order], np.int64).reshape(-1, 2)
+        pts, r_valid, r_issues = accumulate(sweeps, t0, poses, self.radar_filter, rcfg.fields, rcfg.max_points, sync)
+        issues += r_issues
+        gt = self._targets(sample, global_from_ego)
+        frame = Frame(sample["token"], t0, global_from_ego, images, img_from_ego, np.array(order), valid, times,
+                      pts, np.array(rcfg.fields), r_valid, stereo, *gt, issues=issues)
+        if self.train:
+            a = self.dcfg.augment
+            if a.enabled:
+                frame = apply_bev(frame, random_bev(rng, a.bev_rotate_deg, a.bev_scale, a.bev_flip))
+            d = self.dcfg.dropout
+            frame = modality_dropout(frame, rng, d.camera_one, d.camera_all, d.radar_one, d.radar_all)
+        return frame
+
+    # -- targets ---------------------------------------------------------------
+    def _targets(self, sample: dict, global_from_ego: np.ndarray) -> tuple[np.ndarray, ...]:
+        from nuscenes.eval.detection.utils import category_to_detection_name
+
+        ego_from_global = invert(global_from_ego)
+        classes = list(self.cfg.classes)
+        steps = self.dcfg.future_steps
+        boxes, labels, names, attrs, tokens, futures, fvalid = [], [], [], [], [], [], []
+        for tok in sample["anns"]:
+            ann = self.nusc.get("sample_annotation", tok)
+            name = category_to_detection_name(ann["category_name"])
+            if name is None or name not in classes:
+                continue
+            centre = transform_points(ego_from_global, np.array([ann["translation"]], np.float64))[0]
+            q = ann["rotation"]  # [w, x, y, z]: yaw of the box in global
+            yaw_g = np.arctan2(2 * (q[0] * q[3] + q[1] * q[2]), 1 - 2 * (q[2] ** 2 + q[3] ** 2))
+            yaw_e = yaw_g - np.arctan2(global_from_ego[1, 0], global_from_ego[0, 0])
+            v = self.nusc.box_velocity(tok)[:2]
+            v = np.where(np.isfinite(v), v, 0.0)
+            v_e = ego_from_global[:2, :2] @ v
+            boxes.append([*centre, *ann["size"], np.angle(np.exp(1j * yaw_e)), *v_e])
+            labels.append(classes.index(name))
+            names.append(name)
+            attrs.append(self.nusc.get("attribute", ann["attribute_tokens"][0])["name"] if ann["attribute_tokens"] else "")
+            tokens.append(ann["instance_token"])
+            fut = np.zeros((steps, 2))
+            fv = np.zeros(steps, bool)
+            nxt = ann["next"]
+            for k in range(steps):
+                if not nxt:
+                    break
+                a2 = self.nusc.get("sample_annotation", nxt)
+                fut[k] = transform_points(ego_from_global, np.array([a2["translation"]], np.float64))[0, :2]
+                fv[k] = True
+                nxt = a2["next"]
+            futures.append(fut)
+            fvalid.append(fv)
+        g = len(boxes)
+        return (np.array(boxes, np.float32).reshape(g, 9), np.array(labels, np.int64), np.array(names, "<U32"),
+                np.array(attrs, "<U40"), np.array(tokens, "<U40"), np.array(futures, np.float32).reshape(g, steps, 2),
+                np.array(fvalid, bool).reshape(g, steps))
+
+
+_UNDISTORT_MAPS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _undistort(image: np.ndarray, cam: Camera) -> np.ndarray:
+    """Remove lens distortion (OpenCV models), keeping the same K, so that the pinhole img_from_ego holds."""
+    if cam.distortion is None or not any(cam.distortion.coeffs):
+        return image
+    import cv2
+
+    key = (cam.name, cam.width, cam.height, tuple(cam.intrinsics.ravel()), cam.distortion.model, cam.distortion.coeffs)
+    if key not in _UNDISTORT_MAPS:
+        k = np.asarray(cam.intrinsics, np.float64)
+        d = np.asarray(cam.distortion.coeffs, np.float64)
+        if cam.distortion.model == "fisheye":
+            maps = cv2.fisheye.initUndistortRectifyMap(k, d, np.eye(3), k, (cam.width, cam.height), cv2.CV_32FC1)
+        else:
+            maps = cv2.initUndistortRectifyMap(k, d, np.eye(3), k, (cam.width, cam.height), cv2.CV_32FC1)
+        _UNDISTORT_MAPS[key] = maps
+    mx, my = _UNDISTORT_MAPS[key]
+    return cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
