@@ -25,7 +25,7 @@ from calibration.rig import Camera, Radar
 from calibration.transforms import (
     interpolate_pose,
     invert,
-    make_transform,
+    quaternions_to_matrices,
     rotate_vectors,
     rotation_angle,
     transform_points,
@@ -69,11 +69,21 @@ class PoseStream:
                      ) -> "PoseStream":
         """From nuScenes ``ego_pose`` rows (``timestamp``, ``translation``, ``rotation`` [w, x, y, z]);
         rows are sorted and exact duplicates of a timestamp are merged."""
-        by_time: dict[int, np.ndarray] = {}
-        for r in records:
-            by_time[int(r["timestamp"])] = make_transform(r["rotation"], r["translation"])
+        by_time = {int(r["timestamp"]): r for r in records}
         ts = sorted(by_time)
-        return cls(np.array(ts, dtype=np.int64), np.stack([by_time[t] for t in ts]), max_extrapolation_us)
+        poses = np.tile(np.eye(4), (len(ts), 1, 1))
+        poses[:, :3, :3] = quaternions_to_matrices(np.array([by_time[t]["rotation"] for t in ts], np.float64))
+        poses[:, :3, 3] = np.array([by_time[t]["translation"] for t in ts], np.float64)
+        return cls(np.array(ts, dtype=np.int64), poses, max_extrapolation_us)
+
+    def at_many(self, times: np.ndarray, sensor: str = "") -> np.ndarray:
+        """(T, 4, 4) ``global_from_ego`` at several times (exact pose rows looked up at once)."""
+        times = np.asarray(times, dtype=np.int64)
+        i = np.clip(np.searchsorted(self.timestamps, times), 0, self.timestamps.size - 1)
+        out = self.global_from_ego[i].copy()
+        for k in np.flatnonzero(self.timestamps[i] != times):
+            out[k] = self.at(int(times[k]), sensor)
+        return out
 
     def gap_us(self, t: int) -> int:
         """Distance in µs from ``t`` to the nearest measured pose."""

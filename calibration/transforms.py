@@ -25,11 +25,26 @@ def quaternion_to_matrix(q_wxyz: Sequence[float]) -> np.ndarray:
     """q_wxyz: (4,) unit quaternion [w, x, y, z]. Returns (3, 3) float64 rotation.
 
     The quaternion is normalised first; callers that must reject non-unit input
-    (the rig validator) check the norm before calling this.
+    (the rig validator) check the norm before calling this. Closed form (equal to pyquaternion's
+    ``rotation_matrix``, tested), because data loading calls it for every sensor of every frame.
     """
     q = np.asarray(q_wxyz, dtype=np.float64)
     assert q.shape == (4,), f"quaternion must have 4 elements [w, x, y, z], got shape {q.shape}"
-    return Quaternion(q / np.linalg.norm(q)).rotation_matrix
+    w, x, y, z = q / np.sqrt(q @ q)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def quaternions_to_matrices(q_wxyz: np.ndarray) -> np.ndarray:
+    """(N, 4) quaternions [w, x, y, z] -> (N, 3, 3) rotations (normalised first); vectorised."""
+    q = np.asarray(q_wxyz, dtype=np.float64)
+    assert q.ndim == 2 and q.shape[1] == 4, f"quaternions must be (N, 4), got {q.shape}"
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    w, x, y, z = q.T
+    return np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+                     2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+                     2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], axis=1).reshape(-1, 3, 3)
 
 
 def matrix_to_quaternion(rotation: np.ndarray) -> np.ndarray:

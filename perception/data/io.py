@@ -96,13 +96,46 @@ def _parse_pcd_header(path: Path, raw: bytes) -> tuple[dict[str, list[str]], int
             raise SensorFileError(path, f"PCD header has an unknown key '{key}'")
 
 
-def read_radar_pcd(path: str | Path) -> PointCloud:
-    """Read a nuScenes radar PCD (any field set; binary or ascii). No filtering: see ``RadarFilter``."""
-    path = Path(path)
+def read_radar_records(path: str | Path) -> np.ndarray:
+    """Read a PCD's points as a structured array (one named field per PCD field, in the file's own types).
+
+    The header of a file is parsed once per distinct header text (sensor logs repeat it), so reading a
+    sweep costs little more than the file read itself."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         raise SensorFileError(path, "file does not exist") from None
+    end = raw.find(b"\nDATA ")
+    end = raw.find(b"\n", end + 1) + 1 if end >= 0 else -1
+    key = raw[:end] if end > 0 else None
+    layout = _HEADER_CACHE.get(key) if key is not None else None
+    if layout is None:
+        layout = _layout_from_header(Path(path), raw)
+        if key is not None and layout[3] == "binary":
+            if len(_HEADER_CACHE) > 256:
+                _HEADER_CACHE.clear()
+            _HEADER_CACHE[key] = layout
+    dtype, n_points, offset, kind = layout
+    if kind == "binary":
+        need = n_points * dtype.itemsize
+        if len(raw) - offset < need:
+            raise SensorFileError(path, f"truncated: header promises {n_points} points ({need} bytes) but only "
+                                        f"{len(raw) - offset} bytes follow", "re-copy or re-export the file")
+        return np.frombuffer(raw, dtype=dtype, count=n_points, offset=offset)
+    lines = raw[offset:].decode("ascii", errors="replace").split("\n")
+    rows = [ln.split() for ln in lines if ln.strip()]
+    if len(rows) < n_points or any(len(r) != len(dtype.names) for r in rows[:n_points]):
+        raise SensorFileError(path, f"ascii PCD has {len(rows)} rows, expected {n_points} of {len(dtype.names)} values")
+    return np.array([tuple(r) for r in rows[:n_points]], dtype=[(f, "<f8") for f in dtype.names])
+
+
+_HEADER_CACHE: dict[bytes, tuple[np.dtype, int, int, str]] = {}
+_DTYPES: dict[tuple, np.dtype] = {}
+
+
+def _layout_from_header(path: Path, raw: bytes) -> tuple[np.dtype, int, int, str]:
+    """(record dtype, number of points, byte offset of the data, 'binary'|'ascii') from a PCD header."""
     header, offset = _parse_pcd_header(path, raw)
     for key in ("FIELDS", "SIZE", "TYPE", "WIDTH", "HEIGHT", "DATA"):
         if key not in header:
@@ -117,31 +150,33 @@ def read_radar_pcd(path: str | Path) -> PointCloud:
     try:
         width, height = int(header["WIDTH"][0]), int(header["HEIGHT"][0])
         n_points = int(header.get("POINTS", [width * height])[0])
-        dtype = np.dtype([(f, _PCD_DTYPES[(t, int(s))]) for f, t, s in zip(fields, types, sizes)])
+        layout_key = tuple(zip(fields, types, sizes))
+        if layout_key not in _DTYPES:  # one dtype object per field layout: sweeps can be compared with `is`
+            _DTYPES[layout_key] = np.dtype([(f, _PCD_DTYPES[(t, int(s))]) for f, t, s in layout_key])
+        dtype = _DTYPES[layout_key]
     except (KeyError, ValueError):
         raise SensorFileError(path, f"PCD header has an unsupported SIZE/TYPE/WIDTH: "
                                     f"SIZE={sizes} TYPE={types} WIDTH={header['WIDTH']}") from None
     if n_points != width * height:
         raise SensorFileError(path, f"PCD POINTS={n_points} differs from WIDTH*HEIGHT={width * height}")
     kind = header["DATA"][0] if header["DATA"] else ""
-    if kind == "binary":
-        need = n_points * dtype.itemsize
-        if len(raw) - offset < need:
-            raise SensorFileError(path, f"truncated: header promises {n_points} points ({need} bytes) but only "
-                                        f"{len(raw) - offset} bytes follow", "re-copy or re-export the file")
-        rec = np.frombuffer(raw, dtype=dtype, count=n_points, offset=offset)
-    elif kind == "ascii":
-        lines = raw[offset:].decode("ascii", errors="replace").split("\n")
-        rows = [ln.split() for ln in lines if ln.strip()]
-        if len(rows) < n_points or any(len(r) != len(fields) for r in rows[:n_points]):
-            raise SensorFileError(path, f"ascii PCD has {len(rows)} rows, expected {n_points} of {len(fields)} values")
-        rec = np.array([tuple(r) for r in rows[:n_points]], dtype=[(f, "<f8") for f in fields])
-    else:
+    if kind not in ("binary", "ascii"):
         raise SensorFileError(path, f"PCD DATA '{kind}' is not supported", "use binary or ascii")
-    points = np.empty((n_points, len(fields)), dtype=np.float32)
-    for i, f in enumerate(fields):
+    return dtype, n_points, offset, kind
+
+
+def records_to_matrix(rec: np.ndarray) -> np.ndarray:
+    """Structured PCD records -> (N, F) float32 (every field is exact in float32 for nuScenes radar types)."""
+    points = np.empty((rec.shape[0], len(rec.dtype.names)), dtype=np.float32)
+    for i, f in enumerate(rec.dtype.names):
         points[:, i] = rec[f]
-    return PointCloud(points, tuple(fields))
+    return points
+
+
+def read_radar_pcd(path: str | Path) -> PointCloud:
+    """Read a nuScenes radar PCD (any field set; binary or ascii). No filtering: see ``RadarFilter``."""
+    rec = read_radar_records(path)
+    return PointCloud(records_to_matrix(rec), tuple(rec.dtype.names))
 
 
 def write_radar_pcd(path: str | Path, points: np.ndarray, fields: Sequence[str] = NUSCENES_RADAR_FIELDS,

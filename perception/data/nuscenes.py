@@ -113,6 +113,7 @@ class NuScenesFrames:
         self.file_rig: Rig | None = load_rig(rig_file) if rig_file.exists() else None
         f = self.dcfg.radar.filter
         self.radar_filter = RadarFilter(f.dyn_prop, f.invalid_state, f.ambig_state)
+        self._calib_cache: dict = {}  # calibrated_sensor token -> Camera / Radar (validated once)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -129,6 +130,20 @@ class NuScenesFrames:
         return cs, self.nusc.get("sensor", cs["sensor_token"])
 
     def _camera(self, channel: str, sd: dict, cs: dict) -> Camera:
+        key = (cs["token"], sd["width"], sd["height"])
+        if key not in self._calib_cache:
+            self._calib_cache[key] = self._make_camera(channel, sd, cs)
+        return self._calib_cache[key]
+
+    def _radar(self, channel: str, cs: dict) -> Radar:
+        if cs["token"] not in self._calib_cache:
+            doppler = "cartesian"
+            if self.file_rig is not None and channel in self.file_rig.radars:
+                doppler = self.file_rig.radars[channel].doppler
+            self._calib_cache[cs["token"]] = Radar(channel, make_transform(cs["rotation"], cs["translation"]), doppler)
+        return self._calib_cache[cs["token"]]
+
+    def _make_camera(self, channel: str, sd: dict, cs: dict) -> Camera:
         dist = None
         if self.file_rig is not None and channel in self.file_rig.cameras:
             dist = self.file_rig.cameras[channel].distortion
@@ -178,10 +193,7 @@ class NuScenesFrames:
             if sensor["modality"] == "camera":
                 cameras[ch] = (self._camera(ch, sd, cs), sd)
             elif sensor["modality"] == "radar":
-                doppler = "cartesian"
-                if self.file_rig is not None and ch in self.file_rig.radars:
-                    doppler = self.file_rig.radars[ch].doppler
-                radars.append((ch, Radar(ch, make_transform(cs["rotation"], cs["translation"]), doppler), sd))
+                radars.append((ch, self._radar(ch, cs), sd))
         radars.sort(key=lambda r: r[0])
         sweeps: list[SweepRef] = []
         rcfg = self.dcfg.radar
@@ -204,7 +216,7 @@ class NuScenesFrames:
             chain.sort(key=lambda c: abs(c["timestamp"] - t0))
             for c in chain[:rcfg.sweeps]:
                 pose_rows[c["timestamp"]] = self.nusc.get("ego_pose", c["ego_pose_token"])
-                sweeps.append(SweepRef(radar, idx, self.dataroot / c["filename"], int(c["timestamp"])))
+                sweeps.append(SweepRef(radar, idx, f"{self.dataroot}/{c['filename']}", int(c["timestamp"])))
         poses = PoseStream.from_records(pose_rows.values(),
                                         max_extrapolation_us=int(self.dcfg.sync.max_extrapolation_ms * 1000))
         global_from_ego = poses.at(t0)

@@ -36,6 +36,25 @@ def test_quaternion_golden_values():
     assert_allclose(r @ [0, 1, 0], [0, 0, -1], atol=1e-12)
 
 
+def test_closed_form_equals_pyquaternion():
+    from pyquaternion import Quaternion
+
+    rng = np.random.default_rng(5)
+    for _ in range(100):
+        q = rng.normal(size=4)
+        assert_allclose(quaternion_to_matrix(q), Quaternion(q / np.linalg.norm(q)).rotation_matrix, atol=1e-12)
+
+
+def test_vectorised_quaternions():
+    from calibration.transforms import quaternions_to_matrices
+
+    rng = np.random.default_rng(6)
+    q = rng.normal(size=(20, 4))
+    out = quaternions_to_matrices(q)
+    for i in range(20):
+        assert_allclose(out[i], quaternion_to_matrix(q[i]), atol=1e-12)
+
+
 def test_quaternion_matrix_round_trip():
     rng = np.random.default_rng(0)
     for _ in range(50):

@@ -133,8 +133,10 @@ def test_properties(scenario):
             dx = out.features[s, : len(pid), n_fields]
             dy = out.features[s, : len(pid), n_fields + 1]
             assert np.all(np.abs(dx) <= res / 2 + 1e-5) and np.all(np.abs(dy) <= res / 2 + 1e-5), ctx
-            expected_dx = (points[pid, fields.index("x")].astype(np.float64) - (x0 + (row + 0.5) * res))
+            expected_dx = points[pid, fields.index("x")].astype(np.float64) - (x0 + (row + 0.5) * res)
+            expected_dy = points[pid, fields.index("y")].astype(np.float64) - (y0 + (col + 0.5) * res)
             assert_array_equal(dx, expected_dx.astype(np.float32), ctx)
+            assert_array_equal(dy, expected_dy.astype(np.float32), ctx)
         # The kept cells are the most populated ones.
         dropped_cells = np.setdiff1d(np.flatnonzero(counts), out.cells[:k])
         if len(dropped_cells):
@@ -268,7 +270,8 @@ def test_grid_shape_and_validation():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"points": GOLDEN_POINTS.astype(np.float64)}, r"points must be a \(P, F\) float32 array, got shape \(10, 3\) dtype float64"),
+    ({"points": GOLDEN_POINTS.astype(np.float64)},
+     r"points must be a \(P, F\) float32 array, got shape \(10, 3\) dtype float64"),
     ({"points": GOLDEN_POINTS[:, 0]}, r"points must be a \(P, F\) float32 array, got shape \(10,\)"),
     ({"fields": ("x", "y")}, r"fields has 2 names .* but points has 3 columns"),
     ({"fields": ("x", "z", "rcs")}, r"fields must include 'y'"),
