@@ -1,0 +1,1 @@
+"""Model blocks: tensors in, tensors out; no dataset, training or replay imports."""
