@@ -189,6 +189,81 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class Switch:
+    """A sub-feature that can be turned off (``enabled``)."""
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class CameraModelConfig:
+    """Camera branch: ResNet (torchvision parameter names) + FPN neck at stride 16, depth net, backward lift."""
+
+    enabled: bool = True
+    backbone_depth: int = 18
+    backbone_width: float = 1.0  # channel multiplier (narrow CPU variants < 1)
+    backbone_blocks: tuple[int, int, int, int] | None = None  # None: the depth's standard blocks per stage
+    pretrained: str = ""  # local torchvision ImageNet checkpoint (.pth), loaded with weights_only=True
+    frozen_stages: int = -1
+    neck_channels: int = 64
+    depth_bins: int = 48
+    depth_range: tuple[float, float] = (1.0, 60.0)
+    heights: int = 8  # voxel centres per BEV cell for the backward lift
+    radar_depth: Switch = field(default_factory=Switch)  # radar projected into the image feeds the depth net
+    stereo: Switch = field(default_factory=Switch)  # plane-sweep cost volume for the rig's stereo pairs
+
+    def __post_init__(self) -> None:
+        if self.backbone_depth not in (18, 34, 50):
+            raise ConfigError(f"model.camera.backbone_depth: must be 18, 34 or 50, got {self.backbone_depth}")
+        lo, hi = self.depth_range
+        if not 0 < lo < hi:
+            raise ConfigError(f"model.camera.depth_range: must be 0 < min < max metres, got [{lo}, {hi}]")
+        if self.depth_bins < 2 or self.heights < 1:
+            raise ConfigError("model.camera.depth_bins >= 2 and heights >= 1 required")
+
+
+@dataclass(frozen=True)
+class RadarModelConfig:
+    """Radar branch: pillars on the BEV grid (one pillar per BEV cell), point MLP, max, canvas, CNN."""
+
+    enabled: bool = True
+    channels: int = 64
+    max_pillars: int = 1024
+    max_points_per_pillar: int = 8
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    kind: Literal["cross_attention", "conv"] = "cross_attention"
+    channels: int = 64
+    layers: int = 2
+    heads: int = 4
+    points: int = 4
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    channels: int = 64
+    max_detections: int = 200
+    modes: int = 6
+    steps: int = 12  # 2 Hz
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    camera: CameraModelConfig = field(default_factory=CameraModelConfig)
+    radar: RadarModelConfig = field(default_factory=RadarModelConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    bev_channels: int = 64
+    norm: Literal["batch", "group"] = "batch"
+
+    def __post_init__(self) -> None:
+        if not (self.camera.enabled or self.radar.enabled):
+            raise ConfigError("model.camera.enabled and model.radar.enabled are both false: enable at least one")
+
+
+@dataclass(frozen=True)
 class Config:
     """One experiment. ``rig`` is a rig YAML path (relative to the config file's folder, or absolute)."""
 
@@ -196,6 +271,7 @@ class Config:
     rig: str = ""
     classes: tuple[str, ...] = DETECTION_CLASSES
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
         if not self.name:

@@ -1,0 +1,100 @@
+"""Camera -> BEV by backward sampling (no scatter, no 5-D sampling: TensorRT-native).
+
+Each BEV voxel centre (Z heights x H x W cells, ego@t0) is projected into every camera through the run-time
+``img_from_ego``. At that pixel the camera features are sampled with a 4-D ``grid_sample``; the camera's depth
+distribution (D bins, a D-channel map) is sampled the same way and interpolated across bins at the voxel's depth
+with a tent function (elementwise ops). The lifted feature is ``features * p(depth) * valid``, summed over
+cameras, then the heights are folded into channels and reduced by a 1x1 conv.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from perception.model.geometry import pixel_to_grid, project
+
+
+@dataclass(frozen=True)
+class DepthBins:
+    """D uniform bins of width (max - min) / D over [min, max) metres; bin k's centre is min + (k + 0.5) * width."""
+
+    min_depth: float
+    max_depth: float
+    num_bins: int
+
+    @property
+    def width(self) -> float:
+        return (self.max_depth - self.min_depth) / self.num_bins
+
+    def centres(self) -> Tensor:
+        return self.min_depth + (torch.arange(self.num_bins, dtype=torch.float32) + 0.5) * self.width
+
+
+def depth_probability(prob_at_pixel: Tensor, depth: Tensor, bins: DepthBins) -> Tensor:
+    """prob_at_pixel: (..., D, Q) depth distribution sampled at each voxel's pixel; depth: (..., Q) metres.
+    Returns (..., Q): the distribution linearly interpolated between bin centres at ``depth`` (a tent weight
+    max(0, 1 - |t - k|) per bin k, t the continuous bin index), 0 outside [first centre, last centre]."""
+    t = (depth - bins.min_depth) / bins.width - 0.5  # (..., Q) continuous bin index
+    k = torch.arange(bins.num_bins, dtype=depth.dtype, device=depth.device).view(-1, 1)  # (D, 1)
+    w = torch.relu(1.0 - torch.abs(t.unsqueeze(-2) - k))  # (..., D, Q)
+    return (prob_at_pixel * w).sum(dim=-2)
+
+
+class BevGridPoints(nn.Module):
+    """Voxel centres of the BEV grid as a buffer: (Z * H * W, 3) ego metres, order (z, row i along x, col j along y)."""
+
+    def __init__(self, x_range: tuple[float, float], y_range: tuple[float, float], z_range: tuple[float, float],
+                 bev_shape: tuple[int, int], heights: int):
+        super().__init__()
+        h, w = bev_shape
+        xs = x_range[0] + (torch.arange(h, dtype=torch.float32) + 0.5) * (x_range[1] - x_range[0]) / h
+        ys = y_range[0] + (torch.arange(w, dtype=torch.float32) + 0.5) * (y_range[1] - y_range[0]) / w
+        zs = z_range[0] + (torch.arange(heights, dtype=torch.float32) + 0.5) * (z_range[1] - z_range[0]) / heights
+        z, x, y = torch.meshgrid(zs, xs, ys, indexing="ij")  # each (Z, H, W)
+        self.register_buffer("points", torch.stack([x, y, z], dim=-1).reshape(-1, 3), persistent=False)
+        self.shape = (heights, h, w)
+
+
+class BackwardLift(nn.Module):
+    """Camera features + depth distributions -> BEV features (B, C_out, H, W)."""
+
+    def __init__(self, in_channels: int, out_channels: int, grid: BevGridPoints, bins: DepthBins):
+        super().__init__()
+        self.grid = grid
+        self.bins = bins
+        heights = grid.shape[0]
+        self.reduce = nn.Sequential(nn.Conv2d(in_channels * heights, out_channels, 1, bias=False),
+                                    nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+    def forward(self, feats: Tensor, depth_prob: Tensor, img_from_ego: Tensor, camera_valid: Tensor,
+                image_hw: tuple[int, int]) -> Tensor:
+        """feats: (B, N, C, Hf, Wf) camera features; depth_prob: (B, N, D, Hf, Wf) softmaxed over D;
+        img_from_ego: (B, N, 4, 4) pixels of the input image (H_img, W_img) <- ego@t0; camera_valid: (B, N) bool.
+        Returns (B, C_out, H, W)."""
+        lifted = self.lift_voxels(feats, depth_prob, img_from_ego, camera_valid, image_hw)  # (B, C, Z, H, W)
+        b, c, z, h, w = lifted.shape
+        return self.reduce(lifted.reshape(b, c * z, h, w))  # (B, C*Z, H, W) -> (B, C_out, H, W)
+
+    def lift_voxels(self, feats: Tensor, depth_prob: Tensor, img_from_ego: Tensor, camera_valid: Tensor,
+                    image_hw: tuple[int, int]) -> Tensor:
+        """As ``forward`` but before folding heights: (B, C, Z, H, W), summed over cameras."""
+        b, n, c, hf, wf = feats.shape
+        d = depth_prob.shape[2]
+        z, h, w = self.grid.shape
+        pts = self.grid.points.view(1, 1, -1, 3)  # (1, 1, Q, 3), Q = Z*H*W
+        u, v, depth = project(pts, img_from_ego)  # each (B, N, Q)
+        grid = pixel_to_grid(u, v, image_hw[1], image_hw[0])  # (B, N, Q, 2)
+        inside = (grid.abs() <= 1.0).all(dim=-1) & (depth > self.bins.min_depth * 0.5)  # (B, N, Q)
+        valid = inside & camera_valid.unsqueeze(-1)
+        grid = grid.view(b * n, z * h, w, 2)  # (B*N, Z*H, W, 2): 4-D sampling grid
+        sampled = F.grid_sample(feats.reshape(b * n, c, hf, wf), grid, mode="bilinear", padding_mode="zeros",
+                                align_corners=False)  # (B*N, C, Z*H, W)
+        prob = F.grid_sample(depth_prob.reshape(b * n, d, hf, wf), grid, mode="bilinear", padding_mode="zeros",
+                             align_corners=False)  # (B*N, D, Z*H, W)
+        p = depth_probability(prob.view(b * n, d, -1), depth.view(b * n, -1), self.bins)  # (B*N, Q)
+        weight = p * valid.view(b * n, -1).to(p.dtype)  # (B*N, Q)
+        lifted = sampled.view(b * n, c, -1) * weight.unsqueeze(1)  # (B*N, C, Q)
+        return lifted.view(b, n, c, z, h, w).sum(dim=1)  # (B, C, Z, H, W): sum over cameras
