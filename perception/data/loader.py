@@ -18,11 +18,14 @@ gt_future          (B, G, T, 2) f32
 gt_future_valid    (B, G, T) bool
 =================  ====================  ==========================================================
 
+with a ``PillarSpec``, the radar encoder's inputs too: ``pillar_features`` (B, Pp, Np, 9) f32,
+``pillar_point_mask`` (B, Pp, Np) bool, ``pillar_cells`` (B, Pp) int64, ``pillar_mask`` (B, Pp) bool;
 plus ``meta``: a list of dicts (sample_token, t0, global_from_ego, issues, names/attributes/tokens).
 Frames with more GT boxes than G keep the G nearest to the ego (reported in ``meta[i]["issues"]``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -31,7 +34,45 @@ import torch
 from perception.data.frame import Frame
 
 
-def collate_frames(frames: Sequence[Frame], max_boxes: int) -> dict[str, Any]:
+PILLAR_FIELDS = ("x", "y", "z", "rcs", "vx", "vy", "dt")  # the pillariser appends dx, dy
+
+
+@dataclass(frozen=True)
+class PillarSpec:
+    """Radar pillars on the BEV grid (one pillar per BEV cell) for the network's radar encoder."""
+
+    x_range: tuple[float, float]
+    y_range: tuple[float, float]
+    resolution: float
+    max_pillars: int
+    max_points: int
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "PillarSpec":
+        g = cfg.data.grid
+        return cls(g.x_range, g.y_range, g.resolution, cfg.model.radar.max_pillars,
+                   cfg.model.radar.max_points_per_pillar)
+
+
+def pillar_inputs(frames: Sequence[Frame], spec: PillarSpec) -> dict[str, torch.Tensor]:
+    """Pillarise each frame's radar (numba) into the encoder's fixed-shape inputs."""
+    from perception.data.radar_pillars import PillarGrid, pillarize
+
+    grid = PillarGrid(spec.x_range, spec.y_range, spec.resolution)
+    out: dict[str, list[np.ndarray]] = {"pillar_features": [], "pillar_point_mask": [], "pillar_cells": [],
+                                        "pillar_mask": []}
+    for f in frames:
+        cols = [list(f.radar_fields).index(name) for name in PILLAR_FIELDS]
+        p = pillarize(np.ascontiguousarray(f.radar_points[:, cols]), f.radar_valid, PILLAR_FIELDS, grid,
+                      spec.max_pillars, spec.max_points)
+        out["pillar_features"].append(p.features)
+        out["pillar_point_mask"].append(p.point_mask)
+        out["pillar_cells"].append(p.cells)
+        out["pillar_mask"].append(p.pillar_mask)
+    return {k: torch.from_numpy(np.stack(v)) for k, v in out.items()}
+
+
+def collate_frames(frames: Sequence[Frame], max_boxes: int, pillars: PillarSpec | None = None) -> dict[str, Any]:
     n_cams = {f.num_cameras for f in frames}
     if len(n_cams) != 1:
         raise ValueError(f"a batch needs one camera count, got {sorted(n_cams)}")
@@ -59,7 +100,7 @@ def collate_frames(frames: Sequence[Frame], max_boxes: int) -> dict[str, Any]:
                      "camera_channels": list(f.camera_channels), "gt_names": f.gt_names[order].tolist(),
                      "gt_attributes": f.gt_attributes[order].tolist(),
                      "gt_instance_tokens": f.gt_instance_tokens[order].tolist(), "issues": issues})
-    return {
+    batch = {
         "images": torch.from_numpy(np.stack([f.images for f in frames])).permute(0, 1, 4, 2, 3).contiguous(),
         "img_from_ego": torch.from_numpy(np.stack([f.img_from_ego for f in frames])),
         "camera_valid": torch.from_numpy(np.stack([f.camera_valid for f in frames])),
@@ -70,6 +111,9 @@ def collate_frames(frames: Sequence[Frame], max_boxes: int) -> dict[str, Any]:
         "gt_future": torch.from_numpy(future), "gt_future_valid": torch.from_numpy(fvalid),
         "meta": meta,
     }
+    if pillars is not None:
+        batch.update(pillar_inputs(frames, pillars))
+    return batch
 
 
 class _TorchFrames(torch.utils.data.Dataset):
@@ -85,7 +129,7 @@ class _TorchFrames(torch.utils.data.Dataset):
 
 def make_loader(frames: Any, batch_size: int, max_boxes: int, shuffle: bool, workers: int = 0,
                 pin_memory: bool = False, distributed: bool = False, seed: int = 0,
-                drop_last: bool = False) -> torch.utils.data.DataLoader:
+                drop_last: bool = False, pillars: PillarSpec | None = None) -> torch.utils.data.DataLoader:
     """A DataLoader over an indexable of Frames (e.g. ``NuScenesFrames``). With ``distributed`` a
     ``DistributedSampler`` shards the indices across ranks (call ``loader.sampler.set_epoch``)."""
     from functools import partial
@@ -99,5 +143,5 @@ def make_loader(frames: Any, batch_size: int, max_boxes: int, shuffle: bool, wor
     gen.manual_seed(seed)
     return torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=workers,
-        pin_memory=pin_memory and torch.cuda.is_available(), collate_fn=partial(collate_frames, max_boxes=max_boxes),
+        pin_memory=pin_memory and torch.cuda.is_available(), collate_fn=partial(collate_frames, max_boxes=max_boxes, pillars=pillars),
         generator=gen, drop_last=drop_last)  # workers are re-created per epoch, so set_epoch reaches them

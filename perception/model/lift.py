@@ -35,9 +35,25 @@ class DepthBins:
 
 def depth_probability(prob_at_pixel: Tensor, depth: Tensor, bins: DepthBins) -> Tensor:
     """prob_at_pixel: (..., D, Q) depth distribution sampled at each voxel's pixel; depth: (..., Q) metres.
-    Returns (..., Q): the distribution linearly interpolated between bin centres at ``depth`` (a tent weight
-    max(0, 1 - |t - k|) per bin k, t the continuous bin index), 0 outside [first centre, last centre]."""
+    Returns (..., Q): the distribution linearly interpolated between the two bin centres around ``depth``
+    (t the continuous bin index: (1 - a) P[floor t] + a P[floor t + 1]), 0 outside [first centre, last centre].
+    Two gathers and elementwise ops: O(Q), not O(D Q); equal to ``depth_probability_tent`` (tested)."""
     t = (depth - bins.min_depth) / bins.width - 0.5  # (..., Q) continuous bin index
+    k0 = torch.floor(t)
+    a = t - k0  # (..., Q) in [0, 1)
+    d = bins.num_bins
+    lo_ok = ((k0 >= 0) & (k0 <= d - 1)).to(prob_at_pixel.dtype)
+    hi_ok = ((k0 + 1 >= 0) & (k0 + 1 <= d - 1)).to(prob_at_pixel.dtype)
+    i0 = torch.clamp(k0, 0, d - 1).long().unsqueeze(-2)  # (..., 1, Q)
+    i1 = torch.clamp(k0 + 1, 0, d - 1).long().unsqueeze(-2)
+    p0 = torch.gather(prob_at_pixel, -2, i0).squeeze(-2)  # (..., Q)
+    p1 = torch.gather(prob_at_pixel, -2, i1).squeeze(-2)
+    return (1.0 - a) * p0 * lo_ok + a * p1 * hi_ok
+
+
+def depth_probability_tent(prob_at_pixel: Tensor, depth: Tensor, bins: DepthBins) -> Tensor:
+    """The direct form: a tent weight max(0, 1 - |t - k|) on every bin k, summed (reference for tests)."""
+    t = (depth - bins.min_depth) / bins.width - 0.5  # (..., Q)
     k = torch.arange(bins.num_bins, dtype=depth.dtype, device=depth.device).view(-1, 1)  # (D, 1)
     w = torch.relu(1.0 - torch.abs(t.unsqueeze(-2) - k))  # (..., D, Q)
     return (prob_at_pixel * w).sum(dim=-2)

@@ -54,6 +54,11 @@ def radar_image_features(points: Tensor, valid: Tensor, img_from_ego: Tensor, fe
     return out.view(b, n, RADAR_IMAGE_CHANNELS, hf, wf)
 
 
+def l2_normalize(x: Tensor, dim: int, eps: float = 1e-6) -> Tensor:
+    """x / ||x|| along ``dim`` written with Sqrt/ReduceSum (F.normalize exports as ReduceL2, outside the budget)."""
+    return x / torch.sqrt((x * x).sum(dim=dim, keepdim=True) + eps)
+
+
 def plane_sweep_cost(feat_ref: Tensor, feat_src: Tensor, ref_img_from_ego: Tensor, src_img_from_ego: Tensor,
                      bins: DepthBins, image_hw: tuple[int, int]) -> Tensor:
     """feat_ref, feat_src: (S, C, Hf, Wf) features of the reference and source cameras of S pairs;
@@ -70,10 +75,10 @@ def plane_sweep_cost(feat_ref: Tensor, feat_src: Tensor, ref_img_from_ego: Tenso
     ego = hom.unsqueeze(0) @ inverse_projective(ref_img_from_ego).transpose(-1, -2)  # (S, D*Hf*Wf, 4)
     us, vs, ds = project(ego[:, None, :, :3], src_img_from_ego[:, None])  # each (S, 1, D*Hf*Wf)
     grid = pixel_to_grid(us[:, 0], vs[:, 0], image_hw[1], image_hw[0]).view(s, dnum * hf, wf, 2)
-    warped = F.grid_sample(F.normalize(feat_src, dim=1), grid, mode="bilinear", padding_mode="zeros",
+    warped = F.grid_sample(l2_normalize(feat_src, 1), grid, mode="bilinear", padding_mode="zeros",
                            align_corners=False)  # (S, C, D*Hf, Wf)
     warped = warped.view(s, c, dnum, hf, wf)
-    ref = F.normalize(feat_ref, dim=1).unsqueeze(2)  # (S, C, 1, Hf, Wf)
+    ref = l2_normalize(feat_ref, 1).unsqueeze(2)  # (S, C, 1, Hf, Wf)
     in_front = (ds[:, 0] > 0.1).view(s, 1, dnum, hf, wf).to(feat_ref.dtype)
     return (warped * ref).sum(dim=1) * in_front[:, 0]  # (S, D, Hf, Wf)
 

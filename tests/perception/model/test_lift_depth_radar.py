@@ -6,7 +6,7 @@ import torch
 from calibration.transforms import make_transform, quaternion_to_matrix, yaw_to_quaternion
 from perception.model.camera.depth import DepthNet, plane_sweep_cost, radar_image_features
 from perception.model.geometry import inverse_projective
-from perception.model.lift import BackwardLift, BevGridPoints, DepthBins, depth_probability
+from perception.model.lift import BackwardLift, BevGridPoints, DepthBins, depth_probability, depth_probability_tent
 from perception.model.radar.encoder import PillarEncoder, scatter_to_canvas
 
 FORWARD = np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], float)  # ego_from_camera rotation, looking along +x
@@ -39,6 +39,10 @@ def test_depth_interpolation_equals_direct():
         a = t - k
         direct = (1 - a) * (p[i, k] if 0 <= k < 48 else 0.0) + a * (p[i, k + 1] if 0 <= k + 1 < 48 else 0.0)
         assert out[i] == pytest.approx(direct, abs=1e-5)
+    # the gather form used in the network equals the dense tent form on a whole map
+    p = torch.rand(4, 48, 500)
+    dep = torch.rand(4, 500) * 70.0 - 5.0
+    torch.testing.assert_close(depth_probability(p, dep, bins), depth_probability_tent(p, dep, bins))
 
 
 def test_feature_at_projected_pixel_arrives_in_its_bev_cell():

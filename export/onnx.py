@@ -1,0 +1,62 @@
+"""Export the fusion network to ONNX: preprocessed arrays in, decoded fixed-size detections out.
+
+The graph wraps the same modules used in training (``FusionNet.detect``), never copies of them. Checked with
+``onnx.checker``, shape inference and the TensorRT-native op budget (``export.budget``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from perception.model.decode import OUTPUT_NAMES
+from perception.model.network import INPUT_NAMES, FusionNet
+
+RAW_OUTPUT_NAMES = ("heatmap", "offset", "z", "log_size", "rotation", "velocity", "traj_offsets", "traj_mode_logits")
+
+
+class DetectGraph(nn.Module):
+    """FusionNet.detect as a module with tuple outputs in ``OUTPUT_NAMES`` order (ONNX needs a flat signature)."""
+
+    def __init__(self, net: FusionNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        out = self.net.detect(*inputs)
+        return tuple(out[name] for name in OUTPUT_NAMES)
+
+
+class RawGraph(nn.Module):
+    """FusionNet.forward with tuple outputs in ``RAW_OUTPUT_NAMES`` order (parity checks on head maps)."""
+
+    def __init__(self, net: FusionNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        out = self.net(*inputs)
+        return tuple(out[name] for name in RAW_OUTPUT_NAMES)
+
+
+def export_onnx(net: FusionNet, example: Sequence[Tensor], path: str | Path, opset: int = 17,
+                raw: bool = False) -> Path:
+    """Export ``net`` (eval mode) with the example inputs (``INPUT_NAMES`` order) to ``path``; check it.
+
+    Uses the TorchScript-based exporter (``dynamo=False``): it produces plain ONNX ops for grid_sample, gather and
+    scatter within the budget, with static shapes (batch fixed by the example)."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = RawGraph(net) if raw else DetectGraph(net)
+    graph.eval()
+    names = RAW_OUTPUT_NAMES if raw else OUTPUT_NAMES
+    with torch.no_grad():
+        torch.onnx.export(graph, tuple(example), str(path), input_names=list(INPUT_NAMES), output_names=list(names),
+                          opset_version=opset, dynamo=False, do_constant_folding=True)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    return path

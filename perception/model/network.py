@@ -1,0 +1,136 @@
+"""The fusion network, composed from its blocks by constructor injection in one readable ``build_model(cfg)``.
+
+Inputs (``INPUT_NAMES``, all tensors, batch B, N cameras, P radar points, Pp pillars of Np points):
+
+==================  =======================  ===============================================================
+images              (B, N, 3, H, W) uint8    RGB, preprocessed by the shared data pipeline
+img_from_ego        (B, N, 4, 4) float32     run-time calibration (a recalibrated vehicle needs no re-export)
+camera_valid        (B, N) bool
+radar_points        (B, P, F) float32        ego@t0 fields ``x y z rcs vx vy dt sensor`` (for radar-in-image)
+radar_valid         (B, P) bool
+pillar_features     (B, Pp, Np, 9) float32   x y z rcs vx vy dt dx dy per point (numba pillariser)
+pillar_point_mask   (B, Pp, Np) bool
+pillar_cells        (B, Pp) int64            row * W + col on the BEV grid; padding H * W
+pillar_mask         (B, Pp) bool
+==================  =======================  ===============================================================
+
+``forward`` returns the raw head maps (training); ``detect`` also decodes them in the graph to fixed-size
+detections (``OUTPUT_NAMES`` of ``perception.model.decode``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from perception.config import Config
+from perception.model.bev_decoder import BevDecoder
+from perception.model.camera.backbone import ResNet, load_pretrained
+from perception.model.camera.depth import DepthNet, radar_image_features
+from perception.model.camera.neck import FPNNeck
+from perception.model.decode import BevGrid, Decoder
+from perception.model.fusion import ConvFusion, CrossAttentionFusion
+from perception.model.heads.center_head import CenterHead
+from perception.model.heads.trajectory_head import TrajectoryHead
+from perception.model.lift import BackwardLift, BevGridPoints, DepthBins
+from perception.model.radar.encoder import PillarEncoder
+
+INPUT_NAMES = ("images", "img_from_ego", "camera_valid", "radar_points", "radar_valid", "pillar_features",
+               "pillar_point_mask", "pillar_cells", "pillar_mask")
+PILLAR_FEATURES = 9  # x y z rcs vx vy dt dx dy (perception.data.loader.PILLAR_FIELDS + the pillariser's offsets)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class CameraBranch(nn.Module):
+    """Images -> camera BEV: backbone, neck (stride 16), radar-assisted (and stereo) depth, backward lift."""
+
+    def __init__(self, backbone: ResNet, neck: FPNNeck, depth: DepthNet, lift: BackwardLift,
+                 image_hw: tuple[int, int], radar_field_index: dict[str, int]):
+        super().__init__()
+        self.backbone, self.neck, self.depth, self.lift = backbone, neck, depth, lift
+        self.image_hw = tuple(image_hw)
+        self.rcs_index, self.dt_index = radar_field_index["rcs"], radar_field_index["dt"]
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0, persistent=False)
+
+    def forward(self, images: Tensor, img_from_ego: Tensor, camera_valid: Tensor, radar_points: Tensor | None,
+                radar_valid: Tensor | None) -> Tensor:
+        b, n = images.shape[:2]
+        x = (images.flatten(0, 1).float() - self.mean) / self.std  # (B*N, 3, H, W)
+        feats = self.neck(self.backbone(x))  # (B*N, C, Hf, Wf)
+        feats = feats.view(b, n, *feats.shape[1:])  # (B, N, C, Hf, Wf)
+        radar_img = None
+        if self.depth.radar:
+            radar_img = radar_image_features(radar_points, radar_valid, img_from_ego, feats.shape[-2:], self.image_hw,
+                                             self.rcs_index, self.dt_index)  # (B, N, 4, Hf, Wf)
+        prob, context = self.depth(feats, img_from_ego, self.image_hw, radar_img)
+        return self.lift(context, prob, img_from_ego, camera_valid, self.image_hw)  # (B, C_bev, H, W)
+
+
+class FusionNet(nn.Module):
+    def __init__(self, *, camera: CameraBranch | None, radar: PillarEncoder | None, fusion: nn.Module,
+                 bev_decoder: BevDecoder, center_head: CenterHead, trajectory_head: TrajectoryHead, decoder: Decoder,
+                 class_names: tuple[str, ...]):
+        super().__init__()
+        self.camera, self.radar, self.fusion = camera, radar, fusion
+        self.bev_decoder, self.center_head, self.trajectory_head, self.decoder = (bev_decoder, center_head,
+                                                                                  trajectory_head, decoder)
+        self.class_names = tuple(class_names)
+
+    def forward(self, images: Tensor, img_from_ego: Tensor, camera_valid: Tensor, radar_points: Tensor,
+                radar_valid: Tensor, pillar_features: Tensor, pillar_point_mask: Tensor, pillar_cells: Tensor,
+                pillar_mask: Tensor) -> dict[str, Tensor]:
+        """Shapes in the module docstring. Returns the head maps: CenterHead's ``heatmap``, ``offset``, ``z``,
+        ``log_size``, ``rotation``, ``velocity`` and TrajectoryHead's ``offsets`` and ``mode_logits``, each
+        (B, *, H, W) on the BEV grid."""
+        cam_bev = self.camera(images, img_from_ego, camera_valid, radar_points, radar_valid) if self.camera else None
+        rad_bev = self.radar(pillar_features, pillar_point_mask, pillar_cells, pillar_mask) if self.radar else None
+        bev = self.bev_decoder(self.fusion(cam_bev, rad_bev))  # (B, C, H, W)
+        out = self.center_head(bev)
+        traj = self.trajectory_head(bev)
+        out.update({"traj_offsets": traj["offsets"], "traj_mode_logits": traj["mode_logits"]})
+        return out
+
+    def detect(self, *inputs: Tensor) -> dict[str, Tensor]:
+        """Decoded fixed-size detections (boxes, scores, labels, trajectories, mode_probs)."""
+        out = self.forward(*inputs)
+        return self.decoder(out, {"offsets": out["traj_offsets"], "mode_logits": out["traj_mode_logits"]})
+
+
+def build_model(cfg: Config, stereo_pairs: tuple[tuple[int, int], ...] = ()) -> FusionNet:
+    """The network of ``cfg.model`` for the input of ``cfg.data`` (image size, BEV grid, radar fields).
+    ``stereo_pairs``: (left, right) camera indices of the rig (its topology is part of the network; the
+    calibration is a run-time input). Ignored when ``model.camera.stereo.enabled`` is false."""
+    m, d = cfg.model, cfg.data
+    bev_shape = d.grid.bev_shape
+    camera = None
+    if m.camera.enabled:
+        c = m.camera
+        backbone = ResNet(depth=c.backbone_depth, width=c.backbone_width, blocks=c.backbone_blocks,
+                          out_indices=(2, 3), norm=m.norm, frozen_stages=c.frozen_stages)
+        if c.pretrained:
+            load_pretrained(backbone, c.pretrained)
+        neck = FPNNeck(backbone.out_channels, c.neck_channels, norm=m.norm)
+        bins = DepthBins(c.depth_range[0], c.depth_range[1], c.depth_bins)
+        stereo = tuple((int(a), int(b)) for a, b in stereo_pairs) if c.stereo.enabled else ()
+        depth = DepthNet(c.neck_channels, c.neck_channels, bins, radar=c.radar_depth.enabled and m.radar.enabled,
+                         stereo_pairs=stereo)
+        grid = BevGridPoints(d.grid.x_range, d.grid.y_range, d.grid.z_range, bev_shape, c.heights)
+        lift = BackwardLift(c.neck_channels, m.bev_channels, grid, bins)
+        camera = CameraBranch(backbone, neck, depth, lift, d.image_size,
+                              {name: i for i, name in enumerate(d.radar.fields)})
+    radar = PillarEncoder(PILLAR_FEATURES, m.radar.channels, bev_shape) if m.radar.enabled else None
+    f = m.fusion
+    if f.kind == "cross_attention":
+        fusion: nn.Module = CrossAttentionFusion(m.bev_channels, m.radar.channels, f.channels, f.layers, f.heads, f.points,
+                                                 bev_shape, camera_enabled=m.camera.enabled,
+                                                 radar_enabled=m.radar.enabled)
+    else:
+        fusion = ConvFusion(m.bev_channels, m.radar.channels, f.channels, camera_enabled=m.camera.enabled,
+                            radar_enabled=m.radar.enabled)
+    bev_decoder = BevDecoder(f.channels, f.channels)
+    center = CenterHead(f.channels, len(cfg.classes), m.head.channels)
+    trajectory = TrajectoryHead(f.channels, m.head.modes, m.head.steps, m.head.channels)
+    decoder = Decoder(BevGrid(d.grid.x_range, d.grid.y_range, bev_shape), m.head.max_detections)
+    return FusionNet(camera=camera, radar=radar, fusion=fusion, bev_decoder=bev_decoder, center_head=center,
+                     trajectory_head=trajectory, decoder=decoder, class_names=cfg.classes)
