@@ -1,0 +1,129 @@
+"""One ``infer(frame) -> Detections`` for every backend, sharing the data pipeline's preprocessing.
+
+``Pipeline.from_checkpoint(path)`` runs the PyTorch network; ``from_onnx`` and ``from_engine`` (ONNX Runtime,
+TensorRT) arrive with the export issue and use the same batching (``collate_frames``: the same pillarisation
+and tensors) and the same post-processing below.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perception.config import Config
+from perception.data.frame import Frame
+
+
+@dataclass
+class Detections:
+    """Detections of one Frame in ego@t0 (K detections above the score threshold, highest score first).
+
+    boxes: (K, 9) [x, y, z, w, l, h, yaw, vx, vy] (m, rad, m/s over ground in ego axes); scores (K,);
+    labels (K,) class indices; names / attributes (K,) str; trajectories (K, M, T, 2) absolute ego@t0 positions
+    at 2 Hz; mode_probs (K, M)."""
+
+    sample_token: str
+    t0: int
+    global_from_ego: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    names: np.ndarray
+    attributes: np.ndarray
+    trajectories: np.ndarray
+    mode_probs: np.ndarray
+    timing: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def to_nuscenes(self) -> list[dict[str, Any]]:
+        """nuScenes detection results (global frame): translation, size [w, l, h], rotation [w, x, y, z],
+        velocity [vx, vy] (global axes), detection_name, float detection_score, attribute_name."""
+        from calibration.transforms import matrix_to_quaternion, yaw_to_quaternion
+
+        g = self.global_from_ego
+        out = []
+        ego_yaw = np.arctan2(g[1, 0], g[0, 0])
+        for b, s, name, attr in zip(self.boxes.astype(np.float64), self.scores, self.names, self.attributes):
+            centre = g[:3, :3] @ b[:3] + g[:3, 3]
+            vel = g[:2, :2] @ b[7:9]
+            # yaw about the global z; ego roll/pitch are ignored for the box orientation (boxes are upright)
+            q = yaw_to_quaternion(float(b[6] + ego_yaw))
+            out.append({"sample_token": self.sample_token, "translation": [float(v) for v in centre],
+                        "size": [float(v) for v in b[3:6]], "rotation": [float(v) for v in q],
+                        "velocity": [float(v) for v in vel], "detection_name": str(name),
+                        "detection_score": float(s), "attribute_name": str(attr)})
+        del matrix_to_quaternion
+        return out
+
+
+def postprocess(raw: dict[str, np.ndarray], frame: Frame, class_names: tuple[str, ...], score_threshold: float,
+                index: int = 0) -> Detections:
+    """Fixed-size decoded outputs (batch item ``index``) -> Detections above ``score_threshold``."""
+    from perception.model.decode import attribute_from_class_and_speed
+
+    scores = np.asarray(raw["scores"][index])
+    keep = (scores > score_threshold) & (np.asarray(raw["labels"][index]) >= 0)
+    boxes = np.asarray(raw["boxes"][index])[keep]
+    labels = np.asarray(raw["labels"][index])[keep].astype(np.int64)
+    speed = np.hypot(boxes[:, 7], boxes[:, 8]) if len(boxes) else np.zeros(0)
+    attrs = np.array(attribute_from_class_and_speed(labels, speed, class_names), dtype="<U40").reshape(-1)
+    return Detections(frame.sample_token, frame.t0, frame.global_from_ego, boxes, scores[keep], labels,
+                      np.array([class_names[i] for i in labels], dtype="<U32"), attrs,
+                      np.asarray(raw["trajectories"][index])[keep], np.asarray(raw["mode_probs"][index])[keep])
+
+
+class Pipeline:
+    """Frame in, Detections out. Build with ``from_checkpoint`` (or, later, ``from_onnx`` / ``from_engine``)."""
+
+    def __init__(self, cfg: Config, runner: Any, stereo_pairs: tuple = (), score_threshold: float = 0.05):
+        self.cfg = cfg
+        self.runner = runner
+        self.stereo_pairs = tuple(tuple(p) for p in stereo_pairs)
+        self.score_threshold = score_threshold
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", score_threshold: float = 0.05) -> "Pipeline":
+        import torch
+
+        from perception.model.network import build_model
+        from perception.train.checkpoint import load_checkpoint, load_weights
+
+        ckpt = load_checkpoint(path)
+        cfg = ckpt["config"]
+        stereo = tuple(tuple(p) for p in ckpt.get("stereo_pairs", []))
+        net = build_model(cfg, stereo)
+        load_weights(net, ckpt["model"], path)
+        net.eval().to(device)
+        return cls(cfg, _TorchRunner(net, torch.device(device)), stereo, score_threshold)
+
+    def infer(self, frame: Frame) -> Detections:
+        import time
+
+        from perception.data.loader import PillarSpec, collate_frames
+
+        t = time.perf_counter()
+        batch = collate_frames([frame], self.cfg.data.loader.max_boxes, PillarSpec.from_config(self.cfg))
+        t_pre = time.perf_counter()
+        raw = self.runner(batch)
+        t_net = time.perf_counter()
+        det = postprocess(raw, frame, self.cfg.classes, self.score_threshold)
+        det.timing = {"preprocess_s": t_pre - t, "network_s": t_net - t_pre, "postprocess_s": time.perf_counter() - t_net}
+        return det
+
+
+class _TorchRunner:
+    def __init__(self, net: Any, device: Any):
+        self.net, self.device = net, device
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        import torch
+
+        from perception.model.network import INPUT_NAMES
+
+        with torch.no_grad():
+            out = self.net.detect(*[batch[k].to(self.device) for k in INPUT_NAMES])
+        return {k: v.cpu().numpy() for k, v in out.items()}

@@ -1,0 +1,1 @@
+"""Training: losses, loop, checkpoints, DDP."""
