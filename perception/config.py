@@ -436,25 +436,52 @@ def config_from_dict(data: dict, overrides: Sequence[str] = (), source: str = ""
         raise ConfigError(f"{source}: {err}" if source else str(err)) from None
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    """Load, override, type-check and validate an experiment config.
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
-    A relative ``rig`` path is resolved against the config file's folder.
-    """
-    path = Path(path)
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A config file's mapping with its ``base:`` chain merged underneath (paths relative to the file)."""
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file does not exist") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
-    if data is not None and not isinstance(data, dict):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    cfg = config_from_dict(data or {}, overrides, str(path))
-    if cfg.rig and not Path(cfg.rig).is_absolute():
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = (path.parent / str(base)).resolve()
+    if base_path in seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to {base_path}")
+    parent = _read_yaml(base_path, seen + (path.resolve(),))
+    # a relative rig path in the base is relative to the base file
+    if isinstance(parent.get("rig"), str) and parent["rig"] and not Path(parent["rig"]).is_absolute() \
+            and "rig" not in data:
+        parent["rig"] = str((base_path.parent / parent["rig"]).resolve())
+    return _deep_merge(parent, data)
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Load, override, type-check and validate an experiment config.
+
+    ``base: other.yaml`` (relative to the file) merges that config underneath: an experiment states only its
+    differences. A relative ``rig`` path is resolved against the config file's folder.
+    """
+    path = Path(path)
+    data = _read_yaml(path)
+    cfg = config_from_dict(data, overrides, str(path))
+    if cfg.rig:
         # relative to the config file; stored relative to the repository when inside it, so that the resolved
         # config (and its hash in checkpoints) is the same on every machine
-        rig = (path.parent / cfg.rig).resolve()
+        rig = (path.parent / cfg.rig).resolve() if not Path(cfg.rig).is_absolute() else Path(cfg.rig)
         try:
             rig_text = str(rig.relative_to(REPO))
         except ValueError:

@@ -94,3 +94,18 @@ def test_load_errors(tmp_path):
     bad.write_text("name: [unclosed")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_config(bad)
+
+
+def test_base_chain_states_only_differences(tmp_path):
+    r50 = load_config(REPO / "configs" / "nuscenes_r50_256x704.yaml")
+    r18 = load_config(REPO / "configs" / "nuscenes_r18_256x704.yaml")
+    assert r50.model.camera.backbone_depth == 50 and r18.model.camera.backbone_depth == 18
+    assert r50.data == r18.data and r50.model.fusion == r18.model.fusion
+    assert r50.rig == r18.rig == "configs/rigs/nuscenes.yaml"
+    stereo = load_config(REPO / "configs" / "synthetic_tiny_stereo.yaml")
+    assert stereo.rig == "configs/rigs/stereo_radar.yaml"
+    assert stereo.data == load_config(REPO / "configs" / "synthetic_tiny.yaml").data
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nname: b\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "a.yaml")
