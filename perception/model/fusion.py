@@ -178,7 +178,8 @@ class FusionLayer(nn.Module):
     (post-norm, as in the Deformable DETR decoder without self-attention: Q = H*W is too many for dense
     self-attention, and the deformable sampling already mixes neighbouring cells)."""
 
-    def __init__(self, channels: int, heads: int = 4, levels: int = 2, points: int = 4, ffn_channels: int | None = None):
+    def __init__(self, channels: int, heads: int = 4, levels: int = 2, points: int = 4,
+                 ffn_channels: int | None = None):
         super().__init__()
         ffn_channels = ffn_channels or 2 * channels
         self.cross_attn = DeformableCrossAttention(channels, heads, levels, points)

@@ -208,8 +208,9 @@ def _export_and_check(model: torch.nn.Module, inputs: dict[str, torch.Tensor | N
     # the dynamo exporter builds opset 18 and converts down; it keeps 18 silently if the conversion fails
     assert {o.domain: o.version for o in proto.opset_import}.get("", None) == 17
     counts = check_budget(proto)  # op types, default domain only, GridSample inputs 4-D
-    assert counts.get("GridSample", 0) == (2 * sum(v is not None for v in args) if isinstance(model, CrossAttentionFusion)
-                                           else 0)
+    levels = sum(v is not None for v in args)
+    expected_grid_samples = 2 * levels if isinstance(model, CrossAttentionFusion) else 0  # 2 layers x levels
+    assert counts.get("GridSample", 0) == expected_grid_samples
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {k: v.numpy() for k, v in inputs.items() if v is not None}
     got = session.run(None, feeds)[0]
