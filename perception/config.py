@@ -264,6 +264,29 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation (AdamW + one-cycle), budget (steps and/or minutes), logging, evaluation and checkpoints."""
+
+    split: str = "synth_train"
+    val_split: str = "synth_val"
+    steps: int = 2000  # optimiser steps (the one-cycle schedule spans them)
+    max_minutes: float = 0.0  # 0: no time limit; otherwise stop (and checkpoint) after this wall time
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 35.0
+    seed: int = 0
+    amp: bool = True  # mixed precision where available (CUDA); ignored on CPU
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate at the end only
+    checkpoint_every: int = 200
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.lr <= 0 or self.log_every < 1 or self.checkpoint_every < 1:
+            raise ConfigError("train: steps >= 1, lr > 0, log_every >= 1 and checkpoint_every >= 1 required")
+
+
+@dataclass(frozen=True)
 class Config:
     """One experiment. ``rig`` is a rig YAML path (relative to the config file's folder, or absolute)."""
 
@@ -272,6 +295,7 @@ class Config:
     classes: tuple[str, ...] = DETECTION_CLASSES
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
         if not self.name:

@@ -42,7 +42,7 @@ class Detections:
     def to_nuscenes(self) -> list[dict[str, Any]]:
         """nuScenes detection results (global frame): translation, size [w, l, h], rotation [w, x, y, z],
         velocity [vx, vy] (global axes), detection_name, float detection_score, attribute_name."""
-        from calibration.transforms import matrix_to_quaternion, yaw_to_quaternion
+        from calibration.transforms import yaw_to_quaternion
 
         g = self.global_from_ego
         out = []
@@ -56,7 +56,6 @@ class Detections:
                         "size": [float(v) for v in b[3:6]], "rotation": [float(v) for v in q],
                         "velocity": [float(v) for v in vel], "detection_name": str(name),
                         "detection_score": float(s), "attribute_name": str(attr)})
-        del matrix_to_quaternion
         return out
 
 

@@ -127,18 +127,42 @@ class _TorchFrames(torch.utils.data.Dataset):
         return self.frames[i]
 
 
+class EpochSampler(torch.utils.data.Sampler):
+    """The order of one epoch as a pure function of (seed, epoch), optionally starting ``start`` items in, so that
+    a resumed run sees exactly the batches an uninterrupted one would have."""
+
+    def __init__(self, n: int, seed: int, epoch: int, shuffle: bool, start: int = 0):
+        self.n, self.seed, self.epoch, self.shuffle, self.start = n, seed, epoch, shuffle, start
+
+    def __iter__(self):
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        return iter(order[self.start:])
+
+    def __len__(self) -> int:
+        return max(self.n - self.start, 0)
+
+
 def make_loader(frames: Any, batch_size: int, max_boxes: int, shuffle: bool, workers: int = 0,
                 pin_memory: bool = False, distributed: bool = False, seed: int = 0,
-                drop_last: bool = False, pillars: PillarSpec | None = None) -> torch.utils.data.DataLoader:
-    """A DataLoader over an indexable of Frames (e.g. ``NuScenesFrames``). With ``distributed`` a
-    ``DistributedSampler`` shards the indices across ranks (call ``loader.sampler.set_epoch``)."""
+                drop_last: bool = False, pillars: PillarSpec | None = None, epoch: int = 0,
+                start_batch: int = 0) -> torch.utils.data.DataLoader:
+    """A DataLoader over an indexable of Frames (e.g. ``NuScenesFrames``). Single process: the order of
+    ``epoch`` from ``EpochSampler`` (resumable at ``start_batch``). With ``distributed`` a ``DistributedSampler``
+    shards the indices across ranks (its epoch is set here)."""
     from functools import partial
 
     ds = _TorchFrames(frames)
-    sampler = None
     if distributed:
         sampler = torch.utils.data.distributed.DistributedSampler(ds, shuffle=shuffle, seed=seed, drop_last=drop_last)
-        shuffle = False
+        sampler.set_epoch(epoch)
+    else:
+        sampler = EpochSampler(len(ds), seed, epoch, shuffle, start_batch * batch_size)
+    shuffle = False
     gen = torch.Generator()
     gen.manual_seed(seed)
     return torch.utils.data.DataLoader(

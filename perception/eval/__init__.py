@@ -1,0 +1,1 @@
+"""Evaluation: the official nuScenes detection metrics through nuscenes-devkit (never reimplemented)."""

@@ -1,0 +1,96 @@
+"""The minimal evaluation: Frames -> predictions -> nuScenes results JSON -> the devkit's DetectionEval.
+
+The benchmarking CLI (``perception-test``) builds on ``evaluate_split``; NDS, mAP and the TP errors always come
+from ``nuscenes.eval.detection.evaluate.DetectionEval``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+RESULTS_META = {"use_camera": True, "use_lidar": False, "use_radar": True, "use_map": False, "use_external": False}
+MAX_BOXES_PER_SAMPLE = 500
+
+
+def results_json(boxes_by_token: dict[str, list[dict]], sample_tokens: Iterable[str],
+                 meta: dict | None = None) -> dict:
+    """The nuScenes results format: every sample of the split present (empty list if nothing detected), float
+    scores, at most 500 boxes per sample (the highest scoring)."""
+    results = {}
+    for tok in sample_tokens:
+        boxes = sorted(boxes_by_token.get(tok, []), key=lambda b: -float(b["detection_score"]))[:MAX_BOXES_PER_SAMPLE]
+        results[tok] = [{**b, "sample_token": tok, "detection_score": float(b["detection_score"])} for b in boxes]
+    return {"meta": dict(meta or RESULTS_META), "results": results}
+
+
+def gt_boxes_as_results(nusc: Any, sample_tokens: Iterable[str]) -> dict[str, list[dict]]:
+    """The oracle: GT boxes the devkit evaluates (num_lidar_pts + num_radar_pts > 0), as predictions with score 1.
+    (GT without points is dropped by the devkit while predictions never are, so copying those would be false
+    positives.)"""
+    from nuscenes.eval.detection.utils import category_to_detection_name
+
+    out = {}
+    for tok in sample_tokens:
+        boxes = []
+        for ann_tok in nusc.get("sample", tok)["anns"]:
+            ann = nusc.get("sample_annotation", ann_tok)
+            name = category_to_detection_name(ann["category_name"])
+            if name is None or ann["num_lidar_pts"] + ann["num_radar_pts"] == 0:
+                continue
+            vel = nusc.box_velocity(ann_tok)[:2]
+            attr = nusc.get("attribute", ann["attribute_tokens"][0])["name"] if ann["attribute_tokens"] else ""
+            boxes.append({"translation": list(ann["translation"]), "size": list(ann["size"]),
+                          "rotation": list(ann["rotation"]),
+                          "velocity": [float(v) if np.isfinite(v) else 0.0 for v in vel],
+                          "detection_name": name, "detection_score": 1.0, "attribute_name": attr})
+        out[tok] = boxes
+    return out
+
+
+def run_devkit(nusc: Any, results: dict, eval_set: str, out_dir: str | Path, verbose: bool = False) -> dict:
+    """Write ``results`` and score them with DetectionEval (config detection_cvpr_2019). Returns the devkit's
+    metrics summary (as it writes metrics_summary.json) plus the paths written."""
+    from nuscenes.eval.detection.config import config_factory
+    from nuscenes.eval.detection.evaluate import DetectionEval
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "results_nusc.json"
+    path.write_text(json.dumps(results))
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf if not verbose else None) if not verbose else contextlib.nullcontext():
+        ev = DetectionEval(nusc, config_factory("detection_cvpr_2019"), str(path), eval_set, str(out_dir),
+                           verbose=verbose)
+        summary = ev.main(plot_examples=0, render_curves=False)  # the devkit prints its tables: kept quiet
+    summary["results_path"] = str(path)
+    return summary
+
+
+def evaluate_split(predict: Callable[[Any], list[dict]], frames: Any, out_dir: str | Path,
+                   progress: bool = False) -> dict:
+    """Run ``predict(frame) -> nuScenes result boxes`` over every Frame of ``frames`` (a NuScenesFrames of the
+    evaluated split) and score with the devkit. Returns the metrics summary."""
+    boxes: dict[str, list[dict]] = {}
+    it = range(len(frames))
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="evaluate", unit="frame")
+    for i in it:
+        frame = frames[i]
+        boxes[frame.sample_token] = predict(frame)
+    tokens = [s.token for s in frames.samples]
+    return run_devkit(frames.nusc, results_json(boxes, tokens), frames.split, out_dir)
+
+
+def summary_line(summary: dict) -> str:
+    tp = summary["tp_errors"]
+    return (f"NDS {summary['nd_score']:.3f} mAP {summary['mean_ap']:.3f} mATE {tp['trans_err']:.3f} "
+            f"mASE {tp['scale_err']:.3f} mAOE {tp['orient_err']:.3f} mAVE {tp['vel_err']:.3f} "
+            f"mAAE {tp['attr_err']:.3f}")

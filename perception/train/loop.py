@@ -1,0 +1,281 @@
+"""The training loop: AdamW + one-cycle, AMP where available, gradient clipping, seeds, tqdm, TensorBoard, the
+resolved config in the run folder, evaluation, atomic checkpoints that resume exactly, DDP through torchrun.
+
+Run folder: ``config.resolved.yaml``, ``history.jsonl`` (one line per logged step), ``tb/`` (TensorBoard),
+``last.pt`` (resumable: model, optimiser, scheduler, step, RNG states), ``model.pt`` (weights for inference),
+``eval/`` (devkit outputs), ``training_curve.png``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from perception.config import Config, config_hash, dump_config
+
+LOSS_NAMES = ("heatmap", "regression", "trajectory", "mode")
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, NCCL on GPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def data_hash(frames: Any) -> str:
+    """A short hash of what the model is trained on: the sample tokens of the split and the generator's
+    options for synthetic roots (so a regenerated dataset is noticed)."""
+    import hashlib
+
+    h = hashlib.sha256("".join(s.token for s in frames.samples).encode())
+    gen = Path(frames.dataroot) / frames.version / "generator.json"
+    if gen.exists():
+        h.update(gen.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def generator_version(frames: Any) -> str:
+    gen = Path(frames.dataroot) / frames.version / "generator.json"
+    if gen.exists():
+        return str(json.loads(gen.read_text()).get("generator", "unknown"))
+    return "none (not a synthetic root)"
+
+
+def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, resume: bool = False,
+          progress: bool = True, device: str | None = None) -> dict:
+    """Train ``cfg`` on ``cfg.train.split`` of the root; returns a summary (final losses, evaluation metrics)."""
+    from perception.data.loader import PillarSpec, make_loader
+    from perception.data.nuscenes import NuScenesFrames
+    from perception.model.decode import BevGrid
+    from perception.model.network import INPUT_NAMES, build_model
+    from perception.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
+    from perception.train.losses import detection_losses
+    from perception.train.targets import build_targets
+
+    dist_info = init_distributed()
+    tc = cfg.train
+    seed_everything(tc.seed + dist_info.rank, tc.deterministic)
+    dev = torch.device(device or (f"cuda:{dist_info.local_rank}" if torch.cuda.is_available() else "cpu"))
+    out = Path(out_dir)
+    if dist_info.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.resolved.yaml").write_text(dump_config(cfg))
+    frames = NuScenesFrames(cfg, dataroot, version, tc.split, train=True, seed=tc.seed)
+    stereo = tuple(tuple(int(v) for v in p) for p in frames.load(0).stereo_pairs)
+    net = build_model(cfg, stereo).to(dev)
+    if dist_info.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                                        find_unused_parameters=True)
+    model = net.module if hasattr(net, "module") else net
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.steps, pct_start=0.3,
+                                                div_factor=10.0, final_div_factor=100.0)
+    use_amp = tc.amp and dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    step = 0
+    hashes = {"config_hash": config_hash(cfg), "generator_version": generator_version(frames),
+              "data_hash": data_hash(frames)}
+    if resume and (out / "last.pt").exists():
+        ck = load_checkpoint(out / "last.pt")
+        load_weights(model, ck["model"], out / "last.pt")
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        step = int(ck["step"])
+        _set_rng(ck["rng"])
+        if ck.get("config_hash") != hashes["config_hash"]:
+            raise ValueError(f"{out / 'last.pt'} was trained with another config (hash {ck.get('config_hash')} vs "
+                             f"{hashes['config_hash']}); resume with the same config or start a new run")
+    bs = cfg.data.loader.batch_size
+    per_epoch = len(frames) // (bs * dist_info.world)
+    if per_epoch < 1:
+        raise ValueError(f"split {tc.split} has {len(frames)} samples: fewer than one batch of {bs} per process")
+
+    def epoch_loader(epoch: int, start_batch: int) -> Any:
+        return make_loader(frames, bs, cfg.data.loader.max_boxes, shuffle=True, workers=cfg.data.loader.workers,
+                           pin_memory=cfg.data.loader.pin_memory, distributed=dist_info.world > 1, seed=tc.seed,
+                           drop_last=True, pillars=PillarSpec.from_config(cfg), epoch=epoch, start_batch=start_batch)
+    grid = BevGrid.from_config(cfg.data.grid)
+    writer = None
+    if dist_info.main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"))
+    bar = None
+    if progress and dist_info.main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step")
+    t_start = time.time()
+    history = out / "history.jsonl"
+    epoch = step // per_epoch
+    stop = False
+    net.train()
+    while step < tc.steps and not stop:
+        frames.set_epoch(epoch)
+        start = step - epoch * per_epoch  # resuming mid-epoch: start after the batches already seen
+        if dist_info.world > 1 and start:
+            raise ValueError("resuming mid-epoch is supported in single-process runs; resume from an epoch "
+                             "boundary checkpoint under torchrun")
+        for batch in epoch_loader(epoch, start):
+            targets = build_targets(batch["gt_boxes"], batch["gt_labels"], batch["gt_mask"], batch["gt_future"],
+                                    batch["gt_future_valid"], grid, len(cfg.classes))
+            inputs = [batch[k].to(dev, non_blocking=True) for k in INPUT_NAMES]
+            with torch.autocast(dev.type, enabled=use_amp):
+                outputs = net(*inputs)
+            losses = detection_losses({k: v.float() for k, v in outputs.items()}, _to(targets, dev))
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"step {step}: loss is {loss.item()} ({ {k: v.item() for k, v in losses.items()} })")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            if dist_info.main and (step % tc.log_every == 0 or step == tc.steps):
+                row = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in losses.items()},
+                       "lr": sched.get_last_lr()[0], "grad_norm": float(gnorm), "minutes": (time.time() - t_start) / 60}
+                with open(history, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                for k, v in row.items():
+                    if k != "step":
+                        writer.add_scalar(f"train/{k}", v, step)
+            timed_out = tc.max_minutes > 0 and (time.time() - t_start) / 60 >= tc.max_minutes
+            if dist_info.main and (step % tc.checkpoint_every == 0 or step == tc.steps or timed_out):
+                _save_state(out / "last.pt", model, cfg, stereo, opt, sched, step, hashes)
+            if tc.eval_every and step % tc.eval_every == 0 and dist_info.main and step < tc.steps:
+                _evaluate(model, cfg, dataroot, version, out / f"eval_step{step}", writer, step, stereo)
+                net.train()
+            if step >= tc.steps or timed_out:
+                stop = True
+                break
+        epoch += 1
+    if bar is not None:
+        bar.close()
+    summary: dict[str, Any] = {"steps": step, "minutes": (time.time() - t_start) / 60, **hashes}
+    if dist_info.main:
+        save_checkpoint(out / "model.pt", model, cfg, stereo, {**hashes, "steps": step})
+        metrics = _evaluate(model, cfg, dataroot, version, out / "eval", writer, step, stereo)
+        summary["metrics"] = metrics
+        plot_history(history, out / "training_curve.png")
+        writer.close()
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return summary
+
+
+def _to(t: Any, dev: torch.device) -> Any:
+    from dataclasses import fields, replace
+
+    return replace(t, **{f.name: getattr(t, f.name).to(dev) for f in fields(t)})
+
+
+def _rng_state() -> dict:
+    """All global RNG states as tensors and plain numbers (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    py = random.getstate()
+    return {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "numpy_pos": int(np_state[2]), "numpy_has_gauss": int(np_state[3]), "numpy_gauss": float(np_state[4]),
+            "python_version": int(py[0]), "python_state": torch.tensor(py[1], dtype=torch.int64),
+            "python_gauss": py[2]}
+
+
+def _set_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
+                         state["numpy_has_gauss"], state["numpy_gauss"]))
+    random.setstate((state["python_version"], tuple(int(v) for v in state["python_state"].tolist()),
+                     state["python_gauss"]))
+
+
+def _save_state(path: Path, model, cfg, stereo, opt, sched, step: int, hashes: dict) -> None:
+    from perception.train.checkpoint import save_checkpoint
+
+    save_checkpoint(path, model, cfg, stereo, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                               "step": step, "rng": _rng_state(), **hashes})
+
+
+def _evaluate(model, cfg, dataroot, version, out_dir: Path, writer, step: int, stereo) -> dict:
+    """The minimal evaluation of the current weights on cfg.train.val_split (devkit metrics)."""
+    from perception.data.nuscenes import NuScenesFrames
+    from perception.eval.detection import evaluate_split, summary_line
+    from perception.pipeline import Pipeline, _TorchRunner
+
+    model.eval()
+    frames = NuScenesFrames(cfg, dataroot, version, cfg.train.val_split)
+    pipe = Pipeline(cfg, _TorchRunner(model, next(model.parameters()).device), stereo)
+    summary = evaluate_split(lambda f: pipe.infer(f).to_nuscenes(), frames, out_dir)
+    line = summary_line(summary)
+    print(f"[eval step {step}] {cfg.train.val_split}: {line}", flush=True)
+    if writer is not None:
+        writer.add_scalar("val/NDS", summary["nd_score"], step)
+        writer.add_scalar("val/mAP", summary["mean_ap"], step)
+        for k, v in summary["tp_errors"].items():
+            writer.add_scalar(f"val/{k}", v, step)
+    return {"NDS": summary["nd_score"], "mAP": summary["mean_ap"], **summary["tp_errors"]}
+
+
+def plot_history(history: Path, out_png: Path) -> None:
+    """Loss curves (total and per term, log scale) against steps."""
+    if not history.exists():
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for key in ("loss",) + LOSS_NAMES:
+        ax.plot(steps, [r[key] for r in rows], label=key, lw=1.5 if key == "loss" else 1.0)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"training: {len(rows)} logged steps, {rows[-1]['minutes']:.1f} min")
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)

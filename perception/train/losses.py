@@ -1,0 +1,59 @@
+"""Losses: Gaussian focal loss on heatmaps, masked L1 on the regressions gathered at GT centres, and for the
+trajectories winner-takes-all L1 (only the mode closest to the truth is regressed) plus cross-entropy on the
+mode logits towards that winner."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from perception.train.targets import Targets
+
+REG_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)  # offset x2, z, log size x3, sin, cos, vel x2
+
+
+def gaussian_focal_loss(logits: Tensor, target: Tensor, alpha: float = 2.0, gamma: float = 4.0) -> Tensor:
+    """CenterNet focal loss. logits, target: (B, K, H, W); target 1 at centres, Gaussian around. Normalised by
+    the number of centres (at least 1)."""
+    pred = logits.sigmoid().clamp(1e-4, 1 - 1e-4)
+    pos = target.eq(1).float()
+    neg = 1.0 - pos
+    pos_loss = -torch.log(pred) * (1 - pred) ** alpha * pos
+    neg_loss = -torch.log(1 - pred) * pred ** alpha * (1 - target) ** gamma * neg
+    return (pos_loss.sum() + neg_loss.sum()) / pos.sum().clamp(min=1.0)
+
+
+def _gather(maps: Tensor, ind: Tensor) -> Tensor:
+    """maps (B, C, H, W), ind (B, G) flat cell -> (B, G, C)."""
+    b, c = maps.shape[:2]
+    flat = maps.reshape(b, c, -1)  # (B, C, H*W)
+    return flat.gather(2, ind.unsqueeze(1).expand(b, c, ind.shape[1])).transpose(1, 2)
+
+
+def detection_losses(out: dict[str, Tensor], t: Targets) -> dict[str, Tensor]:
+    """out: the network's head maps; t: targets. Returns named scalar losses (their sum is trained)."""
+    heat = gaussian_focal_loss(out["heatmap"], t.heatmap)
+    pred = torch.cat([_gather(out[name], t.ind) for name in ("offset", "z", "log_size", "rotation", "velocity")],
+                     dim=2)  # (B, G, 10)
+    m = t.mask.unsqueeze(-1).float()
+    w = pred.new_tensor(REG_WEIGHTS)
+    n = t.mask.sum().clamp(min=1).float()
+    reg = (F.l1_loss(pred, t.regression, reduction="none") * m * w).sum() / n
+    # trajectories: (B, G, M, T, 2)
+    offs = _gather(out["traj_offsets"], t.ind)  # (B, G, M*T*2)
+    logits = _gather(out["traj_mode_logits"], t.ind)  # (B, G, M)
+    b, g, modes = logits.shape
+    steps = t.traj.shape[2]
+    offs = offs.view(b, g, modes, steps, 2)
+    valid = t.traj_valid.float()  # (B, G, T)
+    err = (offs - t.traj.unsqueeze(2)).abs().sum(-1)  # (B, G, M, T)
+    steps_n = valid.sum(-1).clamp(min=1).unsqueeze(-1)  # (B, G, 1)
+    ade = (err * valid.unsqueeze(2)).sum(-1) / steps_n  # (B, G, M)
+    has = (valid.sum(-1) > 0) & t.mask  # (B, G)
+    best = ade.argmin(dim=2)  # (B, G) winner mode
+    wta = ade.gather(2, best.unsqueeze(-1)).squeeze(-1)  # (B, G)
+    k = has.sum().clamp(min=1).float()
+    traj = (wta * has.float()).sum() / k
+    ce = (F.cross_entropy(logits.reshape(-1, modes), best.reshape(-1), reduction="none").view(b, g)
+          * has.float()).sum() / k
+    return {"heatmap": heat, "regression": 2.0 * reg, "trajectory": 0.5 * traj, "mode": 0.5 * ce}
