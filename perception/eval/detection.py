@@ -63,8 +63,8 @@ def run_devkit(nusc: Any, results: dict, eval_set: str, out_dir: str | Path, ver
     import contextlib
     import io
 
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf if not verbose else None) if not verbose else contextlib.nullcontext():
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with quiet:
         ev = DetectionEval(nusc, config_factory("detection_cvpr_2019"), str(path), eval_set, str(out_dir),
                            verbose=verbose)
         summary = ev.main(plot_examples=0, render_curves=False)  # the devkit prints its tables: kept quiet

@@ -74,8 +74,10 @@ def generator_version(frames: Any) -> str:
 
 
 def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, resume: bool = False,
-          progress: bool = True, device: str | None = None) -> dict:
-    """Train ``cfg`` on ``cfg.train.split`` of the root; returns a summary (final losses, evaluation metrics)."""
+          progress: bool = True, device: str | None = None, evaluate: bool = True,
+          stop_after: int | None = None) -> dict:
+    """Train ``cfg`` on ``cfg.train.split`` of the root; returns a summary (final losses, evaluation metrics).
+    ``stop_after`` ends the run early at that step with a resumable checkpoint (as an interruption would)."""
     from perception.data.loader import PillarSpec, make_loader
     from perception.data.nuscenes import NuScenesFrames
     from perception.model.decode import BevGrid
@@ -177,10 +179,11 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
                 for k, v in row.items():
                     if k != "step":
                         writer.add_scalar(f"train/{k}", v, step)
-            timed_out = tc.max_minutes > 0 and (time.time() - t_start) / 60 >= tc.max_minutes
+            timed_out = (tc.max_minutes > 0 and (time.time() - t_start) / 60 >= tc.max_minutes) or \
+                (stop_after is not None and step >= stop_after)
             if dist_info.main and (step % tc.checkpoint_every == 0 or step == tc.steps or timed_out):
                 _save_state(out / "last.pt", model, cfg, stereo, opt, sched, step, hashes)
-            if tc.eval_every and step % tc.eval_every == 0 and dist_info.main and step < tc.steps:
+            if evaluate and tc.eval_every and step % tc.eval_every == 0 and dist_info.main and step < tc.steps:
                 _evaluate(model, cfg, dataroot, version, out / f"eval_step{step}", writer, step, stereo)
                 net.train()
             if step >= tc.steps or timed_out:
@@ -192,8 +195,8 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
     summary: dict[str, Any] = {"steps": step, "minutes": (time.time() - t_start) / 60, **hashes}
     if dist_info.main:
         save_checkpoint(out / "model.pt", model, cfg, stereo, {**hashes, "steps": step})
-        metrics = _evaluate(model, cfg, dataroot, version, out / "eval", writer, step, stereo)
-        summary["metrics"] = metrics
+        if evaluate:
+            summary["metrics"] = _evaluate(model, cfg, dataroot, version, out / "eval", writer, step, stereo)
         plot_history(history, out / "training_curve.png")
         writer.close()
     if dist_info.world > 1:
