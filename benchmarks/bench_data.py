@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import REPO, table, write
+from benchmarks.report import REPO, publish, table
 
 
 def radar_ratio(ds, repeats: int) -> dict:
@@ -137,9 +137,7 @@ def main(argv: list[str] | None = None) -> int:
           "repeats, 2 cores).\n\n" + table(["what", "figure", "target", ""], rows)
           + "\n\nFor scale: the tiny config trains at ~0.33 s/sample (DEVELOPERS.md), i.e. ~3 frames/s, so "
             "the loader is not the bottleneck.")
-    path = write("data", results, md)
-    print(md)
-    print(f"\nwrote {path}")
+    publish("data", results, md)
     return 0
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import REPO, machine, table, write
+from benchmarks.report import REPO, machine, publish, table
 
 
 def _timed(cmd: list[str], cwd: Path) -> float:
@@ -103,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                  "-"])
     md = ("## Foundation (issue 2)\n\nCommand: `python -m benchmarks.bench_foundation` "
           "(2 cores, medians of 7 repeats for the reader).\n\n" + table(["what", "figure", "target"], rows))
-    path = write("foundation", results, md)
-    print(md)
-    print(f"\nwrote {path}")
+    publish("foundation", results, md)
     return 0
 
 

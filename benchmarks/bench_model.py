@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import REPO, table, write
+from benchmarks.report import REPO, publish, table
 
 STAGES = ("camera.backbone", "camera.neck", "camera.depth", "camera.lift", "radar", "fusion", "bev_decoder",
           "center_head", "trajectory_head")
@@ -143,9 +143,7 @@ def main(argv: list[str] | None = None) -> int:
           + "\n\nTarget from DEVELOPERS.md: the reference tiny design trains at ~0.33 s/sample with the allocator fix "
             "(about 5.5k samples in 30 minutes).\n\nParameters of the shipped configs:\n\n"
           + table(["config", "parameters", "published anchors"], prow))
-    path = write(f"model_{args.config}", {"stages": times, "params": params, "batch": args.batch}, md)
-    print(md)
-    print(f"\nwrote {path}")
+    publish(f"model_{args.config}", {"stages": times, "params": params, "batch": args.batch}, md)
     return 0
 
 

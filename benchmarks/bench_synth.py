@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import table, write
+from benchmarks.report import publish, table
 from perception.data.synthetic.generate import SynthOptions, generate
 
 
@@ -63,9 +63,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.repeats} runs with different seeds, default rig `configs/rigs/nuscenes.yaml`, `--image-scale 0.5` "
           "= 800x450, 2 cores, numba warm).\n\n"
           + table(["mode", "s / key-frame sample (median)", "target", "", "runs", "disk / sample"], rows))
-    path = write("synth", results, md)
-    print(md)
-    print(f"\nwrote {path}")
+    publish("synth", results, md)
     return 0
 
 

@@ -50,3 +50,11 @@ def write(name: str, results: dict[str, Any], markdown: str, out_dir: Path | Non
         text = text.rstrip() + "\n\n" + block + "\n"
     BENCHMARKS_MD.write_text(text)
     return path
+
+
+def publish(name: str, results: dict[str, Any], markdown: str) -> Path:
+    """``write`` and show the table on stdout (what every benchmark ends with)."""
+    path = write(name, results, markdown)
+    print(markdown)
+    print(f"\nwrote {path}")
+    return path

@@ -21,11 +21,13 @@ EXIT_USAGE = 2
 INPUT_ERRORS = (CalibrationError, SensorFileError, ConfigError, SyncError, FileNotFoundError)
 
 
-def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Call ``main(argv)``; turn known input errors into one 'error: ...' line on stderr and exit 1."""
+def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None,
+        extra_errors: tuple[type[BaseException], ...] = ()) -> int:
+    """Call ``main(argv)``; turn known input errors (plus ``extra_errors``, the command's own) into one
+    'error: <Kind>: ...' line on stderr and exit 1."""
     try:
         return main(argv)
-    except INPUT_ERRORS as err:
+    except INPUT_ERRORS + extra_errors as err:
         kind = type(err).__name__
         print(f"error: {kind}: {err}", file=sys.stderr)
         return EXIT_INPUT

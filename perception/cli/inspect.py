@@ -58,13 +58,7 @@ def _main(argv: Sequence[str] | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     from perception.data.nuscenes import DatasetError
 
-    try:
-        return run(_main, argv)
-    except (DatasetError, IndexError) as err:
-        import sys
-
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+    return run(_main, argv, (DatasetError, IndexError))
 
 
 if __name__ == "__main__":

@@ -82,13 +82,7 @@ def _main(argv: Sequence[str] | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     from perception.data.synthetic.generate import SynthError
 
-    try:
-        return run(_main, argv)
-    except SynthError as err:
-        import sys
-
-        print(f"error: SynthError: {err}", file=sys.stderr)
-        return 1
+    return run(_main, argv, (SynthError,))
 
 
 if __name__ == "__main__":

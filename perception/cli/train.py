@@ -66,13 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from perception.data.nuscenes import DatasetError
     from perception.train.checkpoint import CheckpointError
 
-    try:
-        return run(_main, argv)
-    except (DatasetError, CheckpointError) as err:
-        import sys
-
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+    return run(_main, argv, (DatasetError, CheckpointError))
 
 
 if __name__ == "__main__":

@@ -198,7 +198,7 @@ class NuScenesFrames:
         sweeps: list[SweepRef] = []
         rcfg = self.dcfg.radar
         lo, hi = t0 - int(rcfg.window_ms * 1000), t0 + int(rcfg.future_tolerance_ms * 1000)
-        for idx, (ch, radar, sd) in enumerate(radars):
+        for idx, (_, radar, sd) in enumerate(radars):
             chain = [sd]
             nxt = sd
             while nxt["next"]:

@@ -33,7 +33,7 @@ import numpy as np
 
 from calibration.io import save_rig
 from calibration.rig import Camera, Lidar, Rig
-from calibration.transforms import invert, make_transform, matrix_to_quaternion, transform_points, yaw_to_quaternion
+from calibration.transforms import make_transform, matrix_to_quaternion, transform_points, yaw_to_quaternion
 from perception.data.io import write_radar_pcd
 from perception.data.synthetic import world as W
 from perception.data.synthetic.lidar import points_in_boxes, simulate_lidar

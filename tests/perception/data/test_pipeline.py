@@ -1,5 +1,4 @@
 """Data pipeline: Frames from a nuScenes-format root, augmentation consistency, sync, bad files, batching."""
-import json
 import shutil
 from pathlib import Path
 

@@ -11,7 +11,6 @@ from perception.cli.synth import main as synth_main
 from perception.data.io import read_radar_pcd
 from perception.data.synthetic import world as W
 from perception.data.synthetic.generate import VERSION, SynthOptions, generate
-from perception.data.synthetic.lidar import points_in_boxes
 from perception.data.synthetic.radar import SIGMA_AZIMUTH_DEG, SIGMA_DOPPLER, SIGMA_RANGE, simulate_radar
 from perception.data.synthetic.render import CameraRenderer, make_textures
 
@@ -31,38 +30,16 @@ def _sd_rows(root: Path) -> list[dict]:
 
 def test_devkit_loads_and_gt_as_predictions_scores_one(nusc, synth_root, tmp_path):
     """GT boxes the devkit evaluates (num_lidar_pts + num_radar_pts > 0), copied as predictions: mAP = NDS = 1."""
-    from nuscenes.eval.detection.config import config_factory
-    from nuscenes.eval.detection.evaluate import DetectionEval
-    from nuscenes.eval.detection.utils import category_to_detection_name
+    from perception.eval.detection import gt_boxes_as_results, results_json, run_devkit
 
     splits = json.loads((synth_root / VERSION / "splits.json").read_text())
     assert len(splits["synth_train"]) == 4 and splits["synth_val"] == ["scene-0004"]
-    results = {}
-    for sample in nusc.sample:
-        if nusc.get("scene", sample["scene_token"])["name"] not in splits["synth_val"]:
-            continue
-        boxes = []
-        for tok in sample["anns"]:
-            ann = nusc.get("sample_annotation", tok)
-            name = category_to_detection_name(ann["category_name"])
-            if name is None or ann["num_lidar_pts"] + ann["num_radar_pts"] == 0:
-                continue
-            vel = nusc.box_velocity(tok)[:2]
-            attr = nusc.get("attribute", ann["attribute_tokens"][0])["name"] if ann["attribute_tokens"] else ""
-            boxes.append({"sample_token": sample["token"], "translation": ann["translation"], "size": ann["size"],
-                          "rotation": ann["rotation"], "velocity": [float(v) if np.isfinite(v) else 0.0 for v in vel],
-                          "detection_name": name, "detection_score": 1.0, "attribute_name": attr})
-        results[sample["token"]] = boxes
-    path = tmp_path / "results.json"
-    path.write_text(json.dumps({"meta": {"use_camera": True, "use_lidar": False, "use_radar": True, "use_map": False,
-                                         "use_external": False}, "results": results}))
-    ev = DetectionEval(nusc, config_factory("detection_cvpr_2019"), str(path), "synth_val", str(tmp_path / "ev"),
-                       verbose=False)
-    metrics, _ = ev.evaluate()
-    assert metrics.mean_ap == pytest.approx(1.0, abs=1e-9)
-    assert metrics.nd_score == pytest.approx(1.0, abs=1e-9)
+    tokens = [s["token"] for s in nusc.sample if nusc.get("scene", s["scene_token"])["name"] in splits["synth_val"]]
+    summary = run_devkit(nusc, results_json(gt_boxes_as_results(nusc, tokens), tokens), "synth_val", tmp_path)
+    assert summary["mean_ap"] == pytest.approx(1.0, abs=1e-9)
+    assert summary["nd_score"] == pytest.approx(1.0, abs=1e-9)
     # every detection class has evaluable GT in the validation split (else its AP would be 0, not 1)
-    assert set(metrics.mean_dist_aps) == set(W.CLASSES)
+    assert set(summary["mean_dist_aps"]) == set(W.CLASSES)
 
 
 def test_every_class_in_both_splits_after_filters(synth_root):

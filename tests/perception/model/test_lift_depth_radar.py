@@ -124,7 +124,7 @@ def test_radar_image_features_land_on_the_projected_cell():
     feat = radar_image_features(pts, torch.ones(1, 1, dtype=torch.bool), m.view(1, 1, 4, 4), (8, 22), (H_IMG, W_IMG),
                                 rcs_index=3, dt_index=6)
     hom = m.numpy() @ np.array([20.0, 2.0, 0.5, 1.0])
-    u, v = hom[0] / hom[2], hom[1] / hom[2]
+    u = hom[0] / hom[2]
     occ = feat[0, 0, 0]
     j = int(occ.max(0).values.argmax())
     assert abs(j - (u + 0.5) / 16 + 0.5) <= 1.0

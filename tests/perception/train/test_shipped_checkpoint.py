@@ -2,7 +2,6 @@
 fails, and the checkpoint must be retrained and re-shipped (commands in docs/BENCHMARKS.md)."""
 from pathlib import Path
 
-import pytest
 
 from perception.config import dump_config, load_config
 from perception.pipeline import Pipeline
