@@ -135,3 +135,44 @@ def draw_frame(frame, out: str | Path, title: str = "", max_range: float = 60.0)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
+
+
+def draw_bev_predictions(frame, forecast, out: str | Path, score_threshold: float = 0.3,
+                         max_range: float = 55.0) -> None:
+    """BEV of one frame: GT boxes and their futures (grey), predicted centres above ``score_threshold`` with
+    their most probable trajectory (class colours), radar points (light)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 7), dpi=100)
+    pts = frame.radar_points[frame.radar_valid]
+    if len(pts):
+        ax.scatter(pts[:, 1], pts[:, 0], s=1, c="0.8", linewidths=0)
+    corners = box_corners(frame.gt_boxes.astype(np.float64)) if len(frame.gt_boxes) else np.zeros((0, 8, 3))
+    for g in range(len(corners)):
+        c = corners[g, [0, 1, 2, 3, 0]]
+        ax.plot(c[:, 1], c[:, 0], color="0.35", lw=1.0)
+        fv = frame.gt_future_valid[g]
+        if fv.any():
+            ax.plot(frame.gt_future[g, fv, 1], frame.gt_future[g, fv, 0], color="0.6", lw=0.8, ls="--")
+    keep = forecast.pred_scores >= score_threshold
+    for p in np.flatnonzero(keep):
+        col = CLASS_COLOURS.get(str(forecast.pred_names[p]), "k")
+        ax.plot(forecast.pred_xy[p, 1], forecast.pred_xy[p, 0], "o", color=col, ms=4)
+        best = int(np.argmax(forecast.pred_mode_probs[p]))
+        tr = forecast.pred_traj[p, best]
+        ax.plot(np.r_[forecast.pred_xy[p, 1], tr[:, 1]], np.r_[forecast.pred_xy[p, 0], tr[:, 0]], color=col, lw=1.0)
+    ax.plot([0], [0], marker=(3, 0, 0), ms=10, color="k")
+    ax.set_xlim(max_range, -max_range)
+    ax.set_ylim(-max_range, max_range)
+    ax.set_aspect("equal")
+    ax.set_xlabel("y (m, left)")
+    ax.set_ylabel("x (m, forward)")
+    ax.set_title(f"{frame.sample_token[:8]}: {int(keep.sum())} predictions (score >= {score_threshold}), "
+                 f"{len(frame.gt_boxes)} GT", fontsize=9)
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)

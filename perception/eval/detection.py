@@ -50,11 +50,34 @@ def gt_boxes_as_results(nusc: Any, sample_tokens: Iterable[str]) -> dict[str, li
     return out
 
 
-def run_devkit(nusc: Any, results: dict, eval_set: str, out_dir: str | Path, verbose: bool = False) -> dict:
+def run_devkit(nusc: Any, results: dict, eval_set: str, out_dir: str | Path, verbose: bool = False,
+               sample_tokens: Iterable[str] | None = None, render_curves: bool = False) -> dict:
     """Write ``results`` and score them with DetectionEval (config detection_cvpr_2019). Returns the devkit's
-    metrics summary (as it writes metrics_summary.json) plus the paths written."""
+    metrics summary (as it writes metrics_summary.json) plus the paths written.
+
+    ``sample_tokens``: score only these samples of the split (``--max-samples``): the devkit insists that
+    predictions cover its whole split, so its GT loader is narrowed to the same samples for this call."""
+    from nuscenes.eval.detection import evaluate as ev_mod
     from nuscenes.eval.detection.config import config_factory
     from nuscenes.eval.detection.evaluate import DetectionEval
+
+    original_load_gt = ev_mod.load_gt
+    original_custom = getattr(ev_mod, "get_samples_of_custom_split", None)
+    if sample_tokens is not None:
+        from nuscenes.eval.common.data_classes import EvalBoxes
+
+        wanted = list(sample_tokens)
+
+        def load_gt_subset(nusc_, eval_split, box_cls, verbose=False):
+            boxes = original_load_gt(nusc_, eval_split, box_cls, verbose=verbose)
+            subset = EvalBoxes()
+            for tok in wanted:
+                subset.add_boxes(tok, boxes[tok])
+            return subset
+
+        ev_mod.load_gt = load_gt_subset  # built-in splits
+        if original_custom is not None:  # custom splits (splits.json): the devkit asks for the split's samples
+            ev_mod.get_samples_of_custom_split = lambda split_name, nusc: list(wanted)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -64,10 +87,15 @@ def run_devkit(nusc: Any, results: dict, eval_set: str, out_dir: str | Path, ver
     import io
 
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    with quiet:
-        ev = DetectionEval(nusc, config_factory("detection_cvpr_2019"), str(path), eval_set, str(out_dir),
-                           verbose=verbose)
-        summary = ev.main(plot_examples=0, render_curves=False)  # the devkit prints its tables: kept quiet
+    try:
+        with quiet:  # the devkit prints its tables: kept quiet
+            ev = DetectionEval(nusc, config_factory("detection_cvpr_2019"), str(path), eval_set, str(out_dir),
+                               verbose=verbose)
+            summary = ev.main(plot_examples=0, render_curves=render_curves)
+    finally:
+        ev_mod.load_gt = original_load_gt
+        if original_custom is not None:
+            ev_mod.get_samples_of_custom_split = original_custom
     summary["results_path"] = str(path)
     return summary
 

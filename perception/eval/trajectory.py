@@ -4,7 +4,7 @@ Per sample and class, detections above a score threshold are matched to GT agent
 ``match_dist`` (2 m) centre distance. For matched pairs with a valid future, over the k most probable modes:
 minADE_k (mean L2 over the valid steps, best mode), minFDE_k (L2 at the last valid step, best mode), miss rate
 MR_k (the best mode's maximum pointwise error exceeds ``miss_dist``, 2 m). EPA (ViP3D):
-(hits - alpha * false positives) / GT agents, a hit being a matched GT agent whose best-of-k final error is
+(hits - alpha * false positives) / GT agents with a future, a hit being a matched GT agent whose best-of-k final error is
 within ``miss_dist``, a false positive a detection matched to no GT agent; alpha = 0.5.
 A constant-velocity extrapolation of each detection's velocity is scored the same way (the baseline).
 """
@@ -83,7 +83,8 @@ def forecasting_metrics(samples: list[SampleForecast], score_threshold: float = 
             pm = keep & (np.isin(s.pred_names, classes) if classes else True)
             gm = np.isin(s.gt_names, classes) if classes else np.ones(len(s.gt_names), bool)
             a = acc[group]
-            a.gts += int(gm.sum())
+            # EPA counts the agents that have a future to forecast (the last samples of a scene have none)
+            a.gts += int((gm & s.gt_future_valid.any(axis=1)).sum()) if len(s.gt_names) else 0
             p_idx, g_idx = np.flatnonzero(pm), np.flatnonzero(gm)
             # match within each class (a car forecast never matches a pedestrian)
             pairs = []

@@ -1,0 +1,95 @@
+"""perception-test: score a model (or the GT oracle) on a nuScenes-format split with the official devkit metrics,
+forecasting metrics against a constant-velocity baseline, latency, and a report."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Sequence
+
+from perception.cli.common import EXIT_OK, HelpFormatter, run
+
+EXAMPLES = """examples:
+  perception-test --checkpoint checkpoints/synthetic_tiny.pt --dataroot data/synth --version v1.0-synth \\
+      --split synth_val --out eval/tiny
+  perception-test --oracle gt --config configs/synthetic_tiny.yaml --dataroot data/synth --version v1.0-synth \\
+      --split synth_val --out eval/oracle                                 # NDS 1.000 by construction
+  perception-test --checkpoint ckpt.pt ... --drop-sensors CAM_FRONT,RADAR_FRONT --calib-noise-deg 1.0
+  torchrun --no-python --nproc_per_node 2 perception-test --checkpoint ckpt.pt ...   # sharded, same metrics
+
+Writes OUT/results_nusc.json, metrics_summary.json and metrics_details.json (nuscenes-devkit), plots/ (devkit PR
+curves), trajectory_metrics.json, latency.json, report.md with pictures; prints one summary line.
+exit codes: 0 ok; 1 invalid input (checkpoint, dataset, options); 2 bad arguments."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="perception-test", description=__doc__, epilog=EXAMPLES,
+                                formatter_class=HelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="PyTorch checkpoint (carries its config)")
+    src.add_argument("--onnx", help="export folder with model.onnx and model.json")
+    src.add_argument("--engine", help="TensorRT engine folder")
+    src.add_argument("--oracle", choices=["gt"], help="feed GT through the same path (sanity check: NDS 1.000)")
+    p.add_argument("--dataroot", required=True)
+    p.add_argument("--version", required=True)
+    p.add_argument("--split", required=True)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--config", help="config (required with --oracle; overrides the checkpoint's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--drop-sensors", default="", help="comma-separated channels masked in every frame")
+    p.add_argument("--calib-noise-deg", type=float, default=0.0, help="random extrinsic rotation error per sensor")
+    p.add_argument("--max-samples", type=int, help="score only the first N samples of the split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration noise")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+class BackendNotAvailable(ValueError):
+    """A backend that arrives in a later issue."""
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from perception.config import config_from_dict, config_to_dict, load_config
+    from perception.data.nuscenes import NuScenesFrames
+    from perception.eval.benchmark import model_predictor, one_line, oracle_predictor, run_benchmark
+
+    args = build_parser().parse_args(argv)
+    if args.onnx or args.engine:
+        raise BackendNotAvailable("the ONNX Runtime and TensorRT backends arrive with the export issue (issue 8); "
+                                  "use --checkpoint for now")
+    if args.oracle:
+        if not args.config:
+            raise BackendNotAvailable("--oracle gt needs --config (the data section decides the Frames)")
+        cfg = load_config(args.config, args.set)
+        frames = NuScenesFrames(cfg, args.dataroot, args.version, args.split)
+        predict = oracle_predictor(frames.nusc)
+    else:
+        from perception.pipeline import Pipeline
+
+        pipe = Pipeline.from_checkpoint(args.checkpoint)
+        cfg = load_config(args.config, args.set) if args.config else config_from_dict(config_to_dict(pipe.cfg), args.set)
+        if cfg.model != pipe.cfg.model or cfg.classes != pipe.cfg.classes:
+            raise BackendNotAvailable("--config/--set changed the model section: the network is fixed by the "
+                                      "checkpoint; override data settings only (e.g. data.sync.enabled=false)")
+        pipe.cfg = cfg
+        frames = NuScenesFrames(cfg, args.dataroot, args.version, args.split)
+        predict = model_predictor(pipe)
+    drop = tuple(s.strip() for s in args.drop_sensors.split(",") if s.strip())
+    summary = run_benchmark(predict, frames, args.out, drop_sensors=drop, calib_noise_deg=args.calib_noise_deg,
+                            seed=args.seed, max_samples=args.max_samples, progress=not args.no_progress)
+    if summary is not None:
+        print(one_line(summary))
+        (Path(args.out) / "summary.json").write_text(json.dumps({k: summary[k] for k in (
+            "nd_score", "mean_ap", "tp_errors")}, indent=1))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from perception.data.nuscenes import DatasetError
+    from perception.train.checkpoint import CheckpointError
+
+    return run(_main, argv, (DatasetError, CheckpointError, BackendNotAvailable))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

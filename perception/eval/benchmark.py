@@ -1,0 +1,244 @@
+"""The offline benchmark behind ``perception-test``: a predictor over a split, the devkit's detection metrics,
+forecasting metrics against a constant-velocity baseline, latency per stage, and a Markdown report with pictures.
+
+Robustness knobs: ``drop_sensors`` (named cameras / radars masked in every frame) and ``calib_noise_deg`` (a
+random rotation of that angle applied to each sensor's calibration as the model sees it, seeded per sample and
+sensor: the images and radar stay where they were, the model believes a slightly wrong extrinsic).
+
+Sharding: under ``torchrun`` each rank predicts every world-th sample; rank 0 gathers and scores (one result).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from perception.data.frame import Frame
+from perception.eval.detection import results_json, run_devkit, summary_line
+from perception.eval.trajectory import SampleForecast, forecasting_metrics
+
+
+@dataclass
+class Prediction:
+    """What a predictor returns for one Frame: nuScenes result boxes (global) and the forecast arrays (ego@t0)."""
+
+    boxes: list[dict]
+    forecast: SampleForecast
+    timing: dict[str, float]
+
+
+def _rotation(axis_seed: int, degrees: float) -> np.ndarray:
+    rng = np.random.default_rng(axis_seed)
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    a = np.radians(degrees)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    r = np.eye(4)
+    r[:3, :3] = np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k
+    return r
+
+
+def perturb(frame: Frame, radar_channels: list[str], drop: set[str], calib_noise_deg: float, seed: int) -> Frame:
+    """Drop named sensors and/or add a calibration error of ``calib_noise_deg`` to every sensor."""
+    images, valid, m = frame.images, frame.camera_valid.copy(), frame.img_from_ego.astype(np.float64)
+    pts, r_valid = frame.radar_points.copy(), frame.radar_valid.copy()
+    sensor = frame.radar_column("sensor")
+    for i, ch in enumerate(frame.camera_channels):
+        if ch in drop:
+            valid[i] = False
+        if calib_noise_deg > 0:
+            # the camera's believed pose rotated about its own centre by the error
+            centre = np.linalg.solve(m[i][:3, :3], -m[i][:3, 3])
+            to_c, back = np.eye(4), np.eye(4)
+            to_c[:3, 3], back[:3, 3] = -centre, centre
+            m[i] = m[i] @ back @ _rotation(zlib.crc32(f"{seed}/{frame.sample_token}/{ch}".encode()),
+                                            calib_noise_deg) @ to_c
+    if not valid.all():
+        images = images.copy()
+        images[~valid] = 0
+    names = list(frame.radar_fields)
+    for k, ch in enumerate(radar_channels):
+        sel = r_valid & (sensor == k)
+        if ch in drop:
+            r_valid &= ~sel
+        elif calib_noise_deg > 0 and sel.any():
+            rot = _rotation(zlib.crc32(f"{seed}/{frame.sample_token}/{ch}".encode()), calib_noise_deg)[:3, :3]
+            ix = [names.index(c) for c in ("x", "y", "z")]
+            iv = [names.index(c) for c in ("vx", "vy")]
+            pts[np.ix_(sel, ix)] = (pts[np.ix_(sel, ix)].astype(np.float64) @ rot.T).astype(np.float32)
+            v3 = np.c_[pts[np.ix_(sel, iv)], np.zeros(int(sel.sum()))] @ rot.T
+            pts[np.ix_(sel, iv)] = v3[:, :2].astype(np.float32)
+    pts[~r_valid] = 0.0
+    return replace(frame, images=images, camera_valid=valid, img_from_ego=m.astype(np.float32), radar_points=pts,
+                   radar_valid=r_valid)
+
+
+def gt_forecast(frame: Frame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return frame.gt_boxes[:, :2].astype(np.float64), frame.gt_names, frame.gt_future.astype(np.float64), \
+        frame.gt_future_valid
+
+
+def model_predictor(pipeline: Any) -> Callable[[Frame], Prediction]:
+    def predict(frame: Frame) -> Prediction:
+        det = pipeline.infer(frame)
+        gxy, gn, gf, gv = gt_forecast(frame)
+        fc = SampleForecast(det.boxes[:, :2].astype(np.float64), det.names, det.scores, det.trajectories.astype(np.float64),
+                            det.mode_probs, det.boxes[:, 7:9].astype(np.float64), gxy, gn, gf, gv)
+        return Prediction(det.to_nuscenes(), fc, det.timing)
+    return predict
+
+
+def oracle_predictor(nusc: Any) -> Callable[[Frame], Prediction]:
+    """GT through the same path: the boxes the devkit evaluates as detections (score 1) and the GT futures as a
+    one-mode forecast. Its NDS is 1 by construction (a test)."""
+    from perception.eval.detection import gt_boxes_as_results
+
+    def predict(frame: Frame) -> Prediction:
+        t = time.perf_counter()
+        boxes = gt_boxes_as_results(nusc, [frame.sample_token])[frame.sample_token]
+        gxy, gn, gf, gv = gt_forecast(frame)
+        fc = SampleForecast(gxy, gn, np.ones(len(gn)), gf[:, None], np.ones((len(gn), 1)),
+                            frame.gt_boxes[:, 7:9].astype(np.float64), gxy, gn, gf, gv)
+        return Prediction(boxes, fc, {"network_s": time.perf_counter() - t, "postprocess_s": 0.0, "preprocess_s": 0.0})
+    return predict
+
+
+def _shard() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def run_benchmark(predict: Callable[[Frame], Prediction], frames: Any, out_dir: str | Path, *,
+                  drop_sensors: tuple[str, ...] = (), calib_noise_deg: float = 0.0, seed: int = 0,
+                  max_samples: int | None = None, snapshots: int = 3, progress: bool = True) -> dict | None:
+    """Predict every sample (this rank's shard), gather, score on rank 0. Returns the summary on rank 0."""
+    rank, world = _shard()
+    out = Path(out_dir)
+    n = len(frames) if max_samples is None else min(max_samples, len(frames))
+    mine = list(range(rank, n, world))
+    drop = set(drop_sensors)
+    rows = []
+    it = mine
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        it = tqdm(mine, desc="test", unit="frame")
+    snaps = []
+    for i in it:
+        t = time.perf_counter()
+        frame = frames[i]
+        sample = frames.nusc.get("sample", frame.sample_token)
+        radar_channels = sorted(ch for ch in sample["data"] if frames.nusc.get("sensor", frames.nusc.get(
+            "calibrated_sensor", frames.nusc.get("sample_data", sample["data"][ch])["calibrated_sensor_token"])[
+            "sensor_token"])["modality"] == "radar")
+        if drop or calib_noise_deg > 0:
+            frame = perturb(frame, radar_channels, drop, calib_noise_deg, seed)
+        t_data = time.perf_counter() - t
+        pred = predict(frame)
+        rows.append({"index": i, "token": frame.sample_token, "boxes": pred.boxes, "forecast": pred.forecast,
+                     "latency": {"data_s": t_data, "network_s": pred.timing.get("network_s", 0.0),
+                                 "decode_s": pred.timing.get("postprocess_s", 0.0) + pred.timing.get("preprocess_s", 0.0)}})
+        if len(snaps) < snapshots and i % max(n // max(snapshots, 1), 1) == 0 and rank == 0:
+            snaps.append((frame, pred))
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, rows)
+        rows = sorted([r for part in gathered for r in part], key=lambda r: r["index"])
+        if rank != 0:
+            return None
+    out.mkdir(parents=True, exist_ok=True)
+    tokens = [frames.samples[i].token for i in range(n)]
+    boxes = {r["token"]: r["boxes"] for r in rows}
+    summary = run_devkit(frames.nusc, results_json(boxes, tokens), frames.split, out,
+                         sample_tokens=tokens if n < len(frames) else None, render_curves=True)
+    forecasts = [r["forecast"] for r in rows]
+    traj = {"schema": "trajectory-metrics/1", "model": forecasting_metrics(forecasts),
+            "constant_velocity": forecasting_metrics(forecasts, constant_velocity_baseline=True),
+            "protocol": "greedy matching by score at 2 m per class, score >= 0.3, miss > 2 m, EPA alpha 0.5"}
+    (out / "trajectory_metrics.json").write_text(json.dumps(traj, indent=1))
+    lat = {}
+    for key in ("data_s", "network_s", "decode_s"):
+        v = np.array([r["latency"][key] for r in rows])
+        lat[key] = {"median_ms": float(np.median(v) * 1e3), "p90_ms": float(np.percentile(v, 90) * 1e3)}
+    (out / "latency.json").write_text(json.dumps({"schema": "latency/1", "frames": len(rows), **lat}, indent=1))
+    _report(out, summary, traj, lat, snaps, dict(drop_sensors=sorted(drop), calib_noise_deg=calib_noise_deg,
+                                                 samples=n, split=frames.split))
+    summary["trajectory"] = traj
+    summary["latency"] = lat
+    return summary
+
+
+def one_line(summary: dict) -> str:
+    car = summary["trajectory"]["model"]["car"]
+    return f"{summary_line(summary)} minADE6(car) {car['minADE_6']:.3f}"
+
+
+def _report(out: Path, summary: dict, traj: dict, lat: dict, snaps: list, setup: dict) -> None:
+    """report.md with TP-error bars, the devkit's PR curves, the trajectory table and BEV snapshots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from perception.visualize import draw_bev_predictions
+
+    tp = summary["tp_errors"]
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
+    ax.bar(list(tp), list(tp.values()), color="#3a86ff")
+    ax.set_ylabel("error (m, rad, 1-IoU, m/s)")
+    ax.set_title("TP errors (lower is better)")
+    fig.tight_layout()
+    fig.savefig(out / "tp_errors.png")
+    plt.close(fig)
+    details = json.loads((out / "metrics_details.json").read_text())
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    for key, d in sorted(details.items()):
+        if key.endswith(":2.0"):
+            ax.plot(d["recall"], d["precision"], label=key.split(":")[0], lw=1.2)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("PR curves at 2 m (nuscenes-devkit matching)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "pr_curves.png")
+    plt.close(fig)
+    pics = []
+    for k, (frame, pred) in enumerate(snaps):
+        path = out / f"bev_{k}.png"
+        draw_bev_predictions(frame, pred.forecast, path)
+        pics.append(path.name)
+    lines = ["# perception-test report", "", f"Split `{setup['split']}`, {setup['samples']} samples; dropped sensors: "
+             f"{setup['drop_sensors'] or 'none'}; calibration noise {setup['calib_noise_deg']} deg.", "",
+             f"**{summary_line(summary)}**", "", "| class | AP |", "|---|---|"]
+    lines += [f"| {c} | {v:.3f} |" for c, v in sorted(summary["mean_dist_aps"].items())]
+    lines += ["", "![PR curves](pr_curves.png)", "", "![TP errors](tp_errors.png)", "", "Devkit plots: " + ", ".join(
+        f"[{p.name}](plots/{p.name})" for p in sorted((out / "plots").glob("*.pdf")) + sorted((out / "plots").glob("*.png")))
+        if (out / "plots").exists() else "",
+        "", "## Forecasting (matched detections)", "",
+        "| group | method | minADE1 | minFDE1 | MR1 | minADE6 | minFDE6 | MR6 | EPA | matched |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for group in ("car", "pedestrian", "all"):
+        for method in ("model", "constant_velocity"):
+            m = traj[method][group]
+            lines.append(f"| {group} | {method} | {m['minADE_1']:.3f} | {m['minFDE_1']:.3f} | {m['MR_1']:.3f} | "
+                         f"{m['minADE_6']:.3f} | {m['minFDE_6']:.3f} | {m['MR_6']:.3f} | {m['EPA']:.3f} | {m['matched']} |")
+    lines += ["", "## Latency (ms)", "", "| stage | median | p90 |", "|---|---|---|"]
+    lines += [f"| {k} | {v['median_ms']:.1f} | {v['p90_ms']:.1f} |" for k, v in lat.items()]
+    lines += ["", "## BEV snapshots (predictions score >= 0.3 vs GT)", ""] + [f"![{p}]({p})" for p in pics]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
