@@ -1,10 +1,11 @@
 """`make demo`: the main job on the embedded default, as far as it exists so far.
 
-Today: generate a small synthetic dataset (nuScenes format, with sweeps and ROS 2 bags) and draw its
-radar over a camera image; validate the shipped rigs; then (when the real samples are present) convert
+Today: generate a small synthetic dataset (nuScenes format, with sweeps and ROS 2 bags), draw its radar over
+a camera image, and evaluate the shipped checkpoint on it (devkit metrics, forecasting, report); validate the
+shipped rigs; then (when the real samples are present) convert
 real calibration into rigs and draw projection overlays of real lidar and radar onto real images.
 Outputs go to ``demo_out/`` with a ``REPORT.md`` listing them. Running it twice reuses the dataset and
-redoes the cheap steps. Later issues add: the shipped checkpoint, evaluation, export, replay.
+redoes the cheap steps. Later issues add: export, replay.
 """
 from __future__ import annotations
 
@@ -92,6 +93,21 @@ def _synth(root: Path) -> str:
     return buf.getvalue().strip().splitlines()[0]
 
 
+def _evaluate_checkpoint(ckpt: Path, root: Path, out: Path) -> str:
+    """perception-test with the shipped checkpoint on the demo root's validation split."""
+    from perception.cli import test
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = test.main(["--checkpoint", str(ckpt), "--dataroot", str(root), "--version", "v1.0-synth",
+                        "--split", "synth_val", "--out", str(out), "--no-progress"])
+    if rc != 0:
+        raise RuntimeError(f"perception-test exited with {rc} (its error is printed above)")
+    line = buf.getvalue().strip().splitlines()[-1]
+    print(line)
+    return f"{line}; report {out / 'report.md'}"
+
+
 def _synthetic_overlay(root: Path, png: Path) -> str:
     """All radar key-frame sweeps of the second sample, carried into the ego frame at their own poses
     (static mounts only; no time sync here), drawn over that sample's CAM_FRONT image."""
@@ -144,6 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if steps.run("overlay synthetic radar (all 5 units, key frame) on CAM_FRONT", "see the error above",
                      _synthetic_overlay, synth, png):
             pictures.append(png.name)
+        ckpt = REPO / "checkpoints" / "synthetic_tiny.pt"
+        if steps.run("evaluate the shipped checkpoint on the demo drive (devkit metrics, forecasting, report)",
+                     "checkpoints/synthetic_tiny.pt must match the code (see docs/training.md)",
+                     _evaluate_checkpoint, ckpt, synth, out / "eval"):
+            pictures += ["eval/pr_curves.png", "eval/bev_0.png"]
     for rig in ("configs/rigs/nuscenes.yaml", "configs/rigs/stereo_radar.yaml"):
         ok &= steps.run(f"validate {rig}", "the message above names the sensor and field; fix the rig YAML",
                         _calib, "validate", str(REPO / rig))
