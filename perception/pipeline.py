@@ -99,13 +99,24 @@ class Pipeline:
         net.eval().to(device)
         return cls(cfg, _TorchRunner(net, torch.device(device)), stereo, score_threshold)
 
+    @classmethod
+    def from_onnx(cls, folder: str | Path, score_threshold: float = 0.05, threads: int | None = None) -> "Pipeline":
+        """ONNX Runtime on ``<folder>/model.onnx`` (written by perception-export); the config travels in
+        model.json. No torch in the inference path."""
+        from perception.config import config_from_dict
+        from perception.runtime.onnxruntime import OnnxRunner
+
+        runner = OnnxRunner(folder, threads=threads)
+        cfg = config_from_dict(runner.meta["config"], source=str(Path(folder) / "model.json"))
+        return cls(cfg, _ArrayRunner(runner), tuple(tuple(p) for p in runner.meta["stereo_pairs"]), score_threshold)
+
     def infer(self, frame: Frame) -> Detections:
         import time
 
-        from perception.data.loader import PillarSpec, collate_frames
+        from perception.data.batch import PillarSpec, input_arrays
 
         t = time.perf_counter()
-        batch = collate_frames([frame], self.cfg.data.loader.max_boxes, PillarSpec.from_config(self.cfg))
+        batch = input_arrays([frame], PillarSpec.from_config(self.cfg))
         t_pre = time.perf_counter()
         raw = self.runner(batch)
         t_net = time.perf_counter()
@@ -124,5 +135,15 @@ class _TorchRunner:
         from perception.model.network import INPUT_NAMES
 
         with torch.no_grad():
-            out = self.net.detect(*[batch[k].to(self.device) for k in INPUT_NAMES])
+            out = self.net.detect(*[torch.as_tensor(batch[k]).to(self.device) for k in INPUT_NAMES])
         return {k: v.cpu().numpy() for k, v in out.items()}
+
+
+class _ArrayRunner:
+    """Adapts a torch-free runtime (``infer(arrays) -> arrays``) to the pipeline."""
+
+    def __init__(self, runtime: Any):
+        self.runtime = runtime
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        return self.runtime.infer(batch)

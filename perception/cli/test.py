@@ -54,9 +54,8 @@ def _main(argv: Sequence[str] | None) -> int:
     from perception.eval.benchmark import model_predictor, one_line, oracle_predictor, run_benchmark
 
     args = build_parser().parse_args(argv)
-    if args.onnx or args.engine:
-        raise BackendNotAvailable("the ONNX Runtime and TensorRT backends arrive with the export issue (issue 8); "
-                                  "use --checkpoint for now")
+    if args.engine:
+        raise BackendNotAvailable("the TensorRT backend is not built yet (export issue 8); use --onnx or --checkpoint")
     if args.oracle:
         if not args.config:
             raise BackendNotAvailable("--oracle gt needs --config (the data section decides the Frames)")
@@ -66,7 +65,7 @@ def _main(argv: Sequence[str] | None) -> int:
     else:
         from perception.pipeline import Pipeline
 
-        pipe = Pipeline.from_checkpoint(args.checkpoint)
+        pipe = Pipeline.from_onnx(args.onnx) if args.onnx else Pipeline.from_checkpoint(args.checkpoint)
         cfg = load_config(args.config, args.set) if args.config else config_from_dict(config_to_dict(pipe.cfg), args.set)
         if cfg.model != pipe.cfg.model or cfg.classes != pipe.cfg.classes:
             raise BackendNotAvailable("--config/--set changed the model section: the network is fixed by the "

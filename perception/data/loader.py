@@ -31,45 +31,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from perception.data.batch import PILLAR_FIELDS, PillarSpec, pillar_arrays  # noqa: F401 (re-exported)
 from perception.data.frame import Frame
 
 
-PILLAR_FIELDS = ("x", "y", "z", "rcs", "vx", "vy", "dt")  # the pillariser appends dx, dy
-
-
-@dataclass(frozen=True)
-class PillarSpec:
-    """Radar pillars on the BEV grid (one pillar per BEV cell) for the network's radar encoder."""
-
-    x_range: tuple[float, float]
-    y_range: tuple[float, float]
-    resolution: float
-    max_pillars: int
-    max_points: int
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> "PillarSpec":
-        g = cfg.data.grid
-        return cls(g.x_range, g.y_range, g.resolution, cfg.model.radar.max_pillars,
-                   cfg.model.radar.max_points_per_pillar)
-
-
 def pillar_inputs(frames: Sequence[Frame], spec: PillarSpec) -> dict[str, torch.Tensor]:
-    """Pillarise each frame's radar (numba) into the encoder's fixed-shape inputs."""
-    from perception.data.radar_pillars import PillarGrid, pillarize
-
-    grid = PillarGrid(spec.x_range, spec.y_range, spec.resolution)
-    out: dict[str, list[np.ndarray]] = {"pillar_features": [], "pillar_point_mask": [], "pillar_cells": [],
-                                        "pillar_mask": []}
-    for f in frames:
-        cols = [list(f.radar_fields).index(name) for name in PILLAR_FIELDS]
-        p = pillarize(np.ascontiguousarray(f.radar_points[:, cols]), f.radar_valid, PILLAR_FIELDS, grid,
-                      spec.max_pillars, spec.max_points)
-        out["pillar_features"].append(p.features)
-        out["pillar_point_mask"].append(p.point_mask)
-        out["pillar_cells"].append(p.cells)
-        out["pillar_mask"].append(p.pillar_mask)
-    return {k: torch.from_numpy(np.stack(v)) for k, v in out.items()}
+    """Pillarise each frame's radar (numba) into the encoder's fixed-shape inputs, as tensors."""
+    return {k: torch.from_numpy(v) for k, v in pillar_arrays(frames, spec).items()}
 
 
 def collate_frames(frames: Sequence[Frame], max_boxes: int, pillars: PillarSpec | None = None) -> dict[str, Any]:

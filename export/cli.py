@@ -1,0 +1,119 @@
+"""perception-export: a checkpoint to an ONNX graph within the TensorRT-native op budget, with model.json."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from perception.cli.common import EXIT_OK, HelpFormatter, run
+
+EXAMPLES = """examples:
+  perception-export --checkpoint checkpoints/synthetic_tiny.pt --out exports/tiny
+  perception-test --onnx exports/tiny --dataroot data/synth --version v1.0-synth --split synth_val --out eval/onnx
+
+Writes OUT/model.onnx (opset 17, simplified with onnxslim, onnx.checker + shape inference + the op budget
+checked) and OUT/model.json (inputs/outputs with shapes and dtypes, classes, preprocessing config, hashes).
+The camera count, image size and batch are fixed at export; the calibration (img_from_ego) stays an input.
+exit codes: 0 ok; 1 invalid input (checkpoint, rig, budget violation); 2 bad arguments."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="perception-export", description=__doc__, epilog=EXAMPLES,
+                                formatter_class=HelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="export folder")
+    p.add_argument("--config", help="override the checkpoint's config (data side only)")
+    p.add_argument("--rig", help="rig YAML deciding the camera count (default: the config's rig)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    return p
+
+
+def example_inputs(cfg, n_cameras: int, batch: int) -> dict[str, np.ndarray]:
+    """Inputs of the right shapes and dtypes (values matter only for parity checks, not for the graph)."""
+    h, w = cfg.data.image_size
+    p, f = cfg.data.radar.max_points, len(cfg.data.radar.fields)
+    pp, npts = cfg.model.radar.max_pillars, cfg.model.radar.max_points_per_pillar
+    rng = np.random.default_rng(0)
+    eye = np.tile(np.eye(4, dtype=np.float32), (batch, n_cameras, 1, 1))
+    eye[..., 0, 0] = eye[..., 1, 1] = 0.5 * w
+    return {"images": rng.integers(0, 255, (batch, n_cameras, 3, h, w), dtype=np.uint8),
+            "img_from_ego": eye, "camera_valid": np.ones((batch, n_cameras), bool),
+            "radar_points": np.zeros((batch, p, f), np.float32), "radar_valid": np.zeros((batch, p), bool),
+            "pillar_features": np.zeros((batch, pp, npts, 9), np.float32),
+            "pillar_point_mask": np.zeros((batch, pp, npts), bool),
+            "pillar_cells": np.full((batch, pp), cfg.data.grid.bev_shape[0] * cfg.data.grid.bev_shape[1], np.int64),
+            "pillar_mask": np.zeros((batch, pp), bool)}
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, batch: int = 1,
+                      simplify: bool = True, rig_path: str | Path | None = None) -> dict:
+    import onnx
+    import torch
+
+    from calibration.io import load_rig
+    from export.budget import check_budget
+    from export.onnx import export_onnx
+    from perception.config import config_hash, config_to_dict, rig_path as cfg_rig_path
+    from perception.model.decode import OUTPUT_NAMES
+    from perception.model.network import INPUT_NAMES
+    from perception.pipeline import Pipeline
+    from perception.runtime.onnxruntime import MODEL_JSON_SCHEMA
+
+    pipe = Pipeline.from_checkpoint(checkpoint)
+    cfg = pipe.cfg
+    net = pipe.runner.net
+    rig = load_rig(rig_path or cfg_rig_path(cfg))
+    n_cams = len(rig.cameras)
+    arrays = example_inputs(cfg, n_cams, batch)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = export_onnx(net, [torch.from_numpy(arrays[k]) for k in INPUT_NAMES], out / "model.onnx", opset)
+    model = onnx.load(str(path))
+    if simplify:
+        import onnxslim
+
+        model = onnxslim.slim(model)
+        onnx.save(model, str(path))
+    onnx.checker.check_model(model)
+    model = onnx.shape_inference.infer_shapes(model)
+    counts = check_budget(model)
+    with torch.no_grad():
+        ref = net.detect(*[torch.from_numpy(arrays[k]) for k in INPUT_NAMES])
+    outputs = [{"name": n, "shape": list(ref[n].shape), "dtype": str(ref[n].numpy().dtype)} for n in OUTPUT_NAMES]
+    meta = {
+        "schema": MODEL_JSON_SCHEMA, "opset": opset, "batch": batch,
+        "inputs": [{"name": k, "shape": list(arrays[k].shape), "dtype": str(arrays[k].dtype)} for k in INPUT_NAMES],
+        "outputs": outputs, "classes": list(cfg.classes), "camera_channels": list(rig.cameras),
+        "stereo_pairs": [list(p) for p in pipe.stereo_pairs], "config": config_to_dict(cfg),
+        "config_hash": config_hash(cfg),
+        "checkpoint_sha256": hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16],
+        "op_counts": counts,
+    }
+    (out / "model.json").write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    meta = export_checkpoint(args.checkpoint, args.out, args.opset, args.batch, not args.no_simplify, args.rig)
+    ops = sum(meta["op_counts"].values())
+    print(f"wrote {Path(args.out) / 'model.onnx'} (opset {meta['opset']}, {ops} nodes, {len(meta['op_counts'])} op "
+          f"types, all TensorRT-native) and model.json")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from export.budget import BudgetError
+    from perception.train.checkpoint import CheckpointError
+
+    return run(_main, argv, (CheckpointError, BudgetError))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""ONNX Runtime runner: ``infer(inputs) -> outputs`` on numpy arrays; no torch import (runs where only
+onnxruntime is installed)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MODEL_JSON_SCHEMA = "perception-model/1"
+
+
+class RuntimeConfigError(ValueError):
+    """An export folder is unusable (names the file and what is wrong)."""
+
+
+def read_model_json(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / "model.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: export with perception-export --out {folder}")
+    meta = json.loads(path.read_text())
+    if meta.get("schema") != MODEL_JSON_SCHEMA:
+        raise RuntimeConfigError(f"{path}: schema {meta.get('schema')!r}, expected {MODEL_JSON_SCHEMA!r}")
+    return meta
+
+
+class OnnxRunner:
+    """Runs ``<folder>/model.onnx`` (or another file of the folder) with ONNX Runtime on the CPU (or the first
+    provider available), checking input shapes and dtypes against ``model.json``."""
+
+    def __init__(self, folder: str | Path, model_file: str = "model.onnx", threads: int | None = None,
+                 providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        self.folder = Path(folder)
+        self.meta = read_model_json(folder)
+        path = self.folder / model_file
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+        self.inputs = {i["name"]: i for i in self.meta["inputs"]}
+        self.output_names = [o["name"] for o in self.meta["outputs"]]
+
+    def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {}
+        for name, spec in self.inputs.items():
+            if name not in arrays:
+                raise RuntimeConfigError(f"input '{name}' is missing (model.json lists {list(self.inputs)})")
+            a = np.asarray(arrays[name])
+            if list(a.shape) != spec["shape"]:
+                raise RuntimeConfigError(f"input '{name}' has shape {list(a.shape)} but {self.folder / 'model.json'} "
+                                         f"expects {spec['shape']} (camera count, image size and batch are fixed at "
+                                         "export: re-export for this rig)")
+            feeds[name] = a.astype(spec["dtype"], copy=False)
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))

@@ -1,0 +1,104 @@
+"""perception-export and the ONNX Runtime backend: the exported model serves the same Pipeline as the checkpoint."""
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.budget import check_budget
+from export.cli import main as export_main
+from perception.config import load_config
+from perception.data.nuscenes import NuScenesFrames
+from perception.data.synthetic.generate import VERSION
+from perception.model.network import build_model
+from perception.pipeline import Pipeline
+from perception.train.checkpoint import save_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = ["data.grid.resolution=3.2", "model.camera.heights=4", "model.camera.depth_bins=16",
+         "model.radar.max_pillars=128", "data.radar.max_points=400", "data.image_size=[64, 176]",
+         "model.camera.backbone_width=0.25", "model.head.max_detections=50"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    cfg = load_config(REPO / "configs" / "synthetic_tiny.yaml", SMALL)
+    torch.manual_seed(0)
+    net = build_model(cfg)
+    for mod in net.modules():  # non-trivial BatchNorm statistics, as after training
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.1, 0.1)
+            mod.running_var.uniform_(0.5, 1.5)
+    root = tmp_path_factory.mktemp("exp")
+    ckpt = root / "small.pt"
+    save_checkpoint(ckpt, net, cfg)
+    assert export_main(["--checkpoint", str(ckpt), "--out", str(root / "onnx")]) == 0
+    return ckpt, root / "onnx"
+
+
+def test_files_budget_and_metadata(exported):
+    _, folder = exported
+    model = onnx.load(str(folder / "model.onnx"))
+    counts = check_budget(model)
+    assert counts["GridSample"] >= 4 and model.opset_import[0].version == 17
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["schema"] == "perception-model/1" and len(meta["classes"]) == 10
+    assert [i["name"] for i in meta["inputs"]][:2] == ["images", "img_from_ego"]
+    assert meta["inputs"][0]["shape"] == [1, 6, 3, 64, 176]
+
+
+def test_onnx_pipeline_equals_checkpoint_pipeline(exported, synth_root):
+    ckpt, folder = exported
+    a = Pipeline.from_checkpoint(ckpt, score_threshold=0.0)
+    b = Pipeline.from_onnx(folder, score_threshold=0.0)
+    frames = NuScenesFrames(a.cfg, synth_root, VERSION, "synth_val")
+    for i in (0, 7):
+        da, db = a.infer(frames[i]), b.infer(frames[i])
+        strong = da.scores > 0.05
+        np.testing.assert_allclose(db.scores, da.scores, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(db.boxes[strong][:, :6], da.boxes[strong][:, :6], rtol=1e-3, atol=1e-3)
+        np.testing.assert_array_equal(db.labels[strong], da.labels[strong])
+
+
+def test_recalibration_needs_no_reexport(exported, synth_root):
+    """One export, two rigs: a camera moved and rotated in the calibration gives the same change in PyTorch and in
+    ONNX Runtime (calibration is a run-time input)."""
+    from dataclasses import replace
+
+    ckpt, folder = exported
+    a = Pipeline.from_checkpoint(ckpt, score_threshold=0.0)
+    b = Pipeline.from_onnx(folder, score_threshold=0.0)
+    frame = NuScenesFrames(a.cfg, synth_root, VERSION, "synth_val")[3]
+    m = frame.img_from_ego.astype(np.float64).copy()
+    c, s = np.cos(0.05), np.sin(0.05)
+    moved = np.array([[c, -s, 0, 0.2], [s, c, 0, -0.1], [0, 0, 1, 0.05], [0, 0, 0, 1]])
+    m[1] = m[1] @ moved
+    frame2 = replace(frame, img_from_ego=m.astype(np.float32))
+    d1, d2 = a.infer(frame2), b.infer(frame2)
+    assert not np.allclose(a.infer(frame).scores, d1.scores)  # the calibration reached the network
+    np.testing.assert_allclose(d2.scores, d1.scores, rtol=1e-3, atol=1e-5)
+
+
+def test_perception_test_onnx_equals_checkpoint(exported, synth_root, tmp_path):
+    from perception.cli.test import main
+
+    ckpt, folder = exported
+    common = ["--dataroot", str(synth_root), "--version", VERSION, "--split", "synth_val", "--no-progress"]
+    assert main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "a"), *common]) == 0
+    assert main(["--onnx", str(folder), "--out", str(tmp_path / "b"), *common]) == 0
+    sa = json.loads((tmp_path / "a" / "metrics_summary.json").read_text())
+    sb = json.loads((tmp_path / "b" / "metrics_summary.json").read_text())
+    assert abs(sa["nd_score"] - sb["nd_score"]) <= 0.001
+
+
+def test_wrong_camera_count_is_a_clear_error(exported):
+    from perception.runtime.onnxruntime import OnnxRunner, RuntimeConfigError
+
+    _, folder = exported
+    runner = OnnxRunner(folder)
+    arrays = {i["name"]: np.zeros(i["shape"], i["dtype"]) for i in runner.meta["inputs"]}
+    arrays["images"] = np.zeros((1, 5, 3, 64, 176), np.uint8)
+    with pytest.raises(RuntimeConfigError, match="camera count, image size and batch are fixed at export"):
+        runner.infer(arrays)
