@@ -246,7 +246,8 @@ class CrossAttentionFusion(nn.Module):
     def forward(self, camera_bev: Tensor | None, radar_bev: Tensor | None) -> Tensor:
         """camera_bev: (B, Cc, H, W) float32 camera BEV features, or None when the camera is disabled.
         radar_bev: (B, Cr, H, W) float32 radar BEV features, or None when the radar is disabled.
-        Both on the same ego BEV grid, (H, W) = ``bev_shape`` (row i along ego x, column j along ego y; the attention itself treats both axes alike).
+        Both on the same ego BEV grid, (H, W) = ``bev_shape`` (row i along ego x, column j along ego y; the
+        attention itself treats both axes alike).
         Returns the fused BEV (B, channels, H, W) float32 on the same grid."""
         maps = _check_modalities(type(self).__name__, self.camera_enabled, self.radar_enabled, camera_bev, radar_bev)
         B, _, H, W = maps[0].shape
