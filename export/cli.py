@@ -31,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    p.add_argument("--int8", action="store_true", help="also write model_int8.onnx: explicit Q/DQ INT8, calibrated on "
+                                                       "Frames of --dataroot/--version/--split")
+    p.add_argument("--calib-frames", type=int, default=16)
+    p.add_argument("--dataroot")
+    p.add_argument("--version", default="v1.0-synth")
+    p.add_argument("--split", default="synth_train")
     return p
 
 
@@ -101,18 +107,37 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, 
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if args.int8 and not args.dataroot:
+        raise CheckpointErrorArgs("--int8 needs --dataroot (and --version/--split) for calibration Frames")
     meta = export_checkpoint(args.checkpoint, args.out, args.opset, args.batch, not args.no_simplify, args.rig)
     ops = sum(meta["op_counts"].values())
     print(f"wrote {Path(args.out) / 'model.onnx'} (opset {meta['opset']}, {ops} nodes, {len(meta['op_counts'])} op "
           f"types, all TensorRT-native) and model.json")
+    if args.int8:
+        import onnx
+
+        from export.budget import check_budget
+        from export.quantize import quantize_int8
+        from perception.config import config_from_dict
+        from perception.data.nuscenes import NuScenesFrames
+
+        cfg = config_from_dict(meta["config"])
+        path = quantize_int8(args.out, NuScenesFrames(cfg, args.dataroot, args.version, args.split), args.calib_frames)
+        counts = check_budget(onnx.load(str(path)))
+        print(f"wrote {path}: {counts.get('QuantizeLinear', 0)} Q/DQ pairs (convolutions), calibrated on "
+              f"{args.calib_frames} Frames of {args.split}")
     return EXIT_OK
+
+
+class CheckpointErrorArgs(ValueError):
+    """Inconsistent export options."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from export.budget import BudgetError
     from perception.train.checkpoint import CheckpointError
 
-    return run(_main, argv, (CheckpointError, BudgetError))
+    return run(_main, argv, (CheckpointError, BudgetError, CheckpointErrorArgs))
 
 
 if __name__ == "__main__":

@@ -100,13 +100,14 @@ class Pipeline:
         return cls(cfg, _TorchRunner(net, torch.device(device)), stereo, score_threshold)
 
     @classmethod
-    def from_onnx(cls, folder: str | Path, score_threshold: float = 0.05, threads: int | None = None) -> "Pipeline":
-        """ONNX Runtime on ``<folder>/model.onnx`` (written by perception-export); the config travels in
-        model.json. No torch in the inference path."""
+    def from_onnx(cls, folder: str | Path, score_threshold: float = 0.05, threads: int | None = None,
+                  model_file: str = "model.onnx") -> "Pipeline":
+        """ONNX Runtime on ``<folder>/model.onnx`` (or ``model_int8.onnx``, the Q/DQ graph) written by
+        perception-export; the config travels in model.json. No torch in the inference path."""
         from perception.config import config_from_dict
         from perception.runtime.onnxruntime import OnnxRunner
 
-        runner = OnnxRunner(folder, threads=threads)
+        runner = OnnxRunner(folder, model_file=model_file, threads=threads)
         cfg = config_from_dict(runner.meta["config"], source=str(Path(folder) / "model.json"))
         return cls(cfg, _ArrayRunner(runner), tuple(tuple(p) for p in runner.meta["stereo_pairs"]), score_threshold)
 

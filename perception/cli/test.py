@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--onnx", help="export folder with model.onnx and model.json")
     src.add_argument("--engine", help="TensorRT engine folder")
     src.add_argument("--oracle", choices=["gt"], help="feed GT through the same path (sanity check: NDS 1.000)")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                   help="with --onnx: model.onnx or the INT8 Q/DQ graph model_int8.onnx")
     p.add_argument("--dataroot", required=True)
     p.add_argument("--version", required=True)
     p.add_argument("--split", required=True)
@@ -65,7 +67,10 @@ def _main(argv: Sequence[str] | None) -> int:
     else:
         from perception.pipeline import Pipeline
 
-        pipe = Pipeline.from_onnx(args.onnx) if args.onnx else Pipeline.from_checkpoint(args.checkpoint)
+        if args.onnx:
+            pipe = Pipeline.from_onnx(args.onnx, model_file="model_int8.onnx" if args.precision == "int8" else "model.onnx")
+        else:
+            pipe = Pipeline.from_checkpoint(args.checkpoint)
         cfg = load_config(args.config, args.set) if args.config else config_from_dict(config_to_dict(pipe.cfg), args.set)
         if cfg.model != pipe.cfg.model or cfg.classes != pipe.cfg.classes:
             raise BackendNotAvailable("--config/--set changed the model section: the network is fixed by the "

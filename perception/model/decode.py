@@ -171,7 +171,9 @@ def decode(center: Mapping[str, Tensor], grid: BevGrid, trajectory: Mapping[str,
 
     x = grid.x_range[0] + (row.to(picked.dtype) + 0.5 + offset[..., 0]) * grid.res_x  # (B, N)
     y = grid.y_range[0] + (col.to(picked.dtype) + 0.5 + offset[..., 1]) * grid.res_y  # (B, N)
-    yaw = torch.atan2(rot[..., 0], rot[..., 1])  # (B, N)
+    # atan2(0, 0) exports (TorchScript exporter) as Div + Atan, i.e. NaN; a quantised head can output exact zeros
+    cos = torch.where((rot[..., 1] == 0) & (rot[..., 0] == 0), torch.full_like(rot[..., 1], 1e-6), rot[..., 1])
+    yaw = torch.atan2(rot[..., 0], cos)  # (B, N)
     boxes = torch.cat([x.unsqueeze(2), y.unsqueeze(2), z, log_size.exp(), yaw.unsqueeze(2), vel], dim=2)  # (B, N, 9)
     out = {
         "boxes": torch.where(valid.unsqueeze(2), boxes, torch.zeros_like(boxes)),
