@@ -9,12 +9,12 @@ import torch
 
 from export.budget import check_budget
 from export.cli import main as export_main
-from perception.config import load_config
 from perception.data.nuscenes import NuScenesFrames
 from perception.data.synthetic.generate import VERSION
 from perception.model.network import build_model
 from perception.pipeline import Pipeline
 from perception.train.checkpoint import save_checkpoint
+from small_model import small_config
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["data.grid.resolution=3.2", "model.camera.heights=4", "model.camera.depth_bins=16",
@@ -24,7 +24,7 @@ SMALL = ["data.grid.resolution=3.2", "model.camera.heights=4", "model.camera.dep
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    cfg = load_config(REPO / "configs" / "synthetic_tiny.yaml", SMALL)
+    cfg = small_config()
     torch.manual_seed(0)
     net = build_model(cfg)
     for mod in net.modules():  # non-trivial BatchNorm statistics, as after training

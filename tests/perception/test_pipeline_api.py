@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from perception.config import load_config
 from perception.data.nuscenes import NuScenesFrames
 from perception.data.synthetic.generate import VERSION
 from perception.model.network import build_model
 from perception.pipeline import Pipeline
 from perception.train.checkpoint import CheckpointError, save_checkpoint
+from small_model import small_config
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["data.grid.resolution=3.2", "model.camera.heights=4", "model.camera.depth_bins=16",
@@ -20,7 +20,7 @@ SMALL = ["data.grid.resolution=3.2", "model.camera.heights=4", "model.camera.dep
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    cfg = load_config(REPO / "configs" / "synthetic_tiny.yaml", SMALL)
+    cfg = small_config()
     torch.manual_seed(0)
     net = build_model(cfg)
     path = tmp_path_factory.mktemp("ck") / "model.pt"
@@ -55,7 +55,7 @@ def test_infer_gives_detections_in_ego_and_global(ckpt, synth_root):
 
 def test_mismatched_checkpoint_is_a_clear_error(ckpt, tmp_path):
     path, cfg, _ = ckpt
-    other = build_model(load_config(REPO / "configs" / "synthetic_tiny.yaml", SMALL + ["model.fusion.channels=32"]))
+    other = build_model(small_config("model.fusion.channels=32"))
     bad = tmp_path / "bad.pt"
     save_checkpoint(bad, other, cfg)  # weights of another network under this config
     with pytest.raises(CheckpointError, match="does not match the network built from its config.*shape mismatches"):

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from perception.cli.test import main
-from perception.config import load_config
 from perception.data.synthetic.generate import VERSION
 from perception.model.network import build_model
 from perception.train.checkpoint import save_checkpoint
+from small_model import small_config
 
 REPO = Path(__file__).resolve().parents[3]
 SMALL = ["data.grid.resolution=3.2", "model.camera.heights=4", "model.camera.depth_bins=16",
@@ -22,7 +22,7 @@ SMALL = ["data.grid.resolution=3.2", "model.camera.heights=4", "model.camera.dep
 
 @pytest.fixture(scope="module")
 def small_ckpt(tmp_path_factory):
-    cfg = load_config(REPO / "configs" / "synthetic_tiny.yaml", SMALL)
+    cfg = small_config()
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "small.pt"
     save_checkpoint(path, build_model(cfg), cfg)

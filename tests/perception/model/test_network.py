@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from perception.config import load_config
 from perception.data.loader import PillarSpec, collate_frames
 from perception.data.nuscenes import NuScenesFrames
 from perception.data.synthetic.generate import VERSION
 from perception.model.network import INPUT_NAMES, build_model
+from small_model import small_config
 
 REPO = Path(__file__).resolve().parents[3]
 # A small version of the tiny config so the test runs in seconds: 64x176 images, 32x32 BEV, 4 heights, 16 bins.
@@ -19,13 +19,11 @@ SMALL = ["data.grid.resolution=3.2", "model.camera.heights=4", "model.camera.dep
          "model.camera.backbone_width=0.25", "model.head.max_detections=50"]
 
 
-def small_cfg(*extra: str):
-    return load_config(REPO / "configs" / "synthetic_tiny.yaml", SMALL + list(extra))
 
 
 @pytest.fixture(scope="module")
 def inputs(synth_root):
-    cfg = small_cfg()
+    cfg = small_config()
     frames = NuScenesFrames(cfg, synth_root, VERSION, "synth_val")
     batch = collate_frames([frames[0], frames[5]], 50, PillarSpec.from_config(cfg))
     return [batch[k] for k in INPUT_NAMES]
@@ -33,7 +31,7 @@ def inputs(synth_root):
 
 def test_forward_shapes_and_detect(inputs):
     torch.manual_seed(0)
-    net = build_model(small_cfg()).eval()
+    net = build_model(small_config()).eval()
     with torch.no_grad():
         out = net(*inputs)
         det = net.detect(*inputs)
@@ -45,7 +43,7 @@ def test_forward_shapes_and_detect(inputs):
 @pytest.mark.parametrize("case", ["one_camera_dropped", "all_cameras_dropped", "all_radar_dropped"])
 def test_missing_sensors_give_finite_outputs(inputs, case):
     torch.manual_seed(0)
-    net = build_model(small_cfg()).eval()
+    net = build_model(small_config()).eval()
     x = [t.clone() for t in inputs]
     names = list(INPUT_NAMES)
     if case == "one_camera_dropped":
@@ -67,7 +65,7 @@ def test_missing_sensors_give_finite_outputs(inputs, case):
                                        ["model.fusion.kind=conv"], ["model.camera.radar_depth.enabled=false"],
                                        ["model.norm=group"]])
 def test_switches_build_and_run(inputs, overrides):
-    cfg = small_cfg(*overrides)
+    cfg = small_config(*overrides)
     net = build_model(cfg, ((0, 1),)).eval()
     assert (net.camera is None) == (not cfg.model.camera.enabled)
     assert (net.radar is None) == (not cfg.model.radar.enabled)
@@ -80,11 +78,11 @@ def test_both_modalities_off_is_a_config_error():
     from perception.config import ConfigError
 
     with pytest.raises(ConfigError, match="enable at least one"):
-        small_cfg("model.camera.enabled=false", "model.radar.enabled=false")
+        small_config("model.camera.enabled=false", "model.radar.enabled=false")
 
 
 def test_training_step_reaches_every_parameter(inputs):
-    net = build_model(small_cfg(), ((0, 1),)).train()
+    net = build_model(small_config(), ((0, 1),)).train()
     out = net(*inputs)
     sum(v.float().square().mean() for v in out.values()).backward()
     missing = [n for n, p in net.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
@@ -103,7 +101,7 @@ def test_export_budget_and_onnxruntime_parity(inputs, tmp_path):
     from perception.model.decode import OUTPUT_NAMES
 
     torch.manual_seed(0)
-    net = build_model(small_cfg(), ((0, 1),)).eval()
+    net = build_model(small_config(), ((0, 1),)).eval()
     # make BatchNorm statistics non-trivial so that parity is not checked on a degenerate net
     for mod in net.modules():
         if isinstance(mod, torch.nn.BatchNorm2d):

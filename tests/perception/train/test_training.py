@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from perception.config import load_config
 from perception.data.loader import PillarSpec, collate_frames
 from perception.data.nuscenes import NuScenesFrames
 from perception.data.synthetic.generate import VERSION
@@ -16,21 +15,23 @@ from perception.model.decode import BevGrid, decode
 from perception.model.network import INPUT_NAMES, build_model
 from perception.train.losses import detection_losses, gaussian_focal_loss
 from perception.train.targets import build_targets, draw_gaussian, gaussian_radius
+from small_model import small_config
 
 REPO = Path(__file__).resolve().parents[3]
+# training-sized settings on top of the small model
+TRAIN_EXTRA = ("data.loader.batch_size=2", "data.loader.workers=0", "model.fusion.layers=1",
+               "train.split=synth_train", "train.val_split=synth_val")
 SMALL = ["data.grid.resolution=3.2", "model.camera.heights=4", "model.camera.depth_bins=16",
          "model.radar.max_pillars=128", "data.radar.max_points=400", "data.image_size=[64, 176]",
          "model.camera.backbone_width=0.25", "model.head.max_detections=50", "data.loader.batch_size=2",
          "data.loader.workers=0", "model.fusion.layers=1", "train.split=synth_train", "train.val_split=synth_val"]
 
 
-def small_cfg(*extra):
-    return load_config(REPO / "configs" / "synthetic_tiny.yaml", SMALL + list(extra))
 
 
 def test_targets_decode_back_to_the_gt():
     """Targets written at the GT centres, fed to the decoder as if predicted, give back the GT boxes."""
-    cfg = small_cfg()
+    cfg = small_config(*TRAIN_EXTRA)
     grid = BevGrid.from_config(cfg.data.grid)
     boxes = torch.tensor([[[10.3, -4.1, 0.8, 1.9, 4.5, 1.6, 0.7, 3.0, -1.0],
                            [-20.0, 12.5, 1.0, 0.6, 0.7, 1.8, -2.0, 0.5, 0.2]]])
@@ -68,12 +69,12 @@ def test_gaussian_helpers_and_focal_loss():
 
 @pytest.fixture(scope="module")
 def frames(synth_root):
-    return NuScenesFrames(small_cfg(), synth_root, VERSION, "synth_train", train=False)
+    return NuScenesFrames(small_config(*TRAIN_EXTRA), synth_root, VERSION, "synth_train", train=False)
 
 
 def test_overfits_a_handful_of_frames(frames):
     """Bounded and fast: 4 frames, 150 steps, the loss falls to under 15 % of its start."""
-    cfg = small_cfg()
+    cfg = small_config(*TRAIN_EXTRA)
     torch.manual_seed(0)
     net = build_model(cfg).train()
     batch = collate_frames([frames[i] for i in (0, 3, 6, 9)], 200, PillarSpec.from_config(cfg))
@@ -95,7 +96,8 @@ def test_overfits_a_handful_of_frames(frames):
 def test_resume_matches_an_uninterrupted_run(synth_root, tmp_path):
     from perception.train.loop import train
 
-    cfg = small_cfg("train.steps=6", "train.checkpoint_every=2", "train.log_every=1", "train.deterministic=true")
+    cfg = small_config(*TRAIN_EXTRA, "train.steps=6", "train.checkpoint_every=2", "train.log_every=1",
+                       "train.deterministic=true")
     train(cfg, synth_root, VERSION, tmp_path / "full", progress=False, evaluate=False)
     part = train(cfg, synth_root, VERSION, tmp_path / "part", progress=False, evaluate=False, stop_after=3)
     assert part["steps"] == 3
@@ -125,7 +127,7 @@ def _ddp_worker(rank: int, world: int, port: int, batch: dict, out: str) -> None
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
-    cfg = small_cfg()
+    cfg = small_config(*TRAIN_EXTRA)
     net = build_model(cfg)
     net.eval()  # BatchNorm on running statistics: per-process batch statistics would differ (no SyncBatchNorm on CPU)
     ddp = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
@@ -145,7 +147,7 @@ def test_ddp_two_gloo_processes_equal_one_process(frames, tmp_path):
     one process on the mean of the two per-item losses (BatchNorm in eval mode: exact to 1e-5)."""
     import torch.multiprocessing as mp
 
-    cfg = small_cfg()
+    cfg = small_config(*TRAIN_EXTRA)
     batch = collate_frames([frames[1], frames[8]], 200, PillarSpec.from_config(cfg))
     batch = {k: v for k, v in batch.items() if k != "meta"}
     out = tmp_path / "ddp_grads.pt"
@@ -171,7 +173,7 @@ def test_minimal_evaluation_gives_nds_one_for_gt(synth_root, tmp_path):
     """The same code path as training-time evaluation, fed GT as predictions: NDS = mAP = 1."""
     from perception.eval.detection import evaluate_split, gt_boxes_as_results
 
-    val = NuScenesFrames(small_cfg(), synth_root, VERSION, "synth_val")
+    val = NuScenesFrames(small_config(*TRAIN_EXTRA), synth_root, VERSION, "synth_val")
     gt = gt_boxes_as_results(val.nusc, [s.token for s in val.samples])
     summary = evaluate_split(lambda frame: gt[frame.sample_token], val, tmp_path / "eval")
     assert summary["nd_score"] == pytest.approx(1.0, abs=1e-9)
