@@ -48,29 +48,31 @@ PAIR_KEYS = {"left", "right"}
 # ---------------------------------------------------------------------------
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys (plain YAML silently keeps the last one,
+def _check_unique_keys(node: yaml.Node) -> None:
+    """Refuse duplicate keys in any mapping of a composed YAML tree (plain YAML silently keeps the last one,
     which would hide a duplicated camera)."""
-
-
-def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    keys: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in keys:
-            raise CalibrationError(str(key), "name", key,
-                                   f"appears twice in one mapping (line {key_node.start_mark.line + 1})",
-                                   "sensor channel names and fields must be unique")
-        keys.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                raise CalibrationError(str(key), "name", key,
+                                       f"appears twice in one mapping (line {key_node.start_mark.line + 1})",
+                                       "sensor channel names and fields must be unique")
+            seen.add(key)
+            _check_unique_keys(value_node)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_unique_keys(item)
 
 
 def safe_load_unique(text: str) -> Any:
-    """``yaml.safe_load`` semantics plus an error on duplicate keys."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    """``yaml.safe_load`` plus an error on duplicate keys (checked on the composed node tree, which builds no
+    objects, before the safe load)."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        _check_unique_keys(root)
+    return yaml.safe_load(text)
 
 
 # ---------------------------------------------------------------------------

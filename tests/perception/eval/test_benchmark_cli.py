@@ -15,9 +15,6 @@ from perception.train.checkpoint import save_checkpoint
 from small_model import small_config
 
 REPO = Path(__file__).resolve().parents[3]
-SMALL = ["data.grid.resolution=3.2", "model.camera.heights=4", "model.camera.depth_bins=16",
-         "model.radar.max_pillars=128", "data.radar.max_points=400", "data.image_size=[64, 176]",
-         "model.camera.backbone_width=0.25", "model.head.max_detections=50"]
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,6 @@ from small_model import small_config
 
 REPO = Path(__file__).resolve().parents[3]
 # A small version of the tiny config so the test runs in seconds: 64x176 images, 32x32 BEV, 4 heights, 16 bins.
-SMALL = ["data.grid.resolution=3.2", "model.camera.heights=4", "model.camera.depth_bins=16",
-         "model.radar.max_pillars=128", "data.radar.max_points=400", "data.image_size=[64, 176]",
-         "model.camera.backbone_width=0.25", "model.head.max_detections=50"]
 
 
 

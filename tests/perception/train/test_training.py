@@ -21,10 +21,6 @@ REPO = Path(__file__).resolve().parents[3]
 # training-sized settings on top of the small model
 TRAIN_EXTRA = ("data.loader.batch_size=2", "data.loader.workers=0", "model.fusion.layers=1",
                "train.split=synth_train", "train.val_split=synth_val")
-SMALL = ["data.grid.resolution=3.2", "model.camera.heights=4", "model.camera.depth_bins=16",
-         "model.radar.max_pillars=128", "data.radar.max_points=400", "data.image_size=[64, 176]",
-         "model.camera.backbone_width=0.25", "model.head.max_detections=50", "data.loader.batch_size=2",
-         "data.loader.workers=0", "model.fusion.layers=1", "train.split=synth_train", "train.val_split=synth_val"]
 
 
 
