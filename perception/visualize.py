@@ -176,3 +176,112 @@ def draw_bev_predictions(frame, forecast, out: str | Path, score_threshold: floa
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
+
+
+# Track colours: matplotlib's tab10 (no pyplot needed); a track keeps its colour in every panel and frame.
+TRACK_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                 "#bcbd22", "#17becf")
+
+
+def hex_to_rgb(hex_colour: str) -> tuple[int, int, int]:
+    """"#rrggbb" -> (r, g, b) in 0..255."""
+    return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+
+
+def _clip_segment(a: np.ndarray, b: np.ndarray, near: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """Camera-space homogeneous [u*d, v*d, d] endpoints; the part with d >= near, or None."""
+    if a[2] < near and b[2] < near:
+        return None
+    if a[2] < near or b[2] < near:
+        s = (near - a[2]) / (b[2] - a[2])
+        cut = a + s * (b - a)
+        a, b = (cut, b) if a[2] < near else (a, cut)
+    return a, b
+
+
+def draw_detections_preview(frame, det, track_ids: np.ndarray, out: str | Path, max_range: float = 50.0,
+                            tile_width: int = 400) -> None:
+    """Replay preview of one frame: a camera mosaic with the detections' 3D boxes projected through
+    ``frame.img_from_ego`` (``cols`` = 2 columns for wide images, W >= 2 H, else 3; camera ``i`` at pixel
+    ``((i % cols) * tile_width, (i // cols) * tile_h)`` with ``tile_h = round(H * tile_width / W)``), and on the
+    right a square BEV panel (x forward up, y to the left, +-``max_range`` m) with radar points, boxes, track IDs
+    and each box's most probable trajectory.
+    Everything is coloured by track ID (``TRACK_COLOURS``), so a track keeps its colour across frames.
+
+    frame: a Frame (preprocessed images); det: Detections of that frame (ego@t0); track_ids: (K,) int.
+    Drawn with PIL rather than matplotlib and written as a 256-colour PNG: replay writes one every few frames,
+    which must stay well under 0.5 s and ~200 kB."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    n, h, w = frame.images.shape[:3]
+    k = len(det)
+    track_ids = np.asarray(track_ids).reshape(k)
+    cols = min(2 if w >= 2 * h else 3, n)  # nuScenes' 6 wide crops: 3 rows of 2, about as tall as the BEV
+    rows = int(np.ceil(n / cols))
+    scale = tile_width / w
+    tile_h = int(round(h * scale))
+    side = max(rows * tile_h, 360)  # BEV panel
+    canvas = Image.new("RGB", (cols * tile_width + side, side), (20, 20, 20))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=11)
+    boxes = np.asarray(det.boxes, np.float64).reshape(k, 9)
+    corners = box_corners(boxes)  # (K, 8, 3) ego@t0
+    colours = [hex_to_rgb(TRACK_COLOURS[int(t) % len(TRACK_COLOURS)]) for t in track_ids]
+    labels = [f"#{int(t)} {name}" for t, name in zip(track_ids, det.names)]
+
+    for i in range(n):
+        x0, y0 = (i % cols) * tile_width, (i // cols) * tile_h
+        tile = Image.fromarray(frame.images[i]).resize((tile_width, tile_h), Image.BILINEAR)
+        canvas.paste(tile, (x0, y0))
+        m = np.asarray(frame.img_from_ego[i], np.float64)
+        hom = corners.reshape(-1, 3) @ m[:3, :3].T + m[:3, 3]  # (K*8, 3) [u*d, v*d, d]
+        hom = hom.reshape(k, 8, 3)
+        for b in range(k):
+            drawn = []
+            for e0, e1 in BOX_EDGES:
+                seg = _clip_segment(hom[b, e0], hom[b, e1], near=0.5)
+                if seg is None:
+                    continue
+                (u0, v0), (u1, v1) = (p[:2] / p[2] * scale for p in seg)
+                if max(u0, u1) < 0 or min(u0, u1) > tile_width or max(v0, v1) < 0 or min(v0, v1) > tile_h:
+                    continue
+                draw.line([(x0 + u0, y0 + v0), (x0 + u1, y0 + v1)], fill=colours[b], width=2)
+                drawn.append((u0, v0))
+            if drawn:
+                u, v = min(drawn, key=lambda p: p[1])
+                if 0 <= u < tile_width and 0 <= v < tile_h:
+                    draw.text((x0 + u, max(y0, y0 + v - 12)), labels[b], fill=colours[b], font=font)
+        draw.text((x0 + 3, y0 + 2), str(frame.camera_channels[i]) + ("" if frame.camera_valid[i] else " (INVALID)"),
+                  fill=(255, 255, 255), font=font, stroke_width=1, stroke_fill=(0, 0, 0))
+
+    # BEV on its own image (clips what leaves the panel): column = cx - y * ppm (y to the left), row = cy - x * ppm
+    bev = Image.new("RGB", (side, side), (255, 255, 255))
+    draw = ImageDraw.Draw(bev)
+    ppm = side / (2.0 * max_range)
+    cx, cy = side / 2.0, side / 2.0
+    for r in range(10, int(max_range * 1.5), 10):
+        draw.ellipse([cx - r * ppm, cy - r * ppm, cx + r * ppm, cy + r * ppm], outline=(225, 225, 225))
+    pts = frame.radar_points[frame.radar_valid].astype(np.float64)
+    if len(pts):
+        pu, pv = cx - pts[:, 1] * ppm, cy - pts[:, 0] * ppm
+        inside = (pu >= 0) & (pu < side) & (pv >= 0) & (pv < side)
+        for u, v in zip(pu[inside], pv[inside]):
+            draw.rectangle([u - 1, v - 1, u + 1, v + 1], fill=(150, 150, 150))
+    best = np.argmax(det.mode_probs, axis=1) if k else np.zeros(0, np.int64)
+    for b in range(k):
+        c = corners[b, [0, 1, 2, 3]]  # top face, 0/1 at the front
+        poly = [(cx - y * ppm, cy - x * ppm) for x, y in c[:, :2]]
+        draw.polygon(poly, outline=colours[b], width=2)
+        front = (c[0, :2] + c[1, :2]) / 2
+        draw.line([(cx - boxes[b, 1] * ppm, cy - boxes[b, 0] * ppm), (cx - front[1] * ppm, cy - front[0] * ppm)],
+                  fill=colours[b], width=2)
+        traj = np.vstack([boxes[b, :2], np.asarray(det.trajectories[b, best[b]], np.float64)])  # (T+1, 2)
+        draw.line([(cx - y * ppm, cy - x * ppm) for x, y in traj], fill=colours[b], width=1)
+        draw.text((cx - boxes[b, 1] * ppm + 4, cy - boxes[b, 0] * ppm + 2), f"#{int(track_ids[b])}",
+                  fill=colours[b], font=font)
+    draw.polygon([(cx, cy - 7), (cx - 5, cy + 5), (cx + 5, cy + 5)], fill=(0, 0, 0))  # ego, pointing along x
+    draw.text((4, 3), f"{frame.sample_token}  t0={int(frame.t0)} us  {k} detections  {len(pts)} radar pts",
+              fill=(0, 0, 0), font=font, stroke_width=2, stroke_fill=(255, 255, 255))
+    canvas.paste(bev, (cols * tile_width, 0))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    canvas.quantize(256, method=Image.Quantize.FASTOCTREE).save(out)

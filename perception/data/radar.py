@@ -6,7 +6,7 @@ sweeps of all units are stacked with the closest-in-time points first, then trun
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +20,15 @@ from perception.data.radar_pillars import PillarGrid, Pillars, pillarize, pillar
 
 @dataclass(frozen=True)
 class SweepRef:
-    """One radar sweep to load: the unit, its index among the rig's radars, file and capture time (µs)."""
+    """One radar sweep to load: the unit, its index among the rig's radars, file and capture time (µs).
+    ``records``: the sweep's points already in memory (replay: a decoded PointCloud2, the layout
+    ``read_radar_records`` gives); ``path`` then only names it in issues."""
 
     radar: Radar
     index: int
     path: str | Path
     timestamp: int
+    records: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def doppler_of(cloud: PointCloud, radar: Radar) -> np.ndarray:
@@ -52,7 +55,7 @@ def accumulate(sweeps: list[SweepRef], t0: int, poses: PoseStream, radar_filter:
     issues: list[str] = []
     for ref in sweeps:
         try:
-            rec = read_radar_records(ref.path)
+            rec = ref.records if ref.records is not None else read_radar_records(ref.path)
             if ref.radar.doppler != "cartesian" and _radial_field(rec.dtype.names) is None:
                 raise SensorFileError(ref.path, f"radar {ref.radar.name} is radial but the cloud has no radial "
                                                 f"velocity field (fields: {list(rec.dtype.names)})")

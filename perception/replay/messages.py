@@ -1,0 +1,198 @@
+"""Replay messages: what a reader yields and the player consumes, whatever the source (bag or nuScenes tables).
+
+A ``Message`` is one input message with its arrival (log) time, its role from the topic map (``kind``,
+``channel``), its header stamp and a decoded payload, or a drop ``reason`` when it could not be decoded.
+Readers of different sources produce the same payload types (and the same numbers), so the player and the
+detections cannot tell a bag from a nuScenes scene.
+
+Drop reasons (``report.json`` counts each per topic): see ``DROP_REASONS``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+DROP_REASONS = {
+    "undecodable": "the payload could not be decoded (corrupt CDR, corrupt JPEG, unsupported encoding, bad layout)",
+    "wrong_size": "the image size differs from the camera's calibration",
+    "non_finite": "NaN or inf in a radar cloud, a transform or camera intrinsics",
+    "unknown_topic": "the topic is not in the topic map",
+    "ignored": "a known topic this network does not use (e.g. lidar)",
+    "out_of_order": "the stamp is older than the reorder buffer (or than the last emitted frame, for a trigger)",
+    "no_calibration": "no /tf_static transform or CameraInfo for the sensor, and no --rig",
+    "no_pose": "no ego pose within the extrapolation limit at the frame time",
+    "not_selected": "arrived in time but a closer message of the same sensor was used, or no frame needed it",
+    "duplicate": "the same stamp again on the same topic",
+    "unused_transform": "a transform between frames the replay does not use",
+}
+
+
+@dataclass
+class CameraImage:
+    rgb: np.ndarray  # (H, W, 3) uint8
+    jpeg: bytes | None = None  # the original compressed bytes (kept for the MCAP output)
+
+
+@dataclass
+class CameraInfo:
+    width: int
+    height: int
+    k: np.ndarray  # (3, 3)
+    distortion_model: str = ""
+    d: tuple[float, ...] = ()
+
+
+@dataclass
+class Transform:
+    parent: str
+    child: str
+    stamp_us: int
+    translation: np.ndarray  # (3,)
+    rotation_wxyz: np.ndarray  # (4,)
+
+    def matrix(self) -> np.ndarray:
+        from calibration.transforms import make_transform
+
+        return make_transform(self.rotation_wxyz, self.translation)
+
+
+@dataclass
+class Message:
+    seq: int
+    topic: str
+    log_time_us: int  # arrival
+    kind: str  # camera | camera_info | radar | tf | tf_static | odometry | ignored | unknown
+    channel: str = ""
+    stamp_us: int = 0
+    payload: Any = None  # CameraImage | CameraInfo | np.ndarray (radar records) | list[Transform]
+    reason: str | None = None  # a DROP_REASONS key when the message cannot be used
+    detail: str = ""
+    meta: dict = field(default_factory=dict)
+
+
+class ReplayInputError(ValueError):
+    """A drive or a replay option cannot be used (names the path or option and what to do)."""
+
+
+class DecodeError(ValueError):
+    def __init__(self, reason: str, detail: str):
+        self.reason, self.detail = reason, detail
+        super().__init__(f"{reason}: {detail}")
+
+
+def stamp_us(header: Any) -> int:
+    return int(header.stamp.sec) * 1_000_000 + int(header.stamp.nanosec) // 1000
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Exception as err:  # PIL raises several types for corrupt data
+        raise DecodeError("undecodable", f"image bytes cannot be decoded ({type(err).__name__}: {err})") from None
+
+
+def image_from_ros(msg: Any, msgtype: str) -> CameraImage:
+    """sensor_msgs/CompressedImage (jpeg/png) or sensor_msgs/Image (rgb8, bgr8, mono8)."""
+    if msgtype.endswith("CompressedImage"):
+        fmt = str(msg.format).lower()
+        if not any(k in fmt for k in ("jpeg", "jpg", "png")):
+            raise DecodeError("undecodable", f"CompressedImage format '{msg.format}' is not jpeg or png")
+        data = bytes(np.asarray(msg.data, dtype=np.uint8).tobytes())
+        return CameraImage(decode_jpeg(data), data if "png" not in fmt else None)
+    enc = str(msg.encoding).lower()
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    raw = np.asarray(msg.data, dtype=np.uint8)
+    channels = {"rgb8": 3, "bgr8": 3, "mono8": 1}.get(enc)
+    if channels is None:
+        raise DecodeError("undecodable", f"Image encoding '{msg.encoding}' is not supported (rgb8, bgr8, mono8)")
+    if step < w * channels or raw.size != step * h:
+        raise DecodeError("undecodable", f"Image {w}x{h} {enc} with step {step} has {raw.size} bytes")
+    img = raw.reshape(h, step)[:, :w * channels].reshape(h, w, channels)
+    if enc == "bgr8":
+        img = img[..., ::-1]
+    elif enc == "mono8":
+        img = np.repeat(img, 3, axis=2)
+    return CameraImage(np.ascontiguousarray(img))
+
+
+def camera_info_from_ros(msg: Any) -> CameraInfo:
+    k = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    if not np.all(np.isfinite(k)):
+        raise DecodeError("non_finite", f"CameraInfo K has non-finite values {k.tolist()}")
+    return CameraInfo(int(msg.width), int(msg.height), k, str(msg.distortion_model),
+                      tuple(float(v) for v in np.asarray(msg.d, dtype=np.float64)))
+
+
+_POINTFIELD = {1: "i1", 2: "u1", 3: "<i2", 4: "<u2", 5: "<i4", 6: "<u4", 7: "<f4", 8: "<f8"}
+
+
+def cloud_from_ros(msg: Any) -> np.ndarray:
+    """sensor_msgs/PointCloud2 -> packed structured records (one named field per PointField, its own type),
+    the layout ``perception.data.io.read_radar_records`` gives for a PCD file."""
+    if msg.is_bigendian:
+        raise DecodeError("undecodable", "big-endian PointCloud2 is not supported")
+    n = int(msg.width) * int(msg.height)
+    step = int(msg.point_step)
+    names, formats, offsets = [], [], []
+    for f in msg.fields:
+        if f.datatype not in _POINTFIELD or int(f.count) != 1:
+            raise DecodeError("undecodable", f"PointField '{f.name}' has datatype {f.datatype} count {f.count}")
+        names.append(str(f.name))
+        formats.append(_POINTFIELD[f.datatype])
+        offsets.append(int(f.offset))
+    try:
+        dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": step})
+    except (ValueError, TypeError) as err:
+        raise DecodeError("undecodable", f"PointCloud2 field layout is inconsistent ({err})") from None
+    data = np.asarray(msg.data, dtype=np.uint8)
+    if data.size != n * step:
+        raise DecodeError("undecodable", f"PointCloud2 says {n} points x {step} B but carries {data.size} B")
+    if not {"x", "y", "z"} <= set(names):
+        raise DecodeError("undecodable", f"PointCloud2 has no x/y/z fields (fields: {names})")
+    rec = np.frombuffer(data.tobytes(), dtype=dtype, count=n)
+    packed = np.dtype([(nm, fm) for nm, fm in zip(names, formats)])
+    if packed.itemsize == step and all(dtype.fields[nm][1] == packed.fields[nm][1] for nm in names):
+        return rec.view(packed)
+    out = np.empty(n, packed)
+    for nm in names:
+        out[nm] = rec[nm]
+    return out
+
+
+def check_cloud(rec: np.ndarray) -> None:
+    """A radar cloud with NaN/inf in positions or velocities is dropped whole: a sensor writing NaN is suspect."""
+    bad = np.zeros(len(rec), bool)
+    for nm in rec.dtype.names:
+        if rec.dtype[nm].kind == "f":
+            bad |= ~np.isfinite(rec[nm])
+    if bad.any():
+        raise DecodeError("non_finite", f"{int(bad.sum())} of {len(rec)} points have NaN/inf values")
+
+
+def transforms_from_ros(msg: Any) -> list[Transform]:
+    out = []
+    for t in msg.transforms:
+        tr, q = t.transform.translation, t.transform.rotation
+        trans = np.array([tr.x, tr.y, tr.z], np.float64)
+        rot = np.array([q.w, q.x, q.y, q.z], np.float64)
+        if not (np.all(np.isfinite(trans)) and np.all(np.isfinite(rot))):
+            raise DecodeError("non_finite", f"transform {t.header.frame_id} -> {t.child_frame_id} is not finite")
+        out.append(Transform(str(t.header.frame_id), str(t.child_frame_id), stamp_us(t.header), trans, rot))
+    return out
+
+
+def odometry_from_ros(msg: Any) -> list[Transform]:
+    p, q = msg.pose.pose.position, msg.pose.pose.orientation
+    trans = np.array([p.x, p.y, p.z], np.float64)
+    rot = np.array([q.w, q.x, q.y, q.z], np.float64)
+    if not (np.all(np.isfinite(trans)) and np.all(np.isfinite(rot))):
+        raise DecodeError("non_finite", "odometry pose is not finite")
+    return [Transform(str(msg.header.frame_id), str(msg.child_frame_id), stamp_us(msg.header), trans, rot)]

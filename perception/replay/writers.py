@@ -1,0 +1,287 @@
+"""What a replay writes, per emitted frame: a Foxglove-viewable MCAP, a JSONL of detections, PNG previews.
+
+``OUT/detections.mcap`` (foxglove-sdk, protobuf-encoded Foxglove schemas; ``log_time`` = the frame's t0):
+
+=================================  ======================  ===================================================
+topic                              schema                  content
+=================================  ======================  ===================================================
+``/tf``                            foxglove.FrameTransform ``map`` -> ``base_link`` from ``global_from_ego``
+``/detections``                    foxglove.SceneUpdate    per box one entity (id = track ID) in ``base_link``:
+                                                           a cube, the most probable trajectory (line strip
+                                                           from the centre), a text label, metadata
+``/radar``                         foxglove.PointCloud     valid radar points, float32 x, y, z, vx, vy, rcs, dt
+``/cameras/<CH>/image/compressed`` foxglove.CompressedImage the original JPEG bytes, stamped at capture time
+=================================  ======================  ===================================================
+
+``OUT/detections.jsonl``: a header line ``{"schema": "perception-detections/1", ...}`` then one line per frame
+(``read_jsonl`` reads it back). ``OUT/preview/frame_XXXXXX.png`` (``XXXXXX`` = the frame's index in this run):
+every ``preview_every``-th frame, at most ``preview_max`` of them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from perception.data.frame import Frame
+from perception.pipeline import Detections
+from perception.visualize import CLASS_COLOURS, draw_detections_preview, hex_to_rgb
+
+JSONL_SCHEMA = "perception-detections/1"
+BOX_FIELDS = ("track_id", "label", "score", "centre", "size", "yaw", "velocity", "attribute", "mode",
+              "trajectory", "mode_probs")
+BOX_UNITS = {
+    "centre": "[x, y, z] m, ego@t0 (x forward, y left, z up; box centre)",
+    "size": "[w, l, h] m (nuScenes order; l along the heading)",
+    "yaw": "rad about z, 0 = along ego x",
+    "velocity": "[vx, vy] m/s over ground, ego axes",
+    "mode": "index of the most probable trajectory mode",
+    "trajectory": "(T, 2) [x, y] m, ego@t0, the most probable mode, 2 Hz from t0 + 0.5 s",
+    "mode_probs": "(M,) probabilities of all modes",
+}
+RADAR_FIELDS = ("x", "y", "z", "vx", "vy", "rcs", "dt")
+PARENT_FRAME, EGO_FRAME = "map", "base_link"
+
+
+def _round(values: Any, decimals: int) -> Any:
+    """numpy array/scalar -> nested lists of Python floats rounded to ``decimals`` (JSON-ready)."""
+    return np.round(np.asarray(values, dtype=np.float64), decimals).tolist()
+
+
+def _timestamp(t_us: int):
+    from foxglove.messages import Timestamp
+
+    return Timestamp(int(t_us) // 1_000_000, (int(t_us) % 1_000_000) * 1000)
+
+
+def _quaternion_xyzw_from_matrix(rotation: np.ndarray) -> tuple[float, float, float, float]:
+    # pyquaternion directly rather than calibration.transforms.matrix_to_quaternion: that module imports torch,
+    # and replay with ONNX Runtime / TensorRT must not. Poses carry ~1e-7 rounding, hence the tolerance.
+    from pyquaternion import Quaternion
+
+    w, x, y, z = Quaternion(matrix=np.asarray(rotation, np.float64), atol=1e-5).normalised.elements
+    return (x, y, z, w) if w >= 0 else (-x, -y, -z, -w)
+
+
+class ReplayWriter:
+    """Writes every emitted frame to ``out_dir`` (see the module docstring). Call ``close()`` (or use ``with``).
+
+    class_names: the model's classes (recorded in the JSONL header). preview_every: a PNG every N-th frame
+    (0: none); preview_max: at most this many PNGs. write_images: put the camera JPEGs into the MCAP.
+    frame_period_s: the nominal frame period (12 Hz camera); Foxglove entities live 1.5 periods, so boxes of a
+    dropped frame vanish instead of freezing, and every SceneUpdate also deletes the previous frame's entities.
+    """
+
+    def __init__(self, out_dir: str | Path, class_names: Sequence[str], preview_every: int = 10,
+                 preview_max: int = 50, write_images: bool = True, frame_period_s: float = 1.0 / 12.0) -> None:
+        import foxglove
+        from foxglove.channels import (
+            FrameTransformChannel,
+            PointCloudChannel,
+            SceneUpdateChannel,
+        )
+
+        if preview_every < 0 or preview_max < 0:
+            raise ValueError(f"ReplayWriter: preview_every ({preview_every}) and preview_max ({preview_max}) "
+                             "must be >= 0 (0 disables previews)")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.class_names = tuple(class_names)
+        self.preview_every, self.preview_max = int(preview_every), int(preview_max)
+        self.write_images = bool(write_images)
+        self.lifetime_s = 1.5 * float(frame_period_s)
+        self.mcap_path = self.out_dir / "detections.mcap"
+        self.jsonl_path = self.out_dir / "detections.jsonl"
+        self.preview_dir = self.out_dir / "preview"
+        # One Context per writer: channels of two writers in one process (tests, sharded replay) stay apart.
+        self._context = foxglove.Context()
+        self._mcap = foxglove.open_mcap(self.mcap_path, allow_overwrite=True, context=self._context)
+        self._tf = FrameTransformChannel("/tf", context=self._context)
+        self._scene = SceneUpdateChannel("/detections", context=self._context)
+        self._radar = PointCloudChannel("/radar", context=self._context)
+        self._cameras: dict[str, Any] = {}  # channel name -> CompressedImageChannel, created on first image
+        self._jsonl = open(self.jsonl_path, "w", encoding="utf-8")
+        self._jsonl.write(json.dumps({"schema": JSONL_SCHEMA, "classes": list(self.class_names),
+                                      "box_fields": list(BOX_FIELDS), "units": BOX_UNITS,
+                                      "times": "t0, t_emit: integer microseconds"}) + "\n")
+        self.frames = 0
+        self.boxes = 0
+        self.messages: dict[str, int] = {}
+        self.previews: list[str] = []
+        self._closed = False
+
+    def __enter__(self) -> "ReplayWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def write(self, frame: Frame, det: Detections, track_ids: np.ndarray | None,
+              camera_jpegs: dict[str, tuple[int, bytes]] | None, t_emit_us: int) -> None:
+        """One emitted frame. det: the Detections of ``frame`` (ego@t0). track_ids: (K,) int (None: untracked,
+        written as -1). camera_jpegs: channel -> (capture stamp µs, original JPEG bytes) of the images used.
+        t_emit_us: when the player emitted the frame (µs, the same clock as t0)."""
+        if self._closed:
+            raise RuntimeError(f"ReplayWriter({self.out_dir}) is closed")
+        k = len(det)
+        ids = np.full(k, -1, np.int64) if track_ids is None else np.asarray(track_ids, np.int64).reshape(-1)
+        if ids.shape != (k,):
+            raise ValueError(f"ReplayWriter.write({det.sample_token}): {len(ids)} track IDs for {k} detections")
+        if track_ids is not None and len(np.unique(ids)) != k:
+            raise ValueError(f"ReplayWriter.write({det.sample_token}): duplicate track IDs {ids.tolist()}; each "
+                             "box is one Foxglove entity keyed by its track ID")
+        if int(det.t0) != int(frame.t0):
+            raise ValueError(f"ReplayWriter.write: detections at t0={det.t0} us for a frame at t0={frame.t0} us")
+        self._write_mcap(frame, det, ids, camera_jpegs or {})
+        self._write_jsonl(det, ids, t_emit_us)
+        if (self.preview_every and self.frames % self.preview_every == 0
+                and len(self.previews) < self.preview_max):
+            path = self.preview_dir / f"frame_{self.frames:06d}.png"
+            draw_detections_preview(frame, det, ids, path)
+            self.previews.append(str(path))
+        self.frames += 1
+        self.boxes += k
+
+    def close(self) -> dict[str, Any]:
+        """Finish the files. Returns paths written and counts (frames, boxes, previews, messages per topic)."""
+        if not self._closed:
+            self._mcap.close()
+            self._jsonl.close()
+            self._closed = True
+        return {"mcap": str(self.mcap_path), "jsonl": str(self.jsonl_path), "previews": list(self.previews),
+                "frames": self.frames, "boxes": self.boxes, "messages": dict(self.messages)}
+
+    # -- MCAP ---------------------------------------------------------------------------------------------------
+
+    def _log(self, channel: Any, topic: str, message: Any, log_time_ns: int) -> None:
+        channel.log(message, log_time=log_time_ns)
+        self.messages[topic] = self.messages.get(topic, 0) + 1
+
+    def _write_mcap(self, frame: Frame, det: Detections, ids: np.ndarray,
+                    camera_jpegs: dict[str, tuple[int, bytes]]) -> None:
+        from foxglove.channels import CompressedImageChannel
+        from foxglove.messages import (
+            Color,
+            CompressedImage,
+            CubePrimitive,
+            Duration,
+            FrameTransform,
+            KeyValuePair,
+            LinePrimitive,
+            LinePrimitiveLineType,
+            PackedElementField,
+            PackedElementFieldNumericType,
+            Point3,
+            PointCloud,
+            Pose,
+            Quaternion,
+            SceneEntity,
+            SceneEntityDeletion,
+            SceneEntityDeletionType,
+            SceneUpdate,
+            TextPrimitive,
+            Vector3,
+        )
+
+        log_time = int(frame.t0) * 1000  # ns
+        stamp = _timestamp(frame.t0)
+        g = np.asarray(det.global_from_ego, np.float64)
+        qx, qy, qz, qw = _quaternion_xyzw_from_matrix(g[:3, :3])
+        self._log(self._tf, "/tf", FrameTransform(
+            timestamp=stamp, parent_frame_id=PARENT_FRAME, child_frame_id=EGO_FRAME,
+            translation=Vector3(x=float(g[0, 3]), y=float(g[1, 3]), z=float(g[2, 3])),
+            rotation=Quaternion(x=qx, y=qy, z=qz, w=qw)), log_time)
+
+        entities = []
+        lifetime = Duration.from_secs(self.lifetime_s)
+        boxes = np.asarray(det.boxes, np.float64).reshape(len(det), 9)
+        for b, (box, score, name, attr, tid) in enumerate(zip(boxes, det.scores, det.names, det.attributes, ids)):
+            x, y, z, w, l, h, yaw = (float(v) for v in box[:7])
+            r, gg, bb = (c / 255.0 for c in hex_to_rgb(CLASS_COLOURS.get(str(name), "#bbbbbb")))
+            orientation = Quaternion(x=0.0, y=0.0, z=float(np.sin(yaw / 2)), w=float(np.cos(yaw / 2)))
+            # Foxglove's cube size is along the pose's x, y, z: our l (along the heading), w, h.
+            cube = CubePrimitive(pose=Pose(position=Vector3(x=x, y=y, z=z), orientation=orientation),
+                                 size=Vector3(x=l, y=w, z=h), color=Color(r=r, g=gg, b=bb, a=0.45))
+            mode = int(np.argmax(det.mode_probs[b]))
+            path = [Point3(x=x, y=y, z=z)] + [Point3(x=float(px), y=float(py), z=z)
+                                              for px, py in np.asarray(det.trajectories[b, mode], np.float64)]
+            line = LinePrimitive(type=LinePrimitiveLineType.LineStrip,
+                                 pose=Pose(position=Vector3(), orientation=Quaternion(w=1.0)),
+                                 thickness=0.15, points=path, color=Color(r=r, g=gg, b=bb, a=1.0))
+            label = f"#{int(tid)} {name} {float(score):.2f}"
+            text = TextPrimitive(pose=Pose(position=Vector3(x=x, y=y, z=z + h / 2 + 0.5),
+                                           orientation=Quaternion(w=1.0)),
+                                 billboard=True, font_size=14.0, scale_invariant=True,
+                                 color=Color(r=1.0, g=1.0, b=1.0, a=1.0), text=label)
+            speed = float(np.hypot(box[7], box[8]))
+            metadata = [KeyValuePair(key="class", value=str(name)), KeyValuePair(key="score", value=f"{score:.3f}"),
+                        KeyValuePair(key="track_id", value=str(int(tid))),
+                        KeyValuePair(key="attribute", value=str(attr)),
+                        KeyValuePair(key="speed_mps", value=f"{speed:.2f}")]
+            entities.append(SceneEntity(timestamp=stamp, frame_id=EGO_FRAME,
+                                        id=str(int(tid)) if tid >= 0 else f"det{b}", lifetime=lifetime,
+                                        frame_locked=False, metadata=metadata, cubes=[cube], lines=[line],
+                                        texts=[text]))
+        # "All" entities earlier than t0 go first: tracks that ended disappear even when frames come faster
+        # than the lifetime.
+        deletion = SceneEntityDeletion(timestamp=stamp, type=SceneEntityDeletionType.All)
+        self._log(self._scene, "/detections", SceneUpdate(deletions=[deletion], entities=entities), log_time)
+
+        fields = list(frame.radar_fields)
+        missing = [f for f in RADAR_FIELDS if f not in fields]
+        if missing:
+            raise ValueError(f"ReplayWriter.write({frame.sample_token}): radar fields {missing} missing from "
+                             f"{fields} (the Frame contract requires them)")
+        pts = frame.radar_points[frame.radar_valid][:, [fields.index(f) for f in RADAR_FIELDS]]
+        pts = np.ascontiguousarray(pts, dtype="<f4")  # (P, 7) little-endian float32, packed
+        self._log(self._radar, "/radar", PointCloud(
+            timestamp=stamp, frame_id=EGO_FRAME, pose=Pose(position=Vector3(), orientation=Quaternion(w=1.0)),
+            point_stride=4 * len(RADAR_FIELDS),
+            fields=[PackedElementField(name=f, offset=4 * i, type=PackedElementFieldNumericType.Float32)
+                    for i, f in enumerate(RADAR_FIELDS)],
+            data=pts.tobytes()), log_time)
+
+        if self.write_images:
+            for channel, (stamp_us, jpeg) in camera_jpegs.items():
+                topic = f"/cameras/{channel}/image/compressed"
+                if channel not in self._cameras:
+                    self._cameras[channel] = CompressedImageChannel(topic, context=self._context)
+                self._log(self._cameras[channel], topic, CompressedImage(
+                    timestamp=_timestamp(stamp_us), frame_id=str(channel), data=bytes(jpeg), format="jpeg"),
+                    log_time)
+
+    # -- JSONL --------------------------------------------------------------------------------------------------
+
+    def _write_jsonl(self, det: Detections, ids: np.ndarray, t_emit_us: int) -> None:
+        boxes = np.asarray(det.boxes, np.float64).reshape(len(det), 9)
+        out = []
+        for b, box in enumerate(boxes):
+            mode = int(np.argmax(det.mode_probs[b]))
+            out.append({"track_id": int(ids[b]), "label": str(det.names[b]), "score": _round(det.scores[b], 4),
+                        "centre": _round(box[:3], 3), "size": _round(box[3:6], 3), "yaw": _round(box[6], 4),
+                        "velocity": _round(box[7:9], 3), "attribute": str(det.attributes[b]), "mode": mode,
+                        "trajectory": _round(det.trajectories[b, mode], 3),
+                        "mode_probs": _round(det.mode_probs[b], 4)})
+        record = {"t0": int(det.t0), "t_emit": int(t_emit_us), "sample_token": str(det.sample_token),
+                  # rotation to 1e-7, translation to 0.1 µm: enough for global coordinates of ~1e4 m
+                  "global_from_ego": _round(det.global_from_ego, 7), "boxes": out}
+        self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+
+
+def read_jsonl(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Read ``detections.jsonl``: (header, one dict per frame). Raises ValueError when the header's schema is not
+    ``JSONL_SCHEMA``."""
+    with open(path, encoding="utf-8") as f:
+        first = f.readline()
+        try:
+            header = json.loads(first) if first.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: first line is not JSON ({exc}); expected a {JSONL_SCHEMA} header") from None
+        if not isinstance(header, dict) or header.get("schema") != JSONL_SCHEMA:
+            found = header.get("schema") if isinstance(header, dict) else None
+            raise ValueError(f"{path}: schema {found!r}, expected {JSONL_SCHEMA!r} (a detections.jsonl written "
+                             "by perception-replay)")
+        frames = [json.loads(line) for line in f if line.strip()]
+    return header, frames
