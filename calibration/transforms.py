@@ -10,11 +10,13 @@ Conventions (nuScenes):
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
 from pyquaternion import Quaternion
+
+if TYPE_CHECKING:  # torch is imported by the torch functions' callers; the numpy side (and the runtimes) need none
+    import torch
 
 # ---------------------------------------------------------------------------
 # Quaternions and rotation matrices
@@ -167,6 +169,8 @@ def transform_points_torch(a_from_b: torch.Tensor, points_b: torch.Tensor) -> to
 
 def invert_torch(a_from_b: torch.Tensor) -> torch.Tensor:
     """(..., 4, 4) rigid -> (..., 4, 4) inverse."""
+    import torch
+
     rot_t = a_from_b[..., :3, :3].transpose(-1, -2)
     out = torch.zeros_like(a_from_b)
     out[..., :3, :3] = rot_t

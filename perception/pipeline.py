@@ -1,8 +1,10 @@
 """One ``infer(frame) -> Detections`` for every backend, sharing the data pipeline's preprocessing.
 
-``Pipeline.from_checkpoint(path)`` runs the PyTorch network; ``from_onnx`` and ``from_engine`` (ONNX Runtime,
-TensorRT) arrive with the export issue and use the same batching (``collate_frames``: the same pillarisation
-and tensors) and the same post-processing below.
+``Pipeline.from_checkpoint(path)`` runs the PyTorch network; ``from_onnx(export_dir)`` runs perception-export's
+graph with ONNX Runtime and ``from_engine(engine_dir)`` a perception-engine TensorRT engine. All three use the
+same input arrays (``perception.data.batch.input_arrays``: the same pillarisation and tensors) and the same
+post-processing below. The ONNX Runtime and TensorRT runners import no torch (the config travels in
+model.json); the post-processing's attribute rule still comes from ``perception.model.decode``, which does.
 """
 from __future__ import annotations
 
@@ -62,7 +64,7 @@ class Detections:
 def postprocess(raw: dict[str, np.ndarray], frame: Frame, class_names: tuple[str, ...], score_threshold: float,
                 index: int = 0) -> Detections:
     """Fixed-size decoded outputs (batch item ``index``) -> Detections above ``score_threshold``."""
-    from perception.model.decode import attribute_from_class_and_speed
+    from perception.attributes import attribute_from_class_and_speed
 
     scores = np.asarray(raw["scores"][index])
     keep = (scores > score_threshold) & (np.asarray(raw["labels"][index]) >= 0)
@@ -76,7 +78,7 @@ def postprocess(raw: dict[str, np.ndarray], frame: Frame, class_names: tuple[str
 
 
 class Pipeline:
-    """Frame in, Detections out. Build with ``from_checkpoint`` (or, later, ``from_onnx`` / ``from_engine``)."""
+    """Frame in, Detections out. Build with ``from_checkpoint``, ``from_onnx`` or ``from_engine``."""
 
     def __init__(self, cfg: Config, runner: Any, stereo_pairs: tuple = (), score_threshold: float = 0.05):
         self.cfg = cfg
@@ -108,6 +110,17 @@ class Pipeline:
         from perception.runtime.onnxruntime import OnnxRunner
 
         runner = OnnxRunner(folder, model_file=model_file, threads=threads)
+        cfg = config_from_dict(runner.meta["config"], source=str(Path(folder) / "model.json"))
+        return cls(cfg, _ArrayRunner(runner), tuple(tuple(p) for p in runner.meta["stereo_pairs"]), score_threshold)
+
+    @classmethod
+    def from_engine(cls, folder: str | Path, score_threshold: float = 0.05) -> "Pipeline":
+        """TensorRT on ``<folder>/model.engine`` written by perception-engine build (the folder carries the
+        export's model.json, hence the config). Raises TensorRTNotAvailable when ``tensorrt`` does not import."""
+        from perception.config import config_from_dict
+        from perception.runtime.tensorrt import TensorRTRunner
+
+        runner = TensorRTRunner(folder)
         cfg = config_from_dict(runner.meta["config"], source=str(Path(folder) / "model.json"))
         return cls(cfg, _ArrayRunner(runner), tuple(tuple(p) for p in runner.meta["stereo_pairs"]), score_threshold)
 

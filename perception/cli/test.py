@@ -16,6 +16,8 @@ EXAMPLES = """examples:
       --split synth_val --out eval/oracle                                 # NDS 1.000 by construction
   perception-test --checkpoint ckpt.pt ... --drop-sensors CAM_FRONT,RADAR_FRONT --calib-noise-deg 1.0
   torchrun --no-python --nproc_per_node 2 perception-test --checkpoint ckpt.pt ...   # sharded, same metrics
+  perception-test --onnx exports/tiny ...            # ONNX Runtime (--precision int8: the Q/DQ graph)
+  perception-test --engine engines/tiny_fp16 ...     # TensorRT engine from perception-engine build
 
 Writes OUT/results_nusc.json, metrics_summary.json and metrics_details.json (nuscenes-devkit), plots/ (devkit PR
 curves), trajectory_metrics.json, latency.json, report.md with pictures; prints one summary line.
@@ -28,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="PyTorch checkpoint (carries its config)")
     src.add_argument("--onnx", help="export folder with model.onnx and model.json")
-    src.add_argument("--engine", help="TensorRT engine folder")
+    src.add_argument("--engine", help="TensorRT engine folder (perception-engine build: model.engine, engine.json, "
+                                      "model.json)")
     src.add_argument("--oracle", choices=["gt"], help="feed GT through the same path (sanity check: NDS 1.000)")
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
                    help="with --onnx: model.onnx or the INT8 Q/DQ graph model_int8.onnx")
@@ -47,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class BackendNotAvailable(ValueError):
-    """A backend that arrives in a later issue."""
+    """A backend that cannot run here (TensorRT not installed) or an option it does not take."""
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -56,8 +59,9 @@ def _main(argv: Sequence[str] | None) -> int:
     from perception.eval.benchmark import model_predictor, one_line, oracle_predictor, run_benchmark
 
     args = build_parser().parse_args(argv)
-    if args.engine:
-        raise BackendNotAvailable("the TensorRT backend is not built yet (export issue 8); use --onnx or --checkpoint")
+    if args.engine and args.precision != "fp32":
+        raise BackendNotAvailable("--precision applies to --onnx; an engine's precision is fixed when it is built "
+                                  "(perception-engine build --precision ...; see engine.json)")
     if args.oracle:
         if not args.config:
             raise BackendNotAvailable("--oracle gt needs --config (the data section decides the Frames)")
@@ -69,6 +73,13 @@ def _main(argv: Sequence[str] | None) -> int:
 
         if args.onnx:
             pipe = Pipeline.from_onnx(args.onnx, model_file="model_int8.onnx" if args.precision == "int8" else "model.onnx")
+        elif args.engine:
+            from perception.runtime.tensorrt import TensorRTNotAvailable
+
+            try:
+                pipe = Pipeline.from_engine(args.engine)
+            except TensorRTNotAvailable as err:
+                raise BackendNotAvailable(f"--engine needs TensorRT: {err}") from None
         else:
             pipe = Pipeline.from_checkpoint(args.checkpoint)
         cfg = load_config(args.config, args.set) if args.config else config_from_dict(config_to_dict(pipe.cfg), args.set)
@@ -90,9 +101,10 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from perception.data.nuscenes import DatasetError
+    from perception.runtime.onnxruntime import RuntimeConfigError
     from perception.train.checkpoint import CheckpointError
 
-    return run(_main, argv, (DatasetError, CheckpointError, BackendNotAvailable))
+    return run(_main, argv, (DatasetError, CheckpointError, BackendNotAvailable, RuntimeConfigError))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--no-eval", action="store_true", help="skip the devkit evaluation on the val split at the end "
+                                                          "(score later with perception-test)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -52,7 +54,7 @@ def _main(argv: Sequence[str] | None) -> int:
         raise DatasetError(f"{dataroot / version} does not exist; {hint}")
     out = Path(args.out or f"runs/{cfg.name}")
     summary = train(cfg, dataroot, version, out, resume=args.resume, progress=not args.no_progress,
-                    device=args.device)
+                    device=args.device, evaluate=not args.no_eval)
     if "metrics" in summary:
         m = summary["metrics"]
         print(f"done: {summary['steps']} steps in {summary['minutes']:.1f} min; {cfg.train.val_split}: "

@@ -143,6 +143,13 @@ def run_benchmark(predict: Callable[[Frame], Prediction], frames: Any, out_dir: 
         radar_channels = sorted(ch for ch in sample["data"] if frames.nusc.get("sensor", frames.nusc.get(
             "calibrated_sensor", frames.nusc.get("sample_data", sample["data"][ch])["calibrated_sensor_token"])[
             "sensor_token"])["modality"] == "radar")
+        if drop:
+            unknown = drop - set(frame.camera_channels) - set(radar_channels)
+            if unknown:  # a typo would otherwise score the unperturbed model
+                from perception.config import ConfigError
+
+                raise ConfigError(f"--drop-sensors names {sorted(unknown)}, which sample {frame.sample_token} does not "
+                                 f"have; its sensors are {list(frame.camera_channels) + radar_channels}")
         if drop or calib_noise_deg > 0:
             frame = perturb(frame, radar_channels, drop, calib_noise_deg, seed)
         t_data = time.perf_counter() - t

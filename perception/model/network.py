@@ -56,7 +56,7 @@ class CameraBranch(nn.Module):
     def forward(self, images: Tensor, img_from_ego: Tensor, camera_valid: Tensor, radar_points: Tensor | None,
                 radar_valid: Tensor | None) -> Tensor:
         b, n = images.shape[:2]
-        x = (images.flatten(0, 1).float() - self.mean) / self.std  # (B*N, 3, H, W)
+        x = (images.float().flatten(0, 1) - self.mean) / self.std  # (B*N, 3, H, W); cast first: TensorRT takes uint8 only at I/O and casts
         feats = self.neck(self.backbone(x))  # (B*N, C, Hf, Wf)
         feats = feats.view(b, n, *feats.shape[1:])  # (B, N, C, Hf, Wf)
         radar_img = None

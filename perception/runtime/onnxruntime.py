@@ -25,6 +25,24 @@ def read_model_json(folder: str | Path) -> dict[str, Any]:
     return meta
 
 
+def check_inputs(meta: dict[str, Any], folder: str | Path, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inputs ``model.json`` lists, in its order, checked for presence and shape and cast to its dtypes.
+    Shared by every runtime (ONNX Runtime, TensorRT), so a rig mismatch is the same clear error everywhere."""
+    feeds = {}
+    names = [i["name"] for i in meta["inputs"]]
+    for spec in meta["inputs"]:
+        name = spec["name"]
+        if name not in arrays:
+            raise RuntimeConfigError(f"input '{name}' is missing (model.json lists {names})")
+        a = np.asarray(arrays[name])
+        if list(a.shape) != spec["shape"]:
+            raise RuntimeConfigError(f"input '{name}' has shape {list(a.shape)} but {Path(folder) / 'model.json'} "
+                                     f"expects {spec['shape']} (camera count, image size and batch are fixed at "
+                                     "export: re-export for this rig)")
+        feeds[name] = a.astype(spec["dtype"], copy=False)
+    return feeds
+
+
 class OnnxRunner:
     """Runs ``<folder>/model.onnx`` (or another file of the folder) with ONNX Runtime on the CPU (or the first
     provider available), checking input shapes and dtypes against ``model.json``."""
@@ -47,14 +65,5 @@ class OnnxRunner:
         self.output_names = [o["name"] for o in self.meta["outputs"]]
 
     def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds = {}
-        for name, spec in self.inputs.items():
-            if name not in arrays:
-                raise RuntimeConfigError(f"input '{name}' is missing (model.json lists {list(self.inputs)})")
-            a = np.asarray(arrays[name])
-            if list(a.shape) != spec["shape"]:
-                raise RuntimeConfigError(f"input '{name}' has shape {list(a.shape)} but {self.folder / 'model.json'} "
-                                         f"expects {spec['shape']} (camera count, image size and batch are fixed at "
-                                         "export: re-export for this rig)")
-            feeds[name] = a.astype(spec["dtype"], copy=False)
+        feeds = check_inputs(self.meta, self.folder, arrays)
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))

@@ -122,3 +122,20 @@ def test_int8_qdq_graph_runs_in_onnxruntime(exported, synth_root, tmp_path):
     assert np.isfinite(b.boxes).all() and np.isfinite(b.scores).all()
     # untrained weights: scores sit near the focal-loss prior, so compare absolute error, not ranking
     assert np.abs(np.sort(a.scores) - np.sort(b.scores)).max() < 0.05
+
+
+def test_onnx_inference_path_imports_no_torch(exported, synth_root, tmp_path):
+    """What runs on a Jetson (Pipeline.from_onnx + infer, also the TensorRT path's pre/post-processing) must work
+    where torch is not installed: a fresh interpreter runs it and torch is never imported."""
+    import subprocess
+    import sys
+
+    _, folder = exported
+    cfg = Pipeline.from_onnx(folder).cfg
+    NuScenesFrames(cfg, synth_root, VERSION, "synth_val")[0].save_npz(tmp_path / "f.npz")
+    code = ("import sys\nfrom perception.pipeline import Pipeline\nfrom perception.data.frame import Frame\n"
+            f"d = Pipeline.from_onnx({str(folder)!r}, score_threshold=0.0).infer(Frame.load_npz({str(tmp_path / 'f.npz')!r}))\n"
+            "assert len(d) > 0, len(d)\nprint('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"

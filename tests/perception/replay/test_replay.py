@@ -102,14 +102,15 @@ def test_outputs_exist_and_report_has_schema(clean_bag_run):
 # -- corrupted bags ------------------------------------------------------------------------------------------
 
 
-def _rewrite(src: Path, dst: Path, edit) -> None:
+def _rewrite(src: Path, dst: Path, edit, storage: str = "mcap") -> None:
     """Copy a rosbag2 (MCAP) message by message; ``edit(topic, msgtype, t_ns, msg, store)`` returns a list of
     (topic, msgtype, t_ns, payload bytes | message) to write instead (empty: drop it)."""
     from rosbags.rosbag2 import Reader, StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
     store = get_typestore(Stores.ROS2_HUMBLE)
-    with Reader(src) as reader, Writer(dst, version=8, storage_plugin=StoragePlugin.MCAP) as writer:
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    with Reader(src) as reader, Writer(dst, version=8, storage_plugin=plugin) as writer:
         conns = {}
         for conn, t_ns, raw in reader.messages():
             msg = store.deserialize_cdr(raw, conn.msgtype)
@@ -208,6 +209,69 @@ def test_truncated_bag_keeps_what_was_read(scene, pipe, tmp_path):
     _identity(rep)
     assert any("ends early" in e for e in rep["events"])
     assert 2 <= rep["frames"]["emitted"] < 20
+
+
+def test_sqlite3_bag_with_odometry_poses_and_a_topic_map(scene, pipe, clean_bag_run, tmp_path):
+    """The same drive stored as sqlite3, ego poses as nav_msgs/Odometry on /odom, the topics renamed: with a topic
+    map it replays to the same detections as the original MCAP bag."""
+    _, _, bag = scene
+
+    def edit(topic, msgtype, t, msg, store):
+        if topic == "/tf":
+            from rosbags.typesys.stores.ros2_humble import (geometry_msgs__msg__Point as Point,
+                                                            geometry_msgs__msg__Pose as Pose,
+                                                            geometry_msgs__msg__PoseWithCovariance as PoseCov,
+                                                            geometry_msgs__msg__Twist as Twist,
+                                                            geometry_msgs__msg__TwistWithCovariance as TwistCov,
+                                                            geometry_msgs__msg__Vector3 as Vector3,
+                                                            nav_msgs__msg__Odometry as Odometry)
+
+            tf = msg.transforms[0]
+            tr = tf.transform.translation
+            pose = Pose(position=Point(x=tr.x, y=tr.y, z=tr.z), orientation=tf.transform.rotation)
+            zero = Vector3(x=0.0, y=0.0, z=0.0)
+            odom = Odometry(header=tf.header, child_frame_id="base_link",
+                            pose=PoseCov(pose=pose, covariance=np.zeros(36)),
+                            twist=TwistCov(twist=Twist(linear=zero, angular=zero), covariance=np.zeros(36)))
+            return [("/odom", "nav_msgs/msg/Odometry", t, odom)]
+        return [(topic.replace("/cameras/", "/sensing/"), msgtype, t, msg)]
+
+    dst = tmp_path / "sqlite_bag"
+    _rewrite(bag, dst, edit, storage="sqlite3")
+    assert list(dst.glob("*.db3"))
+    cams = ["CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"]
+    radars = ["RADAR_FRONT", "RADAR_FRONT_LEFT", "RADAR_FRONT_RIGHT", "RADAR_BACK_LEFT", "RADAR_BACK_RIGHT"]
+    import yaml
+
+    tmap = {"schema": "perception-topics/1",
+            "cameras": {c: {"image": f"/sensing/{c}/image/compressed", "info": f"/sensing/{c}/camera_info"}
+                        for c in cams},
+            "radars": {r: {"topic": f"/radars/{r}/points", "doppler": "cartesian"} for r in radars},
+            "poses": {"source": "odometry", "topic": "/odom"}, "ignore": ["/lidar/LIDAR_TOP/points"]}
+    (tmp_path / "topics.yaml").write_text(yaml.safe_dump(tmap))
+    from perception.replay.topics import load_topic_map
+
+    rep = replay(BagReader(dst, load_topic_map(tmp_path / "topics.yaml")), pipe, tmp_path / "out", progress=False)
+    _identity(rep)
+    ref, out_ref = clean_bag_run
+    assert _counts(rep) == _counts(ref)
+    _, a = read_jsonl(out_ref / "detections.jsonl")
+    _, b = read_jsonl(tmp_path / "out" / "detections.jsonl")
+    assert [f["t0"] for f in a] == [f["t0"] for f in b]
+    np.testing.assert_allclose([x["score"] for f in a for x in f["boxes"]], [x["score"] for f in b for x in f["boxes"]],
+                               atol=1e-6)
+
+
+def test_topic_map_errors_name_the_field(tmp_path):
+    from perception.replay.topics import TopicMapError, load_topic_map
+
+    (tmp_path / "m.yaml").write_text("schema: perception-topics/1\ncameras: {CAM_FRONT: {image: /c}}\n"
+                                     "radars: {RADAR_FRONT: {topic: /r, doppler: polar}}\n")
+    with pytest.raises(TopicMapError, match=r"radars.RADAR_FRONT.doppler.*polar"):
+        load_topic_map(tmp_path / "m.yaml")
+    (tmp_path / "n.yaml").write_text("schema: other/1\n")
+    with pytest.raises(TopicMapError, match="schema"):
+        load_topic_map(tmp_path / "n.yaml")
 
 
 # -- the player alone: causality and ordering -------------------------------------------------------------------
