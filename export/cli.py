@@ -13,12 +13,19 @@ from perception.cli.common import EXIT_OK, HelpFormatter, run
 
 EXAMPLES = """examples:
   perception-export --checkpoint checkpoints/synthetic_tiny.pt --out exports/tiny
+  perception-export --checkpoint checkpoints/synthetic_tiny.pt --out exports/tiny --int8 \\
+      --dataroot data/synth --version v1.0-synth --split synth_train --calib-frames 16
   perception-test --onnx exports/tiny --dataroot data/synth --version v1.0-synth --split synth_val --out eval/onnx
+  perception-test --onnx exports/tiny --precision int8 ...          # the INT8 Q/DQ graph in ONNX Runtime
+  perception-engine build --onnx exports/tiny --precision fp16 --out engines/tiny_fp16   # on the target GPU
 
 Writes OUT/model.onnx (opset 17, simplified with onnxslim, onnx.checker + shape inference + the op budget
-checked) and OUT/model.json (inputs/outputs with shapes and dtypes, classes, preprocessing config, hashes).
+checked) and OUT/model.json (inputs/outputs with shapes and dtypes, classes, preprocessing config, hashes);
+with --int8 also OUT/model_int8.onnx (explicit Q/DQ on the convolutions, symmetric int8, calibrated on
+--calib-frames Frames of --dataroot/--version/--split).
 The camera count, image size and batch are fixed at export; the calibration (img_from_ego) stays an input.
-exit codes: 0 ok; 1 invalid input (checkpoint, rig, budget violation); 2 bad arguments."""
+exit codes: 0 ok; 1 invalid input (checkpoint, rig, budget violation, --int8 or --check-parity without --dataroot,
+parity outside tolerance); 2 bad arguments."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="also write model_int8.onnx: explicit Q/DQ INT8, calibrated on "
                                                        "Frames of --dataroot/--version/--split")
     p.add_argument("--calib-frames", type=int, default=16)
+    p.add_argument("--check-parity", type=int, default=0, metavar="N",
+                   help="after exporting, compare ONNX Runtime with PyTorch on N Frames of --dataroot/--version/"
+                        "--split (decoded detections, stated tolerances; OUT/parity.json); exit 1 if they differ")
     p.add_argument("--dataroot")
     p.add_argument("--version", default="v1.0-synth")
     p.add_argument("--split", default="synth_train")
@@ -107,8 +117,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, 
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    if args.int8 and not args.dataroot:
-        raise CheckpointErrorArgs("--int8 needs --dataroot (and --version/--split) for calibration Frames")
+    if (args.int8 or args.check_parity) and not args.dataroot:
+        raise CheckpointErrorArgs("--int8 and --check-parity need --dataroot (and --version/--split) for Frames")
     meta = export_checkpoint(args.checkpoint, args.out, args.opset, args.batch, not args.no_simplify, args.rig)
     ops = sum(meta["op_counts"].values())
     print(f"wrote {Path(args.out) / 'model.onnx'} (opset {meta['opset']}, {ops} nodes, {len(meta['op_counts'])} op "
@@ -126,7 +136,26 @@ def _main(argv: Sequence[str] | None) -> int:
         counts = check_budget(onnx.load(str(path)))
         print(f"wrote {path}: {counts.get('QuantizeLinear', 0)} Q/DQ pairs (convolutions), calibrated on "
               f"{args.calib_frames} Frames of {args.split}")
+    if args.check_parity:
+        from export.verify import detection_parity
+        from perception.data.nuscenes import NuScenesFrames
+        from perception.pipeline import Pipeline
+
+        ref = Pipeline.from_checkpoint(args.checkpoint, score_threshold=0.0)
+        frames = NuScenesFrames(ref.cfg, args.dataroot, args.version, args.split)
+        n = min(args.check_parity, len(frames))
+        par = detection_parity(ref, Pipeline.from_onnx(args.out, score_threshold=0.0), (frames[i] for i in range(n)))
+        (Path(args.out) / "parity.json").write_text(json.dumps(par, indent=1))
+        print(f"parity ONNX Runtime vs PyTorch on {par['frames']} Frames of {args.split}: max |d score| "
+              f"{par['score']:.1e}, max |d box| {par['box']:.1e} m over {par['strong_detections']} confident "
+              f"detections: {'ok' if par['ok'] else 'DIFFERENT'} (tolerances {par['tolerances']})")
+        if not par["ok"]:
+            raise ParityError(f"ONNX Runtime differs from PyTorch beyond tolerance; see {Path(args.out) / 'parity.json'}")
     return EXIT_OK
+
+
+class ParityError(ValueError):
+    """The exported graph does not reproduce PyTorch within tolerance."""
 
 
 class CheckpointErrorArgs(ValueError):
@@ -137,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from export.budget import BudgetError
     from perception.train.checkpoint import CheckpointError
 
-    return run(_main, argv, (CheckpointError, BudgetError, CheckpointErrorArgs))
+    return run(_main, argv, (CheckpointError, BudgetError, CheckpointErrorArgs, ParityError))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,14 @@ calibration (img_from_ego) and the radar points stay FP32 unless --fp16-geometry
 TensorRT version and on the GPU model it was built with: build it on the target.
 exit codes: 0 ok; 1 invalid input (no tensorrt, missing files, parse or build failure); 2 bad arguments."""
 
+INFO_EXAMPLES = """examples:
+  perception-engine info engines/tiny_fp16
+
+Prints FOLDER/engine.json (schema perception-engine/1: TensorRT version, precision, builder flags, device and
+compute capability, ONNX sha256, the trtexec equivalent, the layers pinned to FP32). Needs no TensorRT.
+exit codes: 0 ok; 1 invalid input (no engine.json in FOLDER, or not one written by perception-engine build);
+2 bad arguments."""
+
 EXIT_OK, EXIT_INPUT = 0, 1
 
 
@@ -40,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--fp16-geometry", action="store_true",
                    help="let the builder run the calibration-dependent geometry in FP16 too (not recommended)")
     b.add_argument("--verbose", action="store_true", help="TensorRT's verbose build log")
-    i = sub.add_parser("info", help="print an engine folder's engine.json", formatter_class=_HelpFormatter)
-    i.add_argument("folder")
+    i = sub.add_parser("info", help="print an engine folder's engine.json", epilog=INFO_EXAMPLES,
+                       formatter_class=_HelpFormatter)
+    i.add_argument("folder", help="engine folder written by perception-engine build")
     return p
 
 

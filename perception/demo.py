@@ -73,7 +73,9 @@ def _calib(*argv: str) -> str:
     return lines[-1].replace(str(REPO) + "/", "") if lines else ""
 
 
-DEMO_SCENES, DEMO_SAMPLES, DEMO_SEED = 2, 6, 0
+# seed 2026: the shipped checkpoint was trained on seed 0 worlds (the world is a function of (seed, scene)), so the
+# demo's validation drive is a world the model has never seen
+DEMO_SCENES, DEMO_SAMPLES, DEMO_SEED = 2, 6, 2026
 
 
 def _synth(root: Path) -> str:
@@ -114,29 +116,26 @@ def _evaluate_checkpoint(ckpt: Path, root: Path, out: Path) -> str:
 
 
 def _export(ckpt: Path, root: Path, out: Path) -> str:
-    """perception-export (unless the same checkpoint is exported already), then ONNX Runtime vs PyTorch on the
-    demo's validation frames."""
+    """perception-export (unless the same checkpoint is exported already) with its parity check: ONNX Runtime vs
+    PyTorch on the demo's validation frames. Run as a subprocess: perception/ never imports export/."""
     import hashlib
     import json
-
-    from export.cli import export_checkpoint
-    from export.verify import detection_parity
-    from perception.data.nuscenes import NuScenesFrames
-    from perception.pipeline import Pipeline
+    import subprocess
+    import sys
 
     meta = out / "model.json"
     sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()[:16]
-    reused = meta.exists() and json.loads(meta.read_text()).get("checkpoint_sha256") == sha
+    reused = meta.exists() and json.loads(meta.read_text()).get("checkpoint_sha256") == sha \
+        and (out / "parity.json").exists()
     if not reused:
-        export_checkpoint(ckpt, out)
+        cmd = [sys.executable, "-m", "export.cli", "--checkpoint", str(ckpt), "--out", str(out), "--dataroot",
+               str(root), "--version", "v1.0-synth", "--split", "synth_val", "--check-parity", "3"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        print(proc.stdout.rstrip())
+        if proc.returncode != 0:
+            raise RuntimeError(f"perception-export exited with {proc.returncode}: {proc.stderr.strip()[-800:]}")
     m = json.loads(meta.read_text())
-    torch_pipe = Pipeline.from_checkpoint(ckpt, score_threshold=0.0)
-    ort_pipe = Pipeline.from_onnx(out, score_threshold=0.0)
-    frames = NuScenesFrames(torch_pipe.cfg, root, "v1.0-synth", "synth_val")
-    par = detection_parity(torch_pipe, ort_pipe, (frames[i] for i in range(min(3, len(frames)))))
-    (out / "parity.json").write_text(json.dumps(par, indent=1))
-    if not par["ok"]:
-        raise RuntimeError(f"ONNX Runtime differs from PyTorch beyond tolerance: {par}")
+    par = json.loads((out / "parity.json").read_text())
     ops = sum(m["op_counts"].values())
     return (f"{'reused' if reused else 'wrote'} {out / 'model.onnx'} ({ops} nodes, {len(m['op_counts'])} op types, all "
             f"TensorRT-native); ONNX Runtime vs PyTorch on {par['frames']} frames: max |d score| {par['score']:.1e}, "
@@ -192,7 +191,12 @@ def _synthetic_overlay(root: Path, png: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m perception.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
+                                         "examples:\n  make demo                               # the same, after "
+                                         "installing .venv\n  python -m perception.demo --out /tmp/demo\n\n"
+                                         "exit codes: 0 every step ok (real-data steps may be skipped when the "
+                                         "samples are absent); 1 a step failed (REPORT.md and the printed hint say "
+                                         "which and why); 2 bad arguments."))
     parser.add_argument("--out", default="demo_out", help="output folder")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -251,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "overlay", "--rig", str(rig_path), "--image", f"{cam}={img}", "--points", str(lidar),
                              "--frame", "sensor:LIDAR_TOP", "--out", str(png)):
                     pictures.append(png.name)
+                else:
+                    ok = False
         vod = real / "vod" / "radar" / "training"
         for frame in sorted(p.stem for p in (vod / "calib").glob("*.txt"))[:1]:
             rig_path = out / f"vod_{frame}_rig.yaml"
@@ -264,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "--points", str(vod / "velodyne" / f"{frame}.bin"), "--points-format", "vod-radar",
                          "--out", str(png)):
                 pictures.append(png.name)
+            else:
+                ok = False
     report = out / "REPORT.md"
     lines = ["# Demo report", "", "| step | result | seconds | detail |", "|---|---|---|---|"]
     lines += [f"| {n} | {r} | {s:.1f} | {d} |" for n, r, s, d in steps.rows]

@@ -9,7 +9,7 @@ from typing import Sequence
 from perception.cli.common import EXIT_OK, HelpFormatter, run
 
 EXAMPLES = """examples:
-  perception-replay --bag data/synth_demo/bags/scene-0000 --onnx exports/tiny --out replay/scene-0000
+  perception-replay --bag demo_out/synth/bags/scene-0000 --onnx demo_out/export --out replay/scene-0000   # after make demo
   perception-replay --dataroot data/synth --version v1.0-synth --scene scene-0059 \\
       --checkpoint checkpoints/synthetic_tiny.pt --out replay/s59 --rate 1.0
   perception-replay --bag my_drive.mcap --topics my_topics.yaml --rig my_rig.yaml --engine engines/orin --out r
@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--checkpoint", help="PyTorch checkpoint")
     model.add_argument("--onnx", help="export folder (model.onnx + model.json)")
     model.add_argument("--engine", help="TensorRT engine folder (perception-engine build)")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                   help="with --onnx: model.onnx or the INT8 Q/DQ graph model_int8.onnx")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--rate", type=_rate, default=None, metavar="1.0|max",
                    help="playback speed: 1.0 = real time (reports when processing falls behind), max = as fast as "
@@ -75,6 +77,8 @@ def _main(argv: Sequence[str] | None) -> int:
     from perception.replay.run import one_line, replay
     from perception.replay.topics import load_topic_map
 
+    if args.precision == "int8" and not args.onnx:
+        raise ReplayArgsError("--precision int8 applies to --onnx (an engine's precision is fixed when it is built)")
     if args.dataroot and not args.scene:
         raise ReplayArgsError("--dataroot needs --scene (and --version): which scene to replay")
     rig = load_rig(args.rig) if args.rig else None
@@ -90,7 +94,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.checkpoint:
         pipe = Pipeline.from_checkpoint(args.checkpoint, score_threshold=args.score_threshold)
     elif args.onnx:
-        pipe = Pipeline.from_onnx(args.onnx, score_threshold=args.score_threshold)
+        pipe = Pipeline.from_onnx(args.onnx, score_threshold=args.score_threshold,
+                                  model_file="model_int8.onnx" if args.precision == "int8" else "model.onnx")
     else:
         pipe = Pipeline.from_engine(args.engine, score_threshold=args.score_threshold)
     report = replay(reader, pipe, args.out, rate=args.rate, reference=args.reference, max_wait_ms=args.max_wait_ms,

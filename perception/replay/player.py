@@ -152,8 +152,13 @@ class Player:
         key = (ch, info.width, info.height, info.k.tobytes(), info.d, self.static[frame].tobytes())
         if key not in self._cam_cache:
             dist = None
-            if any(info.d) and info.distortion_model in ("plumb_bob", "rational_polynomial"):
-                dist = Distortion("opencv", tuple(info.d))
+            if any(info.d):
+                model = {"plumb_bob": "opencv", "rational_polynomial": "opencv", "equidistant": "fisheye"}.get(
+                    info.distortion_model)
+                if model is None:
+                    return None, (f"CameraInfo distortion model '{info.distortion_model}' of {ch} is not supported "
+                                  "(plumb_bob, rational_polynomial, equidistant); pass --rig")
+                dist = Distortion(model, tuple(info.d[:4]) if model == "fisheye" else tuple(info.d))
             try:
                 self._cam_cache[key] = Camera(ch, info.width, info.height, info.k, self.static[frame], dist)
             except CalibrationError as err:

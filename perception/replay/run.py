@@ -71,6 +71,8 @@ def replay(reader: Any, pipeline: Any, out: str | Path, *, rate: float | None = 
     proc_s: list[float] = []
     lag_s: list[float] = []
     frame_errors: dict[str, int] = {}
+    frame_issues: list[str] = []  # problems inside used messages (e.g. a sweep without Doppler fields), per frame
+    frames_with_issues = 0
     behind = 0
     first_log = None
     wall0 = time.perf_counter()
@@ -81,11 +83,14 @@ def replay(reader: Any, pipeline: Any, out: str | Path, *, rate: float | None = 
     bar = tqdm(total=total, unit="msg", disable=not progress, desc=f"replay {name}")
 
     def handle(jobs: list) -> bool:
-        nonlocal n_frames, behind, t0_first, t0_last
+        nonlocal n_frames, behind, t0_first, t0_last, frames_with_issues
         for job in jobs:
             start = time.perf_counter()
             try:
                 frame = build_frame(job, pipeline.cfg, pcfg.camera_order, pcfg.radar_order, stereo, name)
+                if frame.issues:
+                    frames_with_issues += 1
+                    frame_issues.extend(f"t0 {job.t0}: {i}" for i in frame.issues[:2] if len(frame_issues) < 10)
                 det = pipeline.infer(frame)
                 ids = tracker.update(det)
                 jpegs = {ch: (m.stamp_us, m.payload.jpeg) for ch, m in job.cameras.items() if m.payload.jpeg}
@@ -133,7 +138,8 @@ def replay(reader: Any, pipeline: Any, out: str | Path, *, rate: float | None = 
         "reference": reference, "max_wait_ms": max_wait_ms, "camera_tolerance_ms": pcfg.camera_tolerance_us / 1000,
         "reorder_ms": pcfg.reorder_us / 1000,
         "frames": {"emitted": n_frames, "errors": frame_errors, "skipped": dict(player.skipped),
-                   "masked_sensors": dict(player.masked)},
+                   "masked_sensors": dict(player.masked), "with_issues": frames_with_issues,
+                   "issue_examples": frame_issues},
         "messages": {"totals": totals, "identity_holds": totals["received"] == totals["used"] + totals["late"]
                      + totals["dropped"] and player.ledger.pending() == 0 if not stopped_early else None,
                      "per_topic": player.ledger.topics, "reasons": {k: DROP_REASONS[k] for k in sorted(

@@ -92,7 +92,7 @@ def parse_topic_map(data: Any, source: str = "<topic map>") -> TopicMap:
     unknown = set(data) - {"schema", "cameras", "radars", "poses", "static_tf", "frames", "ignore"}
     if unknown:
         raise TopicMapError(f"{source}: unknown keys {sorted(unknown)} (allowed: cameras, radars, poses, static_tf, "
-                            "frames)")
+                            "frames, ignore)")
     cams = {}
     for ch, t in (data.get("cameras") or {}).items():
         cams[str(ch)] = CameraTopics(_need(source, f"cameras.{ch}", t, "image"), t.get("info"))

@@ -57,8 +57,8 @@ def _timestamp(t_us: int):
 
 
 def _quaternion_xyzw_from_matrix(rotation: np.ndarray) -> tuple[float, float, float, float]:
-    # pyquaternion directly rather than calibration.transforms.matrix_to_quaternion: that module imports torch,
-    # and replay with ONNX Runtime / TensorRT must not. Poses carry ~1e-7 rounding, hence the tolerance.
+    # pyquaternion directly (replay with ONNX Runtime / TensorRT imports no torch; keep this module light).
+    # Poses carry ~1e-7 rounding, hence the tolerance.
     from pyquaternion import Quaternion
 
     w, x, y, z = Quaternion(matrix=np.asarray(rotation, np.float64), atol=1e-5).normalised.elements

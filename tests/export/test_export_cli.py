@@ -139,3 +139,14 @@ def test_onnx_inference_path_imports_no_torch(exported, synth_root, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_check_parity_option_writes_parity_json(exported, synth_root, tmp_path, capsys):
+    ckpt, _ = exported
+    out = tmp_path / "p"
+    assert export_main(["--checkpoint", str(ckpt), "--out", str(out), "--dataroot", str(synth_root), "--version",
+                        VERSION, "--split", "synth_val", "--check-parity", "2"]) == 0
+    par = json.loads((out / "parity.json").read_text())
+    assert par["ok"] is True and par["frames"] == 2 and par["score"] < 1e-3
+    assert "parity ONNX Runtime vs PyTorch on 2 Frames" in capsys.readouterr().out
+    assert export_main(["--checkpoint", str(ckpt), "--out", str(out), "--check-parity", "2"]) == 1
