@@ -115,6 +115,23 @@ class EpochSampler(torch.utils.data.Sampler):
         return max(self.n - self.start, 0)
 
 
+class _SkipFirst(torch.utils.data.Sampler):
+    """Another sampler's order without its first ``skip`` items (a DDP rank resuming mid-epoch: DistributedSampler's
+    order is a pure function of (seed, epoch, rank), so skipping what the rank already saw is exact)."""
+
+    def __init__(self, sampler: Any, skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        it = iter(self.sampler)
+        for _ in range(self.skip):
+            next(it, None)
+        return it
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.skip, 0)
+
+
 def make_loader(frames: Any, batch_size: int, max_boxes: int, shuffle: bool, workers: int = 0,
                 pin_memory: bool = False, distributed: bool = False, seed: int = 0,
                 drop_last: bool = False, pillars: PillarSpec | None = None, epoch: int = 0,
@@ -128,6 +145,8 @@ def make_loader(frames: Any, batch_size: int, max_boxes: int, shuffle: bool, wor
     if distributed:
         sampler = torch.utils.data.distributed.DistributedSampler(ds, shuffle=shuffle, seed=seed, drop_last=drop_last)
         sampler.set_epoch(epoch)
+        if start_batch:
+            sampler = _SkipFirst(sampler, start_batch * batch_size)
     else:
         sampler = EpochSampler(len(ds), seed, epoch, shuffle, start_batch * batch_size)
     shuffle = False

@@ -82,7 +82,7 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
     from perception.data.nuscenes import NuScenesFrames
     from perception.model.decode import BevGrid
     from perception.model.network import INPUT_NAMES, build_model
-    from perception.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
+    from perception.train.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
     from perception.train.losses import detection_losses
     from perception.train.targets import build_targets
 
@@ -117,12 +117,14 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
         step = int(ck["step"])
         _set_rng(ck["rng"])
         if ck.get("config_hash") != hashes["config_hash"]:
-            raise ValueError(f"{out / 'last.pt'} was trained with another config (hash {ck.get('config_hash')} vs "
+            raise CheckpointError(f"{out / 'last.pt'} was trained with another config (hash {ck.get('config_hash')} vs "
                              f"{hashes['config_hash']}); resume with the same config or start a new run")
     bs = cfg.data.loader.batch_size
     per_epoch = len(frames) // (bs * dist_info.world)
     if per_epoch < 1:
-        raise ValueError(f"split {tc.split} has {len(frames)} samples: fewer than one batch of {bs} per process")
+        from perception.data.nuscenes import DatasetError
+
+        raise DatasetError(f"split {tc.split} has {len(frames)} samples: fewer than one batch of {bs} per process")
 
     def epoch_loader(epoch: int, start_batch: int) -> Any:
         return make_loader(frames, bs, cfg.data.loader.max_boxes, shuffle=True, workers=cfg.data.loader.workers,
@@ -147,9 +149,6 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
     while step < tc.steps and not stop:
         frames.set_epoch(epoch)
         start = step - epoch * per_epoch  # resuming mid-epoch: start after the batches already seen
-        if dist_info.world > 1 and start:
-            raise ValueError("resuming mid-epoch is supported in single-process runs; resume from an epoch "
-                             "boundary checkpoint under torchrun")
         for batch in epoch_loader(epoch, start):
             targets = build_targets(batch["gt_boxes"], batch["gt_labels"], batch["gt_mask"], batch["gt_future"],
                                     batch["gt_future_valid"], grid, len(cfg.classes))

@@ -175,3 +175,19 @@ def test_minimal_evaluation_gives_nds_one_for_gt(synth_root, tmp_path):
     assert summary["nd_score"] == pytest.approx(1.0, abs=1e-9)
     assert summary["mean_ap"] == pytest.approx(1.0, abs=1e-9)
     assert (tmp_path / "eval" / "metrics_summary.json").exists() and (tmp_path / "eval" / "results_nusc.json").exists()
+
+
+def test_ddp_mid_epoch_resume_skips_exactly_what_each_rank_saw():
+    """Under torchrun a resumed run restarts its epoch's DistributedSampler order after the batches already seen."""
+    from perception.data.loader import _SkipFirst
+
+    for rank in (0, 1):
+        full = torch.utils.data.distributed.DistributedSampler(range(23), num_replicas=2, rank=rank, shuffle=True,
+                                                               seed=4, drop_last=True)
+        full.set_epoch(3)
+        order = list(full)
+        again = torch.utils.data.distributed.DistributedSampler(range(23), num_replicas=2, rank=rank, shuffle=True,
+                                                                seed=4, drop_last=True)
+        again.set_epoch(3)
+        skipped = _SkipFirst(again, 2 * 4)
+        assert list(skipped) == order[8:] and len(skipped) == len(order) - 8
