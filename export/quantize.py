@@ -4,16 +4,27 @@ builds it as an explicitly quantised network.
 
 Only convolutions are quantised: the geometry (projection through img_from_ego, depth interpolation,
 deformable sampling offsets) needs float precision, and TensorRT keeps those layers in FP16/FP32 anyway.
+
+Q/DQ placement: every consumer of a quantised tensor gets its own QuantizeLinear -> DequantizeLinear pair (with
+its own copies of the scale and zero point), see ``dedicated_qdq_pairs``. The arithmetic is unchanged (the same
+scale, zero point and input for every copy), but ONNX Runtime's CPU provider can only fuse DQ -> Conv -> Q into
+an integer QLinearConv when the activation's Q -> DQ pair is private to that convolution: on x86 it rewrites
+symmetric int8 activations to uint8 pair by pair and keeps int8 convolutions in float otherwise (with a
+shared pair, a ResNet block's first convolution, its downsample and the heads' first convolutions stayed float,
+dequantising their weights on every run: the INT8 graph was no faster than FP32).
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 
-def quantize_int8(folder: str | Path, frames: Any, calib_frames: int = 16, out_name: str = "model_int8.onnx") -> Path:
+def quantize_int8(folder: str | Path, frames: Any, calib_frames: int = 16, out_name: str = "model_int8.onnx",
+                  dedicated_pairs: bool = True) -> Path:
     """Quantise ``<folder>/model.onnx`` with ``calib_frames`` Frames spread over ``frames`` (a NuScenesFrames).
-    Writes ``<folder>/<out_name>`` and returns its path."""
+    Writes ``<folder>/<out_name>`` and returns its path. ``dedicated_pairs=False`` keeps onnxruntime's shared
+    Q/DQ pairs (same numbers, slower in ONNX Runtime; for comparisons only)."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from perception.data.batch import PillarSpec, input_arrays
@@ -36,4 +47,65 @@ def quantize_int8(folder: str | Path, frames: Any, calib_frames: int = 16, out_n
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                     op_types_to_quantize=["Conv"], calibrate_method=CalibrationMethod.MinMax,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    if not dedicated_pairs:
+        return out
+    import onnx
+
+    model = dedicated_qdq_pairs(onnx.load(str(out)))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
     return out
+
+
+def dedicated_qdq_pairs(model: Any) -> Any:
+    """``model``: an ``onnx.ModelProto`` in QDQ format. Gives every consumer of a QuantizeLinear -> DequantizeLinear
+    pair its own copy of the pair (and of its scale and zero-point initializers, so that ONNX Runtime's common
+    subexpression elimination does not merge the copies back); modifies and returns ``model``.
+
+    Numerically a no-op: each copy quantises the same tensor with the same parameters. Pairs that reach a graph
+    output are left alone. (onnxruntime.quantization's ``DedicatedQDQPair`` option does this only among quantised
+    consumers, so a convolution sharing its input with a residual Add still lost its integer kernel.)"""
+    import copy
+
+    graph = model.graph
+    consumers: dict[str, list] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    initializers = {t.name: t for t in graph.initializer}
+    graph_outputs = {o.name for o in graph.output}
+    extra_after: dict[int, list] = defaultdict(list)  # index of a Q node -> its copies, inserted right after it
+    new_initializers = []
+    for index, q in enumerate(graph.node):
+        if q.op_type != "QuantizeLinear" or q.output[0] in graph_outputs:
+            continue
+        dqs = consumers[q.output[0]]
+        if not dqs or any(d.op_type != "DequantizeLinear" or d.output[0] in graph_outputs for d in dqs):
+            continue
+        uses = [(dq, node, i) for dq in dqs for node in consumers[dq.output[0]]
+                for i, name in enumerate(node.input) if name == dq.output[0]]
+        for k, (dq, node, i) in enumerate(uses[1:], start=1):
+            q2, dq2 = copy.deepcopy(q), copy.deepcopy(dq)
+            q2.name, dq2.name = f"{q.name}_use{k}", f"{dq.name}_use{k}"
+            q2.output[0], dq2.output[0] = f"{q.output[0]}_use{k}", f"{dq.output[0]}_use{k}"
+            dq2.input[0] = q2.output[0]
+            for n in (q2, dq2):
+                for j in (1, 2):  # scale, zero point
+                    if j < len(n.input) and n.input[j] in initializers:
+                        t = copy.deepcopy(initializers[n.input[j]])
+                        t.name = f"{n.input[j]}_{n.name}"
+                        new_initializers.append(t)
+                        n.input[j] = t.name
+            node.input[i] = dq2.output[0]
+            extra_after[index] += [q2, dq2]
+    if extra_after:
+        nodes = []
+        for index, node in enumerate(graph.node):
+            nodes.append(copy.deepcopy(node))
+            nodes.extend(extra_after.get(index, []))  # after Q: its input is computed, so still topological
+        used = {name for n in nodes for name in n.input} | graph_outputs
+        nodes = [n for n in nodes if n.op_type != "DequantizeLinear" or n.output[0] in used]  # DQs left unused
+        del graph.node[:]
+        graph.node.extend(nodes)
+        graph.initializer.extend(new_initializers)
+    return model
