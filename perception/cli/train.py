@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -60,6 +61,10 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"done: {summary['steps']} steps in {summary['minutes']:.1f} min; {cfg.train.val_split}: "
               f"NDS {m['NDS']:.3f} mAP {m['mAP']:.3f} mATE {m['trans_err']:.3f} mAVE {m['vel_err']:.3f}; "
               f"weights {out / 'model.pt'}")
+    elif summary:
+        print(f"done: {summary['steps']} steps in {summary['minutes']:.1f} min (not evaluated: --no-eval); "
+              f"weights {out / 'model.pt'}")
+    if summary and os.environ.get("RANK", "0") == "0":  # one writer under torchrun
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return EXIT_OK
 
