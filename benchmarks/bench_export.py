@@ -476,8 +476,8 @@ def _findings(results: dict[str, Any], args: argparse.Namespace) -> str:
                          f"{ms[BEFORE]:.0f} -> {ms['ort_int8']:.0f} ms ({ms[BEFORE] / ms['ort_int8']:.2f}x)")
         parts.append(
             "**Changed: Q/DQ placement (export/quantize.py).** ONNX Runtime's profile of the INT8 graph as exported "
-            "before showed most of its time in *float* `Conv` plus `DequantizeLinear`: ORT had turned only some "
-            "DQ -> Conv -> Q groups into integer `QLinearConv`. On x86 ORT runs int8 convolutions only after "
+            "before showed more time in *float* `Conv` (plus `DequantizeLinear` of its weights on every run) than "
+            "in integer `QLinearConv`: ORT had turned only some DQ -> Conv -> Q groups into `QLinearConv`. On x86 ORT runs int8 convolutions only after "
             "rewriting a symmetric int8 activation pair to uint8, which it does only for a Q -> DQ pair with a "
             "single consumer; onnxruntime.quantization shares one pair among all consumers of a tensor (a "
             "residual block's input feeds conv1 and the downsample or the residual Add; the shared head trunk "
@@ -493,34 +493,42 @@ def _findings(results: dict[str, Any], args: argparse.Namespace) -> str:
             "which TensorRT does not take.)")
     prof = {n: r["profile"] for n, r in cfgs.items() if "profile" in r}
     if prof:
+        conv_keys = ("aten::mkldnn_convolution", "aten::_slow_conv2d_forward", "aten::native_batch_norm",
+                     "aten::clamp_min_", "aten::clamp_min", "aten::relu_", "aten::relu")
+        plumbing = ("Cast", "Reshape", "Squeeze", "Unsqueeze", "Gather", "Slice", "Concat", "Split", "Expand",
+                    "Shape", "Where", "Equal", "And", "Not", "Less", "Greater", "LessOrEqual", "GreaterOrEqual")
         items = []
         for n, p in prof.items():
-            f32 = p["ort_fp32"]
-            eager = p["eager"]
-            e_conv = sum(eager.get(k, 0.0) for k in ("aten::mkldnn_convolution", "aten::native_batch_norm",
-                                                     "aten::clamp_min_", "aten::convolution"))
-            items.append(f"`{n}`: lift sampling {100 * f32['lift_sampling_ms'] / f32['kernel_ms']:.0f} % of ORT "
-                         f"FP32 kernel time ({f32['lift_sampling_ms']:.0f} of {f32['kernel_ms']:.0f} ms), "
-                         f"convolutions {f32['op_ms'].get('Conv', 0.0):.0f} ms in ORT vs "
-                         f"{e_conv:.0f} ms conv + BatchNorm + ReLU in eager, GridSample "
-                         f"{f32['op_ms'].get('GridSample', 0.0):.0f} vs {eager.get('aten::grid_sampler_2d', 0):.0f}"
-                         " ms")
+            f32, i8, eager = p["ort_fp32"], p["ort_int8"], p["eager"]
+            e_conv = sum(eager.get(k, 0.0) for k in conv_keys)
+            plumb = sum(f32["op_ms"].get(k, 0.0) for k in plumbing)
+            items.append(
+                f"`{n}`: convolutions {f32['op_ms'].get('Conv', 0.0):.0f} ms in ORT FP32 vs {e_conv:.0f} ms of "
+                f"convolution + BatchNorm + ReLU in eager, {i8['op_ms'].get('QLinearConv', 0.0):.0f} ms as "
+                f"QLinearConv in INT8; GridSample {f32['op_ms'].get('GridSample', 0.0):.0f} vs "
+                f"{eager.get('aten::grid_sampler_2d', 0.0):.0f} ms; the camera lift (its grid-samples, depth weight, "
+                f"Mul, ReduceSum over cameras and geometry) {f32['lift_sampling_ms']:.0f} ms = "
+                f"{100 * f32['lift_sampling_ms'] / f32['kernel_ms']:.0f} % of ORT FP32 and "
+                f"{100 * i8['lift_sampling_ms'] / i8['kernel_ms']:.0f} % of INT8 kernel time; shape and index ops "
+                f"(Cast, Reshape, (Un)Squeeze, Gather, Slice, Concat, Where, comparisons) "
+                f"{100 * plumb / f32['kernel_ms']:.1f} %")
         pt = next((r.get("profile_threads") for r in cfgs.values() if r.get("profile_threads")), args.threads)
         parts.append(
-            f"**Where the time goes (`--profile`, {pt} thread(s), one warm-up and 3 profiled runs per backend).** "
-            + "; ".join(items) + ". ORT FP32 wins on the "
-            "convolutions (BatchNorm folded into them at export, ReLU fused by ORT, NCHWc blocked layout kept "
-            "across layers, where eager runs BatchNorm and ReLU as separate ops and oneDNN reorders around every "
-            "convolution) "
-            "and on `GridSample`. What remains is the camera lift, which no backend quantises: per camera the "
-            "C-channel features and the D-channel depth distribution are grid-sampled at all Z x H x W voxels, "
-            "then a Mul by the depth weight and a ReduceSum over cameras (at 256x704 with a 128x128x8 grid: "
-            "6 x 256 x 131072 floats = 805 MB per intermediate), memory-bound and float in every backend; it "
-            "caps the INT8 gain (Amdahl). Checked and already lean: the session runs at `ORT_ENABLE_ALL`; the "
-            "BEV voxel centres are constants already and the projection depends on the run-time `img_from_ego` "
-            "(nothing more to fold); Cast / Reshape / Squeeze / Gather chains in the lift and decode are each "
-            "well under 1 % of the time; the remaining float ops between integer convolutions (DQ -> ReLU -> Q, "
-            "layout Transposes) are forced by symmetric int8 (ReLU cannot fold into a Q with zero point 0).")
+            f"**Where the time goes (`--profile`: torch.profiler and ONNX Runtime's profiler, {pt} thread(s), "
+            "3 runs after a warm-up, self time per op type).** " + "; ".join(items) + ". ORT FP32's edge over "
+            "eager is BatchNorm folded into the convolutions at export, ReLU fused and the NCHWc blocked layout "
+            "kept across layers by ORT (eager runs BatchNorm and ReLU as separate ops, reorders around each "
+            "oneDNN convolution and, at 1 thread, sends 1x1 convolutions to its im2col + GEMM path), plus a "
+            "faster GridSample; it is modest because the rest is the same float work. INT8 cuts the convolutions "
+            "~3-4x but not the camera lift, which no backend quantises: per camera the C-channel features and the "
+            "D-channel depth distribution are grid-sampled at all Z x H x W voxels, multiplied by the depth "
+            "weight and summed over cameras (at 256x704 with a 128x128x8 grid, 6 x 256 x 131072 floats = 805 MB "
+            "per intermediate): memory-bound, and the largest single cost of the INT8 graph (Amdahl). Checked "
+            "and already lean: the session runs at `ORT_ENABLE_ALL`; the BEV voxel centres are already constants "
+            "and the projection depends on the run-time `img_from_ego`, so there is nothing more to fold; the "
+            "shape/index chains are the small share above; the float ops left between integer convolutions "
+            "(DQ -> ReLU -> Q, layout Transposes) follow from symmetric int8 (a ReLU cannot fold into a Q whose "
+            "zero point is 0).")
     parts.append(
         "**Model-side changes that would help (not made: they change the network and its checkpoint).** "
         "(1) Lift fewer channels: project the 256-channel neck to a narrow context (BEVDepth/CRN lift 80) before "
@@ -528,7 +536,9 @@ def _findings(results: dict[str, Any], args: argparse.Namespace) -> str:
         "sampling is linear, so sampling the projected C_out x Z maps is the same function): 2-4x less lift "
         "traffic. (2) Sample the depth distribution only at the two bins that are used: stack the D bins along "
         "the image height with a zero row between them and grid-sample one channel twice, instead of sampling "
-        "all D = 112 channels and gathering 2. An export-side option left out: quantising the residual Adds "
+        "all D = 112 channels and gathering 2. (3) The radar-in-image splat is a dense (cameras x Hf*Wf x P) "
+        "Gaussian; written separably (exp over rows and over columns, then their product) it needs ~12x fewer "
+        "exponentials at 256x704. An export-side option left out: quantising the residual Adds "
         "and the max-pool too would take more float round trips out of the INT8 graph, but changes its numbers "
         "(its accuracy is benchmarked by `bench_export_accuracy`).")
     missed = [f"`{n}` {LABELS[k]}" for n, r in cfgs.items() for k, goal in TARGETS.items()

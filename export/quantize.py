@@ -70,7 +70,7 @@ def dedicated_qdq_pairs(model: Any) -> Any:
     graph = model.graph
     consumers: dict[str, list] = defaultdict(list)
     for node in graph.node:
-        for name in node.input:
+        for name in dict.fromkeys(node.input):  # a node using a tensor twice (Add(x, x)) is one consumer
             consumers[name].append(node)
     initializers = {t.name: t for t in graph.initializer}
     graph_outputs = {o.name for o in graph.output}
@@ -105,6 +105,8 @@ def dedicated_qdq_pairs(model: Any) -> Any:
             nodes.extend(extra_after.get(index, []))  # after Q: its input is computed, so still topological
         used = {name for n in nodes for name in n.input} | graph_outputs
         nodes = [n for n in nodes if n.op_type != "DequantizeLinear" or n.output[0] in used]  # DQs left unused
+        used = {name for n in nodes for name in n.input} | graph_outputs
+        nodes = [n for n in nodes if n.op_type != "QuantizeLinear" or n.output[0] in used]  # and their Qs
         del graph.node[:]
         graph.node.extend(nodes)
         graph.initializer.extend(new_initializers)

@@ -150,3 +150,43 @@ def test_check_parity_option_writes_parity_json(exported, synth_root, tmp_path, 
     assert par["ok"] is True and par["frames"] == 2 and par["score"] < 1e-3
     assert "parity ONNX Runtime vs PyTorch on 2 Frames" in capsys.readouterr().out
     assert export_main(["--checkpoint", str(ckpt), "--out", str(out), "--check-parity", "2"]) == 1
+
+
+def test_dedicated_qdq_pairs_gives_each_consumer_its_own_pair_with_the_same_numbers():
+    """ONNX Runtime fuses DQ -> Conv -> Q into QLinearConv only when the activation's Q/DQ pair is private; the rewrite
+    must not change the arithmetic."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.quantize import dedicated_qdq_pairs
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    scale = numpy_helper.from_array(np.array(0.02, np.float32), "s")
+    zero = numpy_helper.from_array(np.array(0, np.int8), "z")
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
+             helper.make_node("Conv", ["xd", "w"], ["a"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Conv", ["xd", "w"], ["b"], pads=[1, 1, 1, 1], name="conv2"),
+             helper.make_node("Add", ["xd", "xd"], ["c"], name="add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape)
+                               for n, shape in (("a", [1, 4, 8, 8]), ("b", [1, 4, 8, 8]), ("c", [1, 3, 8, 8]))],
+                              [w, scale, zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.normal(size=(1, 3, 8, 8)).astype(np.float32)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    before = ort.InferenceSession(model.SerializeToString(), opts).run(None, {"x": x})
+    out = dedicated_qdq_pairs(model)
+    onnx.checker.check_model(out)
+    consumers = {}
+    for node in out.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    dq_outputs = [n.output[0] for n in out.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dq_outputs) == 4 and all(len(consumers[o]) == 1 for o in dq_outputs)
+    assert sum(n.op_type == "QuantizeLinear" for n in out.graph.node) == 4  # conv1, conv2 and the Add's two inputs
+    after = ort.InferenceSession(out.SerializeToString(), opts).run(None, {"x": x})
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
