@@ -13,3 +13,20 @@ def small_config(*extra: str):
     from perception.config import load_config
 
     return load_config(REPO / "configs" / "synthetic_tiny.yaml", SMALL_OVERRIDES + list(extra))
+
+
+def small_net(cfg=None, seed: int = 0):
+    """The small network in eval mode with non-trivial BatchNorm statistics (as after training), so that export and
+    parity tests do not pass on identity normalisation."""
+    import torch
+
+    from perception.model.network import build_model
+
+    cfg = cfg or small_config()
+    torch.manual_seed(seed)
+    net = build_model(cfg)
+    for mod in net.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.1, 0.1)
+            mod.running_var.uniform_(0.5, 1.5)
+    return net.eval()

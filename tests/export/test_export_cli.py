@@ -5,16 +5,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from export.budget import check_budget
 from export.cli import main as export_main
 from perception.data.nuscenes import NuScenesFrames
 from perception.data.synthetic.generate import VERSION
-from perception.model.network import build_model
 from perception.pipeline import Pipeline
 from perception.train.checkpoint import save_checkpoint
-from small_model import small_config
+from small_model import small_config, small_net
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,12 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     cfg = small_config()
-    torch.manual_seed(0)
-    net = build_model(cfg)
-    for mod in net.modules():  # non-trivial BatchNorm statistics, as after training
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.1, 0.1)
-            mod.running_var.uniform_(0.5, 1.5)
+    net = small_net(cfg)
     root = tmp_path_factory.mktemp("exp")
     ckpt = root / "small.pt"
     save_checkpoint(ckpt, net, cfg)

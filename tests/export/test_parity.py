@@ -21,8 +21,8 @@ from export.onnx import RAW_OUTPUT_NAMES, export_onnx
 from perception.data.batch import PillarSpec, input_arrays
 from perception.data.nuscenes import NuScenesFrames
 from perception.data.synthetic.generate import VERSION
-from perception.model.network import INPUT_NAMES, build_model
-from small_model import small_config
+from perception.model.network import INPUT_NAMES
+from small_model import small_config, small_net
 
 FRAMES = (0, 5, 11)  # three synth_val key frames
 RANGE_RTOL = 1e-4
@@ -35,13 +35,7 @@ def raw_models(tmp_path_factory, synth_root):
     import onnxslim
 
     cfg = small_config()
-    torch.manual_seed(0)
-    net = build_model(cfg)
-    for mod in net.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.1, 0.1)
-            mod.running_var.uniform_(0.5, 1.5)
-    net.eval()
+    net = small_net(cfg)
     frames = NuScenesFrames(cfg, synth_root, VERSION, "synth_val")
     spec = PillarSpec.from_config(cfg)
     batches = [input_arrays([frames[i]], spec) for i in FRAMES]

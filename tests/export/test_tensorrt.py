@@ -347,19 +347,13 @@ def trt_exports(tmp_path_factory, request):
     from export.quantize import quantize_int8
     from perception.data.nuscenes import NuScenesFrames
     from perception.data.synthetic.generate import VERSION
-    from perception.model.network import INPUT_NAMES, build_model
+    from perception.model.network import INPUT_NAMES
     from perception.runtime.onnxruntime import read_model_json
     from perception.train.checkpoint import save_checkpoint
-    from small_model import small_config
+    from small_model import small_config, small_net
 
     cfg = small_config()
-    torch.manual_seed(0)
-    net = build_model(cfg)
-    for mod in net.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.1, 0.1)
-            mod.running_var.uniform_(0.5, 1.5)
-    net.eval()
+    net = small_net(cfg)
     root = tmp_path_factory.mktemp("trt")
     save_checkpoint(root / "small.pt", net, cfg)
     assert export_main(["--checkpoint", str(root / "small.pt"), "--out", str(root / "onnx")]) == 0
