@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-noise-deg", type=float, default=0.0, help="random extrinsic rotation error per sensor")
     p.add_argument("--max-samples", type=int, help="score only the first N samples of the split")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration noise")
+    p.add_argument("--device", help="torch device for --checkpoint (default: cuda:LOCAL_RANK if CUDA is available, "
+                                    "else cpu)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -81,7 +83,7 @@ def _main(argv: Sequence[str] | None) -> int:
             except TensorRTNotAvailable as err:
                 raise BackendNotAvailable(f"--engine needs TensorRT: {err}") from None
         else:
-            pipe = Pipeline.from_checkpoint(args.checkpoint)
+            pipe = Pipeline.from_checkpoint(args.checkpoint, device=_device(args.device))
         cfg = load_config(args.config, args.set) if args.config else config_from_dict(config_to_dict(pipe.cfg), args.set)
         if cfg.model != pipe.cfg.model or cfg.classes != pipe.cfg.classes:
             raise BackendNotAvailable("--config/--set changed the model section: the network is fixed by the "
@@ -97,6 +99,17 @@ def _main(argv: Sequence[str] | None) -> int:
         (Path(args.out) / "summary.json").write_text(json.dumps({k: summary[k] for k in (
             "nd_score", "mean_ap", "tp_errors")}, indent=1))
     return EXIT_OK
+
+
+def _device(requested: str | None) -> str:
+    """--device, else one GPU per torchrun process (LOCAL_RANK), else the CPU."""
+    if requested:
+        return requested
+    import os
+
+    import torch
+
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

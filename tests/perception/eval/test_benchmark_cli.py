@@ -62,6 +62,13 @@ def test_model_results_load_in_the_devkit_and_knobs_change_them(synth_root, smal
     assert main(["--onnx", "x", *_args(synth_root, tmp_path / "o")]) == 1
 
 
+def test_device_choice():
+    from perception.cli.test import _device
+
+    assert _device("cpu") == "cpu"
+    assert _device(None) == ("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
 def test_unknown_drop_sensor_is_an_error(synth_root, small_ckpt, tmp_path, capsys):
     assert main(["--checkpoint", str(small_ckpt), *_args(synth_root, tmp_path / "t", "--drop-sensors",
                                                          "CAM_FRONT_L", "--max-samples", "1")]) == 1
