@@ -94,7 +94,7 @@ def replay(reader: Any, pipeline: Any, out: str | Path, *, rate: float | None = 
                 det = pipeline.infer(frame)
                 ids = tracker.update(det)
                 jpegs = {ch: (m.stamp_us, m.payload.jpeg) for ch, m in job.cameras.items() if m.payload.jpeg}
-                writer.write(frame, det, ids, jpegs, job.emit_us)
+                writer.write(frame, det, ids, jpegs, job.emit_us, cameras=job.camera_calib)
             except Exception as err:  # one bad frame must not end a long replay: count it and go on
                 key = f"{type(err).__name__}: {str(err)[:160]}"
                 frame_errors[key] = frame_errors.get(key, 0) + 1

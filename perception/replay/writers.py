@@ -102,6 +102,7 @@ class ReplayWriter:
         self._scene = SceneUpdateChannel("/detections", context=self._context)
         self._radar = PointCloudChannel("/radar", context=self._context)
         self._cameras: dict[str, Any] = {}  # channel name -> CompressedImageChannel, created on first image
+        self._calibrations: dict[str, Any] = {}  # topic -> CameraCalibrationChannel
         self._jsonl = open(self.jsonl_path, "w", encoding="utf-8")
         self._jsonl.write(json.dumps({"schema": JSONL_SCHEMA, "classes": list(self.class_names),
                                       "box_fields": list(BOX_FIELDS), "units": BOX_UNITS,
@@ -119,10 +120,13 @@ class ReplayWriter:
         self.close()
 
     def write(self, frame: Frame, det: Detections, track_ids: np.ndarray | None,
-              camera_jpegs: dict[str, tuple[int, bytes]] | None, t_emit_us: int) -> None:
+              camera_jpegs: dict[str, tuple[int, bytes]] | None, t_emit_us: int,
+              cameras: dict[str, Any] | None = None) -> None:
         """One emitted frame. det: the Detections of ``frame`` (ego@t0). track_ids: (K,) int (None: untracked,
         written as -1). camera_jpegs: channel -> (capture stamp µs, original JPEG bytes) of the images used.
-        t_emit_us: when the player emitted the frame (µs, the same clock as t0)."""
+        t_emit_us: when the player emitted the frame (µs, the same clock as t0). cameras: channel ->
+        ``calibration.rig.Camera`` of those images (original resolution): with it each image gets a Foxglove
+        CameraCalibration and a base_link -> camera transform, so the Image panel draws the 3D boxes on it."""
         if self._closed:
             raise RuntimeError(f"ReplayWriter({self.out_dir}) is closed")
         k = len(det)
@@ -134,7 +138,7 @@ class ReplayWriter:
                              "box is one Foxglove entity keyed by its track ID")
         if int(det.t0) != int(frame.t0):
             raise ValueError(f"ReplayWriter.write: detections at t0={det.t0} us for a frame at t0={frame.t0} us")
-        self._write_mcap(frame, det, ids, camera_jpegs or {})
+        self._write_mcap(frame, det, ids, camera_jpegs or {}, cameras or {})
         self._write_jsonl(det, ids, t_emit_us)
         if (self.preview_every and self.frames % self.preview_every == 0
                 and len(self.previews) < self.preview_max):
@@ -160,9 +164,10 @@ class ReplayWriter:
         self.messages[topic] = self.messages.get(topic, 0) + 1
 
     def _write_mcap(self, frame: Frame, det: Detections, ids: np.ndarray,
-                    camera_jpegs: dict[str, tuple[int, bytes]]) -> None:
-        from foxglove.channels import CompressedImageChannel
+                    camera_jpegs: dict[str, tuple[int, bytes]], cameras: dict[str, Any]) -> None:
+        from foxglove.channels import CameraCalibrationChannel, CompressedImageChannel
         from foxglove.messages import (
+            CameraCalibration,
             Color,
             CompressedImage,
             CubePrimitive,
@@ -251,6 +256,29 @@ class ReplayWriter:
                 self._log(self._cameras[channel], topic, CompressedImage(
                     timestamp=_timestamp(stamp_us), frame_id=str(channel), data=bytes(jpeg), format="jpeg"),
                     log_time)
+                cam = cameras.get(channel)
+                if cam is None:
+                    continue
+                m = np.asarray(cam.ego_from_camera, np.float64)
+                cx, cy, cz, cw = _quaternion_xyzw_from_matrix(m[:3, :3])
+                self._log(self._tf, "/tf", FrameTransform(
+                    timestamp=_timestamp(stamp_us), parent_frame_id=EGO_FRAME, child_frame_id=str(channel),
+                    translation=Vector3(x=float(m[0, 3]), y=float(m[1, 3]), z=float(m[2, 3])),
+                    rotation=Quaternion(x=cx, y=cy, z=cz, w=cw)), log_time)
+                k = np.asarray(cam.intrinsics, np.float64)
+                model, d = "plumb_bob", [0.0] * 5
+                if cam.distortion is not None:
+                    model = "kannala_brandt" if cam.distortion.model == "fisheye" else "plumb_bob"
+                    d = [float(v) for v in cam.distortion.coeffs]
+                p = np.zeros((3, 4))
+                p[:, :3] = k
+                ctopic = f"/cameras/{channel}/calibration"
+                if ctopic not in self._calibrations:
+                    self._calibrations[ctopic] = CameraCalibrationChannel(ctopic, context=self._context)
+                self._log(self._calibrations[ctopic], ctopic, CameraCalibration(
+                    timestamp=_timestamp(stamp_us), frame_id=str(channel), width=int(cam.width),
+                    height=int(cam.height), distortion_model=model, D=d, K=k.reshape(-1).tolist(),
+                    R=np.eye(3).reshape(-1).tolist(), P=p.reshape(-1).tolist()), log_time)
 
     # -- JSONL --------------------------------------------------------------------------------------------------
 

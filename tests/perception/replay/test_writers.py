@@ -274,3 +274,32 @@ def test_frame_without_detections(tmp_path):
     _, msgs = read_mcap(tmp_path / "detections.mcap")
     scene = msgs["/detections"][0][2]
     assert len(scene.entities) == 0 and len(scene.deletions) == 1  # the previous frame's boxes still go away
+
+
+def test_camera_calibration_lets_foxglove_project_boxes(tmp_path):
+    """With the images' cameras given, each image gets a CameraCalibration (K, P = [K|0]) in its own frame and a
+    base_link -> camera transform equal to ego_from_camera: what Foxglove's Image panel needs to draw 3D boxes."""
+    from calibration.rig import Camera
+
+    rng = np.random.default_rng(1)
+    frame = make_frame(0, rng)
+    det = make_detections(frame, rng)
+    k = np.array([[40.0, 0, 16], [0, 40.0, 12], [0, 0, 1]])
+    pose = np.array([[0, 0, 1, 1.5], [-1, 0, 0, 0.2], [0, -1, 0, 1.6], [0, 0, 0, 1]], float)
+    cam = Camera("CAM_FRONT", 32, 24, k, pose)
+    with ReplayWriter(tmp_path / "o", CLASSES, preview_every=0) as writer:
+        writer.write(frame, det, np.array([1, 2]), {"CAM_FRONT": (T0 - 500, jpeg(100))}, frame.t0 + 1,
+                     cameras={"CAM_FRONT": cam})
+    _, msgs = read_mcap(tmp_path / "o" / "detections.mcap")
+    (_, _, calib), = msgs["/cameras/CAM_FRONT/calibration"]
+    assert (calib.frame_id, calib.width, calib.height, calib.distortion_model) == ("CAM_FRONT", 32, 24, "plumb_bob")
+    np.testing.assert_allclose(np.array(calib.K).reshape(3, 3), k)
+    np.testing.assert_allclose(np.array(calib.P).reshape(3, 4)[:, :3], k)
+    tfs = {(t.parent_frame_id, t.child_frame_id): t for _, _, t in msgs["/tf"]}
+    t = tfs[("base_link", "CAM_FRONT")]
+    np.testing.assert_allclose([t.translation.x, t.translation.y, t.translation.z], pose[:3, 3])
+    x, y, z, w = t.rotation.x, t.rotation.y, t.rotation.z, t.rotation.w
+    rot = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                    [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                    [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    np.testing.assert_allclose(rot, pose[:3, :3], atol=1e-9)
