@@ -153,3 +153,19 @@ def synth_sweeps(tmp_path_factory) -> Path:
     return root
 
 
+
+
+@pytest.fixture(scope="session")
+def small_ckpt(tmp_path_factory) -> Path:
+    """A checkpoint of the small test network (seed 0, untrained), shared by the CLI and replay tests."""
+    import torch
+
+    from perception.model.network import build_model
+    from perception.train.checkpoint import save_checkpoint
+    from small_model import small_config
+
+    cfg = small_config()
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("small_ckpt") / "small.pt"
+    save_checkpoint(path, build_model(cfg), cfg)
+    return path

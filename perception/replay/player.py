@@ -139,17 +139,24 @@ class Player:
         self.masked: dict[str, int] = defaultdict(int)  # sensor -> frames where it was masked
 
     # -- calibration ------------------------------------------------------------
+    def _mount(self, ch: str) -> tuple[np.ndarray | None, str]:
+        """ego_from_sensor of a channel from /tf_static (its TF frame per the topic map)."""
+        frame = self.map.frame_of(ch)
+        if frame not in self.static:
+            return None, f"no /tf_static transform base_link -> {frame}"
+        return self.static[frame], ""
+
     def camera(self, ch: str) -> tuple[Camera | None, str]:
         if self.rig is not None:
             cam = self.rig.cameras.get(ch)
             return cam, "" if cam else f"camera {ch} is not in the rig"
-        frame = self.map.frame_of(ch)
-        if frame not in self.static:
-            return None, f"no /tf_static transform base_link -> {frame}"
+        mount, why = self._mount(ch)
+        if mount is None:
+            return None, why
         info = self.infos.get(ch)
         if info is None:
             return None, f"no CameraInfo for {ch} yet"
-        key = (ch, info.width, info.height, info.k.tobytes(), info.d, self.static[frame].tobytes())
+        key = (ch, info.width, info.height, info.k.tobytes(), info.d, mount.tobytes())
         if key not in self._cam_cache:
             dist = None
             if any(info.d):
@@ -160,7 +167,7 @@ class Player:
                                   "(plumb_bob, rational_polynomial, equidistant); pass --rig")
                 dist = Distortion(model, tuple(info.d[:4]) if model == "fisheye" else tuple(info.d))
             try:
-                self._cam_cache[key] = Camera(ch, info.width, info.height, info.k, self.static[frame], dist)
+                self._cam_cache[key] = Camera(ch, info.width, info.height, info.k, mount, dist)
             except CalibrationError as err:
                 return None, f"calibration of {ch} is invalid ({err})"
         return self._cam_cache[key], ""
@@ -169,12 +176,12 @@ class Player:
         if self.rig is not None:
             r = self.rig.radars.get(ch)
             return r, "" if r else f"radar {ch} is not in the rig"
-        frame = self.map.frame_of(ch)
-        if frame not in self.static:
-            return None, f"no /tf_static transform base_link -> {frame}"
+        mount, why = self._mount(ch)
+        if mount is None:
+            return None, why
         doppler = self.map.radars[ch].doppler if ch in self.map.radars else "cartesian"
         try:
-            return Radar(ch, self.static[frame], doppler), ""
+            return Radar(ch, mount, doppler), ""
         except CalibrationError as err:
             return None, f"calibration of {ch} is invalid ({err})"
 

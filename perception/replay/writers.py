@@ -57,12 +57,12 @@ def _timestamp(t_us: int):
 
 
 def _quaternion_xyzw_from_matrix(rotation: np.ndarray) -> tuple[float, float, float, float]:
-    # pyquaternion directly (replay with ONNX Runtime / TensorRT imports no torch; keep this module light).
-    # Poses carry ~1e-7 rounding, hence the tolerance.
-    from pyquaternion import Quaternion
+    """Foxglove's (x, y, z, w) order of ``calibration.transforms.matrix_to_quaternion`` (which re-orthonormalises
+    the ~1e-7 rounding poses carry and imports no torch)."""
+    from calibration.transforms import matrix_to_quaternion
 
-    w, x, y, z = Quaternion(matrix=np.asarray(rotation, np.float64), atol=1e-5).normalised.elements
-    return (x, y, z, w) if w >= 0 else (-x, -y, -z, -w)
+    w, x, y, z = (float(v) for v in matrix_to_quaternion(rotation))
+    return x, y, z, w
 
 
 class ReplayWriter:

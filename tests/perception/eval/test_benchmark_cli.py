@@ -5,25 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from perception.cli.test import main
 from perception.data.synthetic.generate import VERSION
-from perception.model.network import build_model
-from perception.train.checkpoint import save_checkpoint
-from small_model import small_config
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(scope="module")
-def small_ckpt(tmp_path_factory):
-    cfg = small_config()
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
-    save_checkpoint(path, build_model(cfg), cfg)
-    return path
 
 
 def _args(root, out, *extra):

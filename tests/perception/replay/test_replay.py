@@ -6,9 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from perception.model.network import build_model
 from perception.pipeline import Pipeline
 from perception.replay.messages import CameraImage, Message, Transform
 from perception.replay.player import Player, PlayerConfig
@@ -16,20 +14,8 @@ from perception.replay.readers import BagReader, NuScenesSceneReader
 from perception.replay.run import replay
 from perception.replay.topics import TopicMap, CameraTopics, RadarTopic
 from perception.replay.writers import read_jsonl
-from perception.train.checkpoint import save_checkpoint
-from small_model import small_config
 
 VERSION = "v1.0-synth"
-
-
-@pytest.fixture(scope="module")
-def small_ckpt(tmp_path_factory):
-    cfg = small_config()
-    torch.manual_seed(0)
-    net = build_model(cfg)
-    path = tmp_path_factory.mktemp("replay_ckpt") / "small.pt"
-    save_checkpoint(path, net, cfg)
-    return path
 
 
 @pytest.fixture(scope="module")
