@@ -162,7 +162,8 @@ class Child:
 # Parent: export, calibrate, count, time.
 # --------------------------------------------------------------------------------------------------------------
 
-def _nontrivial_batchnorm(net) -> None:
+def nontrivial_batchnorm(net) -> None:
+    """Running means U(-0.1, 0.1), variances U(0.5, 1.5) (seed 1), as after training (also used by bench_gpu)."""
     import torch
 
     g = torch.Generator().manual_seed(1)
@@ -193,7 +194,7 @@ def prepare(name: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     net = build_model(cfg).eval()
     with torch.no_grad():
-        _nontrivial_batchnorm(net)
+        nontrivial_batchnorm(net)
     save_checkpoint(work / "model.pt", net, cfg)
     t = time.perf_counter()
     meta = export_checkpoint(work / "model.pt", work / "onnx", simplify=not args.no_simplify)

@@ -32,19 +32,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bench_export import nontrivial_batchnorm
 from benchmarks.report import REPO, publish, table
 
 CONFIGS = ("nuscenes_r50_256x704",)
-
-
-def _nontrivial_batchnorm(net) -> None:
-    import torch
-
-    g = torch.Generator().manual_seed(1)
-    for mod in net.modules():
-        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-            mod.running_mean.copy_(torch.empty_like(mod.running_mean).uniform_(-0.1, 0.1, generator=g))
-            mod.running_var.copy_(torch.empty_like(mod.running_var).uniform_(0.5, 1.5, generator=g))
 
 
 def make_inputs(name: str, dataroot: str, version: str, split: str, out: Path) -> Path:
@@ -103,7 +94,7 @@ def bench_config(name: str, arrays: dict, device, args: argparse.Namespace) -> d
     torch.manual_seed(0)
     net = build_model(cfg).eval()
     with torch.no_grad():
-        _nontrivial_batchnorm(net)
+        nontrivial_batchnorm(net)
     net.to(device)
     inputs = [torch.from_numpy(arrays[k]).to(device) for k in INPUT_NAMES]
     res: dict[str, Any] = {"config": name, "params": int(sum(p.numel() for p in net.parameters())),
