@@ -25,10 +25,12 @@ a model; the memory table gives raw peaks and peaks minus that baseline. Childre
 ``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:...`` (the allocator setting the project trains with; it speeds
 PyTorch on the CPU up a lot) unless ``--no-glibc-tunables``.
 
-Unless ``--no-before``, a fourth child times the INT8 graph with onnxruntime's shared Q/DQ pairs, i.e. as
-exported before ``export.quantize.dedicated_qdq_pairs`` (same calibration, same arithmetic): the before/after
-of that change in the same run. ``--profile`` adds op-type self times per backend (torch.profiler; ONNX
-Runtime's own profiler) to the JSON.
+Unless ``--no-before``, the same network is also exported with the camera lift and the radar-in-image splat in
+their defining forms (``perception.model.network.defining_forms``: all C channels and all D depth bins sampled
+per voxel, a dense Gaussian splat), i.e. as exported before the lift was folded, and those FP32 and INT8 graphs
+are timed in a second pass beside eager (same protocol; at ``--reference-threads`` when given, else at
+``--threads``): the before/after of that change in the same run. ``--profile`` adds op-type self times per
+backend (torch.profiler; ONNX Runtime's own profiler) to the JSON.
 
 Also: parameters and FLOPs per config (``torch.utils.flop_counter.FlopCounterMode`` on one ``detect``: FLOPs =
 2 x multiply-accumulates, convolutions / matmuls / linear layers only), beside CRN's and RCBEVDet's published
@@ -52,10 +54,13 @@ from benchmarks.report import REPO, publish, table
 
 CONFIGS = ("synthetic_tiny", "nuscenes_r18_256x704", "nuscenes_r50_256x704")
 BACKENDS = ("eager", "ort_fp32", "ort_int8")
-BEFORE = "ort_int8_shared"  # --before: the INT8 graph as exported before dedicated Q/DQ pairs (export/quantize.py)
+# --before: the graphs with the camera lift and radar splat in their defining forms (as exported before the fold)
+BEFORE_KINDS = ("ort_fp32_before", "ort_int8_before")
 LABELS = {"eager": "PyTorch eager", "ort_fp32": "ORT FP32", "ort_int8": "ORT INT8 Q/DQ",
-          BEFORE: "ORT INT8 Q/DQ, shared pairs (before)"}
-MODEL_FILES = {"ort_fp32": "model.onnx", "ort_int8": "model_int8.onnx", BEFORE: "model_int8_shared.onnx"}
+          "ort_fp32_before": "ORT FP32, defining-form lift (before)",
+          "ort_int8_before": "ORT INT8 Q/DQ, defining-form lift (before)"}
+MODEL_FILES = {"ort_fp32": ("onnx", "model.onnx"), "ort_int8": ("onnx", "model_int8.onnx"),
+               "ort_fp32_before": ("onnx_before", "model.onnx"), "ort_int8_before": ("onnx_before", "model_int8.onnx")}
 GLIBC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=268435456"
 TARGETS = {"ort_fp32": 1.25, "ort_int8": 2.0}
 PAUSE_S = 0.05  # between two timed calls: lets the previous backend's worker threads stop spinning
@@ -100,7 +105,8 @@ def _worker(kind: str, folder: Path, inputs: Path, threads: int, warmup: int) ->
         from perception.runtime.onnxruntime import OnnxRunner
 
         if kind != "baseline_ort":
-            run = OnnxRunner(folder / "onnx", model_file=MODEL_FILES[kind], threads=threads).infer
+            sub, file = MODEL_FILES[kind]
+            run = OnnxRunner(folder / sub, model_file=file, threads=threads).infer
     with np.load(inputs) as z:
         arrays = {k: z[k] for k in z.files}
     if run is not None:
@@ -156,7 +162,8 @@ class Child:
 # Parent: export, calibrate, count, time.
 # --------------------------------------------------------------------------------------------------------------
 
-def _nontrivial_batchnorm(net) -> None:
+def nontrivial_batchnorm(net) -> None:
+    """Running means U(-0.1, 0.1), variances U(0.5, 1.5) (seed 1), as after training (also used by bench_gpu)."""
     import torch
 
     g = torch.Generator().manual_seed(1)
@@ -176,32 +183,33 @@ def prepare(name: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     from export.budget import check_budget
     from export.cli import export_checkpoint
-    from export.quantize import dedicated_qdq_pairs, quantize_int8
+    from export.quantize import quantize_int8
     from perception.config import load_config
     from perception.data.batch import PillarSpec, input_arrays
     from perception.data.nuscenes import NuScenesFrames
-    from perception.model.network import INPUT_NAMES, build_model
+    from perception.model.network import INPUT_NAMES, build_model, defining_forms
     from perception.train.checkpoint import save_checkpoint
 
     cfg = load_config(REPO / "configs" / f"{name}.yaml")
     torch.manual_seed(0)
     net = build_model(cfg).eval()
     with torch.no_grad():
-        _nontrivial_batchnorm(net)
+        nontrivial_batchnorm(net)
     save_checkpoint(work / "model.pt", net, cfg)
     t = time.perf_counter()
     meta = export_checkpoint(work / "model.pt", work / "onnx", simplify=not args.no_simplify)
     export_s = time.perf_counter() - t
     t = time.perf_counter()
     calib = NuScenesFrames(cfg, args.dataroot, args.version, args.split)
-    # = quantize_int8(..., dedicated_pairs=True), keeping the graph in between for the before/after comparison
-    shared = quantize_int8(work / "onnx", calib, args.calib_frames, MODEL_FILES[BEFORE], dedicated_pairs=False)
-    int8 = dedicated_qdq_pairs(onnx.load(str(shared)))
-    onnx.checker.check_model(int8)
-    int8_path = work / "onnx" / MODEL_FILES["ort_int8"]
-    onnx.save(int8, str(int8_path))
+    int8_path = quantize_int8(work / "onnx", calib, args.calib_frames, MODEL_FILES["ort_int8"][1])
     quant_s = time.perf_counter() - t
-    int8_counts = check_budget(int8)
+    int8_counts = check_budget(onnx.load(str(int8_path)))
+    kinds = ("ort_fp32", "ort_int8")
+    if args.before:  # the same weights through the defining forms of the lift and the radar splat
+        with defining_forms():
+            export_checkpoint(work / "model.pt", work / "onnx_before", simplify=not args.no_simplify)
+        quantize_int8(work / "onnx_before", calib, args.calib_frames, MODEL_FILES["ort_int8_before"][1])
+        kinds += BEFORE_KINDS
     frame = NuScenesFrames(cfg, args.dataroot, args.version, args.timing_split)[0]
     arrays = input_arrays([frame], PillarSpec.from_config(cfg))
     np.savez(work / "inputs.npz", **arrays)
@@ -220,14 +228,15 @@ def prepare(name: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
             "onnx_op_counts": {"fp32": meta["op_counts"], "int8": int8_counts},
             "onnx_mb": {"fp32": (work / "onnx" / "model.onnx").stat().st_size / 2 ** 20,
                         "int8": int8_path.stat().st_size / 2 ** 20},
-            "ort_graph_ops": {k: _optimized_ops(work / "onnx" / f, args.threads) for k, f in MODEL_FILES.items()},
+            "ort_graph_ops": {k: _optimized_ops(work.joinpath(*MODEL_FILES[k]), args.threads) for k in kinds},
             "export_s": export_s, "quantize_s": quant_s, "calib_frames": args.calib_frames}
 
 
-def measure(work: Path, args: argparse.Namespace, env: dict[str, str], threads: int | None = None) -> dict[str, Any]:
+def measure(work: Path, args: argparse.Namespace, env: dict[str, str], threads: int | None = None,
+            backends: tuple[str, ...] = BACKENDS) -> dict[str, Any]:
+    """Times ``backends`` (eager first: the ratios are against it) interleaved, one child each; peak memory."""
     threads = threads or args.threads
     inputs = work / "inputs.npz"
-    backends = BACKENDS + ((BEFORE,) if args.before else ())
     load_before = os.getloadavg()[0]
     children = {}
     try:
@@ -255,7 +264,8 @@ def measure(work: Path, args: argparse.Namespace, env: dict[str, str], threads: 
     med = {k: statistics.median(v) for k, v in times.items()}
     others = [k for k in backends if k != "eager"]
     paired = {k: statistics.median(e / o for e, o in zip(times["eager"], times[k])) for k in others}
-    return {"times_s": times, "median_ms": {k: v * 1e3 for k, v in med.items()},
+    return {"threads": threads, "backends": list(backends), "times_s": times,
+            "median_ms": {k: v * 1e3 for k, v in med.items()},
             "speedup": {k: med["eager"] / med[k] for k in others}, "speedup_paired_median": paired,
             "speedup_of_minima": {k: min(times["eager"]) / min(times[k]) for k in others},
             "load_average_1min": [load_before, os.getloadavg()[0]],
@@ -291,12 +301,14 @@ def profile(work: Path, threads: int, runs: int = 3) -> dict[str, Any]:
     ops = {e.key: e.self_cpu_time_total / 1e3 / runs for e in prof.key_averages()}
     out["eager"] = dict(sorted(ops.items(), key=lambda kv: -kv[1]))
     del runner
-    for kind, file in MODEL_FILES.items():
+    for kind, (sub, file) in MODEL_FILES.items():
+        if not (work / sub / file).exists():
+            continue
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         opts.enable_profiling = True
         opts.profile_file_prefix = str(work / f"ort_profile_{kind}")
-        sess = ort.InferenceSession(str(work / "onnx" / file), opts, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(work / sub / file), opts, providers=["CPUExecutionProvider"])
         feeds = {i.name: arrays[i.name] for i in sess.get_inputs()}
         sess.run(None, feeds)
         t0 = time.perf_counter()
@@ -315,7 +327,7 @@ def profile(work: Path, threads: int, runs: int = 3) -> dict[str, Any]:
             per_op[op] = per_op.get(op, 0.0) + ev["dur"] / 1e3 / runs
             node = f"{op} {ev['name'][:-len('_kernel_time')]}"
             per_node[node] = per_node.get(node, 0.0) + ev["dur"] / 1e3 / runs
-        lift = sum(v for k, v in per_node.items() if "/camera/lift/" in k and "/reduce/" not in k)
+        lift = sum(v for k, v in per_node.items() if "/camera/lift/" in k)  # reduce / projection conv included
         out[kind] = {"wall_ms": wall * 1e3, "kernel_ms": sum(per_op.values()), "lift_sampling_ms": lift,
                      "op_ms": dict(sorted(per_op.items(), key=lambda kv: -kv[1])),
                      "top_nodes_ms": dict(sorted(per_node.items(), key=lambda kv: -kv[1])[:15])}
@@ -359,7 +371,6 @@ def _markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
         cmd += f" --reference-threads {args.reference_threads}"
     tun = ("children run with `GLIBC_TUNABLES=" + GLIBC_TUNABLES + "` (it speeds PyTorch on the CPU up a lot)"
            if not args.no_glibc_tunables else "glibc's default allocator")
-    before = args.before
     rows, mem_rows, cost_rows, target_rows = [], [], [], []
     for name, r in results["configs"].items():
         m = r["measure"]
@@ -367,17 +378,14 @@ def _markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
         shape = f"{r['cameras']}x{r['image_size'][0]}x{r['image_size'][1]}, BEV {r['bev_shape'][0]}x{r['bev_shape'][1]}"
         row = [f"`{name}`", shape, f"{ms['eager']:.0f}", f"{ms['ort_fp32']:.0f}", f"{ms['ort_int8']:.0f}",
                f"**{sp['ort_fp32']:.2f}x**", f"**{sp['ort_int8']:.2f}x**"]
-        if before:
-            row += [f"{ms[BEFORE]:.0f} ({sp[BEFORE]:.2f}x)"]
         rows.append(row)
         pk, net = m["peak_mb"], m["peak_net_mb"]
-        kinds = BACKENDS + ((BEFORE,) if before else ())
-        mem_rows.append([f"`{name}`"] + [f"{pk[k]:.0f} / {net[k]:.0f}" for k in kinds]
+        mem_rows.append([f"`{name}`"] + [f"{pk[k]:.0f} / {net[k]:.0f}" for k in BACKENDS]
                         + [f"{m['baseline_mb']['baseline_torch']:.0f} / {m['baseline_mb']['baseline_ort']:.0f}"])
         cost_rows.append([f"`{name}`", f"{r['params'] / 1e6:.2f} M", f"{r['flops'] / 1e9:.1f}",
                           f"{r['flops'] / 2e9:.1f}", f"{r['onnx_nodes']['fp32']} / {r['onnx_nodes']['int8']}",
                           f"{r['onnx_mb']['fp32']:.1f} / {r['onnx_mb']['int8']:.1f}",
-                          _fused(r, "ort_int8") + (f" (before: {_fused(r, BEFORE)})" if before else "")])
+                          _fused(r, "ort_int8")])
         load = max(m["load_average_1min"])
         cond = (f"contended (load {load:.1f} on {os.cpu_count()} cores): not conclusive" if load > CONTENDED_LOAD
                 else f"load {load:.1f}")
@@ -385,9 +393,7 @@ def _markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
             target_rows.append([f"`{name}`", f"{LABELS[kind]} >= {goal:g}x faster than eager", f"{sp[kind]:.2f}x",
                                 "**met**" if sp[kind] >= goal else "**not met**", cond])
     header = ["config", "input", "eager ms", "ORT FP32 ms", "ORT INT8 ms", "FP32 speed-up", "INT8 speed-up"]
-    if before:
-        header += ["INT8 before: ms (speed-up)"]
-    mem_header = ["config", "PyTorch eager", "ORT FP32", "ORT INT8 Q/DQ"] + (["INT8 before"] if before else [])
+    mem_header = ["config", "PyTorch eager", "ORT FP32", "ORT INT8 Q/DQ"]
     md = (
         "## Exported graphs: latency and memory (issue 8)\n\n"
         f"Command: `{cmd}` (batch 1, 2 cores; median of {args.repeats} repeats per backend, backends interleaved "
@@ -397,12 +403,12 @@ def _markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
         "one synthetic `synth_val` Frame in, decoded fixed-size outputs out. Random weights (seed 0) with "
         "non-trivial BatchNorm statistics (latency does not depend on the values); INT8 Q/DQ calibrated on "
         f"{args.calib_frames} Frames of `{args.split}` loaded with each config (convolutions quantised, symmetric "
-        "int8, per-channel weights). Speed-up = eager median / backend median, same run"
-        + ("; *before* = the INT8 graph with onnxruntime's shared Q/DQ pairs, as exported before this change"
-           if before else "") + ".\n\n"
+        "int8, per-channel weights, a Q/DQ pair per consumer). Speed-up = eager median / backend median, same run."
+        "\n\n"
         + table(header, rows)
         + "\n\nTargets (issue 8):\n\n" + table(["config", "target", "measured", "", "conditions"], target_rows)
         + _reference_table(results, args)
+        + _before_table(results)
         + "\n\nPeak memory, MB: `ru_maxrss` of a child process that loads and runs only that backend / the same "
           "minus a baseline child that imports the same libraries and loads the inputs without a model (torch "
           "baseline for eager, onnxruntime baseline for ORT):\n\n"
@@ -432,17 +438,54 @@ def _reference_table(results: dict[str, Any], args: argparse.Namespace) -> str:
         ms, sp = m["median_ms"], m["speedup"]
         row = [f"`{name}`", f"{ms['eager']:.0f}", f"{ms['ort_fp32']:.0f} ({sp['ort_fp32']:.2f}x)",
                f"{ms['ort_int8']:.0f} ({sp['ort_int8']:.2f}x)"]
-        if BEFORE in ms:
-            row.append(f"{ms[BEFORE]:.0f} ({sp[BEFORE]:.2f}x)")
         rows.append(row + [f"{max(m['load_average_1min']):.1f}"])
     if not rows:
         return ""
     header = ["config", "eager ms", "ORT FP32 ms (speed-up)", "ORT INT8 ms (speed-up)"]
-    header += ["INT8 before ms (speed-up)"] if len(rows[0]) == 6 else []
     return (f"\n\nReference at {n} thread(s) per backend (`--reference-threads {n}`, same protocol, same run): a "
             "single-threaded backend is not slowed by a busy core the way a 2-thread team is, so these ratios "
             "are the better guide when the machine is shared; the targets above stay defined at 2 threads.\n\n"
             + table(header + ["load avg"], rows))
+
+
+def _after_pass(r: dict[str, Any]) -> dict[str, Any] | None:
+    """The main-table pass timed at the before pass's thread count (the after side of the comparison)."""
+    b = r.get("measure_before")
+    if not b:
+        return None
+    for key in ("measure_reference", "measure"):
+        if r.get(key) and r[key].get("threads") == b.get("threads"):
+            return r[key]
+    return None
+
+
+def _before_table(results: dict[str, Any]) -> str:
+    rows = []
+    for name, r in results["configs"].items():
+        b, a = r.get("measure_before"), _after_pass(r)
+        if not b or not a:
+            continue
+        bm, am = b["median_ms"], a["median_ms"]
+        cells = [f"`{name}`", str(b["threads"]), f"{bm['eager']:.0f} / {am['eager']:.0f}"]
+        for before, after in (("ort_fp32_before", "ort_fp32"), ("ort_int8_before", "ort_int8")):
+            cells.append(f"{bm[before]:.0f} -> {am[after]:.0f} ({bm[before] / am[after]:.2f}x)")
+            cells.append(f"{b['speedup'][before]:.2f}x -> {a['speedup'][after]:.2f}x")
+        prof = r.get("profile", {})
+        lift = [prof.get(k, {}).get("lift_sampling_ms") for k in ("ort_fp32_before", "ort_fp32")]
+        cells.append(f"{lift[0]:.0f} -> {lift[1]:.0f}" if None not in lift else "-")
+        cells.append(f"{b['peak_mb']['ort_fp32_before']:.0f} -> {a['peak_mb']['ort_fp32']:.0f}")
+        rows.append(cells)
+    if not rows:
+        return ""
+    return ("\n\nBefore / after folding the camera lift and separating the radar splat (same weights, same function; "
+            "*before* = the graphs exported under `perception.model.network.defining_forms()`, timed in a second "
+            "pass beside eager at the thread count shown; *after* = the pass above at that thread count; eager "
+            "runs the current forms in both passes, so its two medians show how much the machine drifted between "
+            "them). Lift ms: the ONNX Runtime profile's self time of every node under `/camera/lift/` (sampling, "
+            "depth weight, sum over cameras and heights, the reduce or projection convolution; `--profile`).\n\n"
+            + table(["config", "threads", "eager ms (before pass / after pass)", "ORT FP32 ms before -> after",
+                     "FP32 speed-up vs eager", "ORT INT8 ms before -> after", "INT8 speed-up vs eager",
+                     "ORT FP32 lift ms", "ORT FP32 peak MB"], rows))
 
 
 def _findings(results: dict[str, Any], args: argparse.Namespace) -> str:
@@ -468,29 +511,41 @@ def _findings(results: dict[str, Any], args: argparse.Namespace) -> str:
         text += (f". Judged by the {n_ref}-thread reference, " + (
             "every target is reached" if not short else "these stay below target: " + ", ".join(short)) + "")
     parts.append(text + ". `export.json` keeps every time and the ratio of the minima.")
-    if args.before:
-        items = []
-        for n, r in cfgs.items():
-            ms = r["measure"]["median_ms"]
-            items.append(f"`{n}` {_fused(r, BEFORE)} -> {_fused(r, 'ort_int8')} convolutions fused, "
-                         f"{ms[BEFORE]:.0f} -> {ms['ort_int8']:.0f} ms ({ms[BEFORE] / ms['ort_int8']:.2f}x)")
+    changed = []
+    for n, r in cfgs.items():
+        b, a = r.get("measure_before"), _after_pass(r)
+        if b and a:
+            bm, am = b["median_ms"], a["median_ms"]
+            changed.append(f"`{n}` ORT FP32 {bm['ort_fp32_before']:.0f} -> {am['ort_fp32']:.0f} ms, INT8 "
+                           f"{bm['ort_int8_before']:.0f} -> {am['ort_int8']:.0f} ms ({b['threads']} thread(s))")
+    if changed:
         parts.append(
-            "**Changed: Q/DQ placement (export/quantize.py).** ONNX Runtime's profile of the INT8 graph as exported "
-            "before showed more time in *float* `Conv` (plus `DequantizeLinear` of its weights on every run) than "
-            "in integer `QLinearConv`: ORT had turned only some DQ -> Conv -> Q groups into `QLinearConv`. On x86 ORT runs int8 convolutions only after "
-            "rewriting a symmetric int8 activation pair to uint8, which it does only for a Q -> DQ pair with a "
-            "single consumer; onnxruntime.quantization shares one pair among all consumers of a tensor (a "
-            "residual block's input feeds conv1 and the downsample or the residual Add; the shared head trunk "
-            "feeds every head), so those convolutions stayed float and dequantised their weights on every run. "
-            "Now every consumer gets its own pair with its own scale/zero-point copies (ORT's common-subexpression "
-            "elimination would merge identical copies back); the arithmetic is unchanged (bit-identical outputs "
-            "with ORT's graph optimisations off), the graph stays in the op budget and TensorRT sees the same "
-            "scales. Accuracy is unchanged within noise: the shipped checkpoint's INT8 Q/DQ graph scores NDS "
-            "0.5309 on `synth_val` with the new placement vs 0.5305 before (perception-test, 16 calibration "
-            "Frames; PyTorch 0.5365). Before -> after, this run: " + "; ".join(items) + ". (Not taken: the session option "
-            "`session.qdqisint8allowed=1` also fuses every convolution, but its int8 x int8 kernels were 2.3x "
-            "*slower* than FP32 here in a one-off R18 check; uint8 activations fuse too but are asymmetric, "
-            "which TensorRT does not take.)")
+            "**Changed: the camera lift and the radar splat (perception/model/lift.py, camera/depth.py).** Three "
+            "exact rewrites of the same function, so trained checkpoints keep working (the shipped one gives the "
+            "same head maps to ~1e-6 of their range; `tests/perception/model/test_network.py` checks the default "
+            "forms against `defining_forms()`). (1) The lift's 1x1 reduce convolution acts per voxel and bilinear "
+            "sampling is linear, so each height's slice of that convolution is applied to the image features "
+            "before sampling (a C -> Z x C_out 1x1 convolution on the small feature map) and every height samples "
+            "only its own C_out channels: 128 instead of 256 channels per voxel at R18/R50 (64 either way in the "
+            "tiny config, where the gain is the BEV-sized reduce convolution that disappears). (2) The depth "
+            "distribution is stacked along the image height with a zero row between bins and sampled as one "
+            "channel at the two rows the interpolation uses, instead of sampling all D channels (112 at "
+            "R18/R50, 48 tiny) and gathering two. (3) The radar-in-image Gaussian is separable: exponentials over "
+            "rows and over columns and one matrix product per camera instead of a dense (Hf Wf x P) Gaussian. "
+            "Before -> after, this run: " + "; ".join(changed) + ". TensorRT: the stacked depth map has D (Hf + 1) "
+            "rows (1904 at R18), so its sampling grid must stay FP32 (FP16 would be a row off); "
+            "`perception-engine build` pins every GridSample fed by the calibration to FP32 (docs/deploy.md).")
+    parts.append(
+        "**Earlier change: Q/DQ placement (export/quantize.py).** On x86 ONNX Runtime runs int8 convolutions only "
+        "for a Q -> DQ pair with a single consumer; onnxruntime.quantization shares one pair among all consumers "
+        "of a tensor, so convolutions after a shared pair stayed float and dequantised their weights on every run. "
+        "Every consumer now gets its own pair (same arithmetic; TensorRT sees the same scales); INT8 NDS 0.5309 vs "
+        "0.5305 before. Figures of the run that made that change (this benchmark, 2 threads, machine loaded ~5, "
+        "kept from that run, not re-measured here): `synthetic_tiny` 24 / 54 -> 52 / 54 convolutions fused, "
+        "443 -> 339 ms; `nuscenes_r18_256x704` 28 / 62 -> 60 / 62, 2760 -> 2076 ms; `nuscenes_r50_256x704` "
+        "52 / 95 -> 93 / 95, 3543 -> 2444 ms. (Not taken: `session.qdqisint8allowed=1` fuses every convolution, "
+        "but its int8 x int8 kernels were 2.3x *slower* than FP32 in a one-off R18 check; uint8 activations "
+        "are asymmetric, which TensorRT does not take.)")
     prof = {n: r["profile"] for n, r in cfgs.items() if "profile" in r}
     if prof:
         conv_keys = ("aten::mkldnn_convolution", "aten::_slow_conv2d_forward", "aten::native_batch_norm",
@@ -506,8 +561,8 @@ def _findings(results: dict[str, Any], args: argparse.Namespace) -> str:
                 f"`{n}`: convolutions {f32['op_ms'].get('Conv', 0.0):.0f} ms in ORT FP32 vs {e_conv:.0f} ms of "
                 f"convolution + BatchNorm + ReLU in eager, {i8['op_ms'].get('QLinearConv', 0.0):.0f} ms as "
                 f"QLinearConv in INT8; GridSample {f32['op_ms'].get('GridSample', 0.0):.0f} vs "
-                f"{eager.get('aten::grid_sampler_2d', 0.0):.0f} ms; the camera lift (its grid-samples, depth weight, "
-                f"Mul, ReduceSum over cameras and geometry) {f32['lift_sampling_ms']:.0f} ms = "
+                f"{eager.get('aten::grid_sampler_2d', 0.0):.0f} ms; the camera lift (everything under /camera/lift/) "
+                f"{f32['lift_sampling_ms']:.0f} ms = "
                 f"{100 * f32['lift_sampling_ms'] / f32['kernel_ms']:.0f} % of ORT FP32 and "
                 f"{100 * i8['lift_sampling_ms'] / i8['kernel_ms']:.0f} % of INT8 kernel time; shape and index ops "
                 f"(Cast, Reshape, (Un)Squeeze, Gather, Slice, Concat, Where, comparisons) "
@@ -520,33 +575,29 @@ def _findings(results: dict[str, Any], args: argparse.Namespace) -> str:
             "kept across layers by ORT (eager runs BatchNorm and ReLU as separate ops, reorders around each "
             "oneDNN convolution and, at 1 thread, sends 1x1 convolutions to its im2col + GEMM path), plus a "
             "faster GridSample; it is modest because the rest is the same float work. INT8 cuts the convolutions "
-            "~3-4x but not the camera lift, which no backend quantises: per camera the C-channel features and the "
-            "D-channel depth distribution are grid-sampled at all Z x H x W voxels, multiplied by the depth "
-            "weight and summed over cameras (at 256x704 with a 128x128x8 grid, 6 x 256 x 131072 floats = 805 MB "
-            "per intermediate): memory-bound, and the largest single cost of the INT8 graph (Amdahl). Checked "
+            "~3-4x but not the camera lift, which no backend quantises: per camera and height the C_out-channel "
+            "projected features are grid-sampled at all H x W cells, weighted by the depth probability and summed "
+            "over cameras and heights (at 256x704 with a 128x128x8 grid, 6 x 8 x 128 x 16384 floats = 403 MB per "
+            "intermediate): memory-bound, and a large share of the INT8 graph (Amdahl). Checked "
             "and already lean: the session runs at `ORT_ENABLE_ALL`; the BEV voxel centres are already constants "
             "and the projection depends on the run-time `img_from_ego`, so there is nothing more to fold; the "
             "shape/index chains are the small share above; the float ops left between integer convolutions "
             "(DQ -> ReLU -> Q, layout Transposes) follow from symmetric int8 (a ReLU cannot fold into a Q whose "
             "zero point is 0).")
     parts.append(
-        "**Model-side changes that would help (not made: they change the network and its checkpoint).** "
-        "(1) Lift fewer channels: project the 256-channel neck to a narrow context (BEVDepth/CRN lift 80) before "
-        "sampling, or fold the 1x1 reduce convolution into per-height projections of the image features (the "
-        "sampling is linear, so sampling the projected C_out x Z maps is the same function): 2-4x less lift "
-        "traffic. (2) Sample the depth distribution only at the two bins that are used: stack the D bins along "
-        "the image height with a zero row between them and grid-sample one channel twice, instead of sampling "
-        "all D = 112 channels and gathering 2. (3) The radar-in-image splat is a dense (cameras x Hf*Wf x P) "
-        "Gaussian; written separably (exp over rows and over columns, then their product) it needs ~12x fewer "
-        "exponentials at 256x704. An export-side option left out: quantising the residual Adds "
-        "and the max-pool too would take more float round trips out of the INT8 graph, but changes its numbers "
-        "(its accuracy is benchmarked by `bench_export_accuracy`).")
+        "**Left (they change the function, hence need retraining, or give something up).** (1) Lift fewer "
+        "channels than the BEV width: a C_out below 128 at R18/R50 (BEVDepth/CRN lift 80) changes the network. "
+        "(2) Sample each camera only where it can see: with a 6-camera ring most voxels are outside a given "
+        "camera's frustum, but the calibration is a run-time input, so the visible subset is not static; an export "
+        "per rig with precomputed subsets would cut the lift several-fold at the price of re-exporting after a "
+        "recalibration. (3) Export side: quantising the residual Adds and the max-pool too would take more float "
+        "round trips out of the INT8 graph, but changes its numbers (`bench_export_accuracy` measures accuracy).")
     missed = [f"`{n}` {LABELS[k]}" for n, r in cfgs.items() for k, goal in TARGETS.items()
               if r["measure"]["speedup"][k] < goal]
     if missed:
         parts.append("Targets missed in this run: " + ", ".join(missed) + "; they stay marked *not met*: the "
                      "remaining time is the float lift above (and, for the tiny config, a network so small that "
-                     "per-op overheads and the float sampling dominate the convolutions).")
+                     "per-op overheads and the float sampling weigh more against the convolutions).")
     return "\n\n".join(parts)
 
 
@@ -586,7 +637,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also time every backend with N threads (e.g. 1: a reference that other jobs sharing the "
                          "machine distort less), reported beside the main table")
     ap.add_argument("--no-before", dest="before", action="store_false",
-                    help="do not also time the INT8 graph with shared Q/DQ pairs (the export before this change)")
+                    help="do not also export and time the graphs with the lift and radar splat in their defining "
+                         "forms (the export before the lift was folded)")
     ap.add_argument("--profile", action="store_true", help="also profile each backend (op types by self time)")
     ap.add_argument("--keep", metavar="DIR", help="keep the exported graphs and inputs under DIR")
     ap.add_argument("--reuse", action="store_true",
@@ -670,6 +722,10 @@ def main(argv: list[str] | None = None) -> int:
             r["measure"] = measure(work, args, env)
             if args.reference_threads:
                 r["measure_reference"] = measure(work, args, env, args.reference_threads)
+            if args.before:
+                print(f"[{name}] timing the defining-form graphs (before) ...", flush=True)
+                r["measure_before"] = measure(work, args, env, args.reference_threads or args.threads,
+                                              ("eager",) + BEFORE_KINDS)
             m = r["measure"]
             print(f"[{name}] ms eager {m['median_ms']['eager']:.0f}, ORT FP32 {m['median_ms']['ort_fp32']:.0f} "
                   f"({m['speedup']['ort_fp32']:.2f}x), INT8 {m['median_ms']['ort_int8']:.0f} "
@@ -677,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.profile:
                 r["profile"] = _stage("profile", name, work, args, env, _profile_threads(args))
                 r["profile_threads"] = _profile_threads(args)
-                for kind in BACKENDS + ((BEFORE,) if args.before else ()):
+                for kind in BACKENDS + (BEFORE_KINDS if args.before else ()):
                     p = r["profile"][kind]
                     top = list((p if kind == "eager" else p["op_ms"]).items())[:8]
                     print(f"[{name}] {kind} hot ops (ms/run): " + ", ".join(f"{k} {v:.1f}" for k, v in top))

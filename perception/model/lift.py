@@ -2,9 +2,18 @@
 
 Each BEV voxel centre (Z heights x H x W cells, ego@t0) is projected into every camera through the run-time
 ``img_from_ego``. At that pixel the camera features are sampled with a 4-D ``grid_sample``; the camera's depth
-distribution (D bins, a D-channel map) is sampled the same way and interpolated across bins at the voxel's depth
-with a tent function (elementwise ops). The lifted feature is ``features * p(depth) * valid``, summed over
-cameras, then the heights are folded into channels and reduced by a 1x1 conv.
+distribution (D bins) is read at the two bins around the voxel's depth and interpolated linearly between them.
+The lifted feature is ``features * p(depth) * valid``, summed over cameras; the heights are folded into channels
+and reduced by a 1x1 conv (``BackwardLift.lift_voxels`` + ``reduce``: the defining form).
+
+``BackwardLift.forward`` computes the same function with less memory traffic (both rewrites are exact, so a
+checkpoint trained with either form runs in the other):
+- the 1x1 reduce conv is linear and acts per voxel, and so is bilinear sampling, so the conv's slice for height z
+  is applied to the image features *before* sampling (a C -> Z x C_out 1x1 conv on the small feature map) and
+  each height samples only its own C_out channels: C_out instead of C channels are sampled per voxel;
+- the depth distribution is stacked along the image height, one zero row between bins, and sampled as one
+  channel at the two rows that matter (bin k0 and k0 + 1), instead of sampling all D channels and gathering two.
+  The zero row reproduces ``padding_mode="zeros"`` at each bin's top and bottom edge.
 """
 from __future__ import annotations
 
@@ -59,6 +68,29 @@ def depth_probability_tent(prob_at_pixel: Tensor, depth: Tensor, bins: DepthBins
     return (prob_at_pixel * w).sum(dim=-2)
 
 
+def depth_at_voxels(depth_prob: Tensor, grid: Tensor, depth: Tensor, bins: DepthBins) -> Tensor:
+    """depth_prob: (S, D, Hf, Wf); grid: (S, Q, 2) normalised sampling coordinates (align_corners=False) of Q
+    voxels; depth: (S, Q) their depths. Returns (S, Q): ``depth_probability`` of the D-channel map bilinearly
+    sampled at ``grid`` (zeros outside), computed by sampling one stacked channel at two rows per voxel."""
+    s, d, hf, wf = depth_prob.shape
+    t = (depth - bins.min_depth) / bins.width - 0.5  # (S, Q) continuous bin index
+    k0 = torch.floor(t)
+    a = t - k0
+    lo_ok = ((k0 >= 0) & (k0 <= d - 1)).to(depth_prob.dtype)
+    hi_ok = ((k0 + 1 >= 0) & (k0 + 1 <= d - 1)).to(depth_prob.dtype)
+    i0 = torch.clamp(k0, 0, d - 1)
+    i1 = torch.clamp(k0 + 1, 0, d - 1)
+    rows = hf + 1  # each bin's Hf rows, then one zero row
+    stacked = F.pad(depth_prob, (0, 0, 0, 1)).reshape(s, 1, d * rows, wf)  # (S, 1, D*(Hf+1), Wf)
+    gx, gy = grid[..., 0], grid[..., 1]  # (S, Q)
+    r = ((gy + 1.0) * hf - 1.0) * 0.5  # row within one bin's map (pixel centres at integers)
+    gy0 = ((i0 * rows + r) * 2.0 + 1.0) / (d * rows) - 1.0  # the same row within bin k0 of the stacked map
+    gy1 = ((i1 * rows + r) * 2.0 + 1.0) / (d * rows) - 1.0
+    g = torch.stack([torch.stack([gx, gy0], dim=-1), torch.stack([gx, gy1], dim=-1)], dim=2)  # (S, Q, 2, 2)
+    pk = F.grid_sample(stacked, g, mode="bilinear", padding_mode="zeros", align_corners=False)  # (S, 1, Q, 2)
+    return (1.0 - a) * pk[:, 0, :, 0] * lo_ok + a * pk[:, 0, :, 1] * hi_ok
+
+
 class BevGridPoints(nn.Module):
     """Voxel centres of the BEV grid as a buffer: (Z * H * W, 3) ego metres, order (z, row i along x, col j along y)."""
 
@@ -77,6 +109,8 @@ class BevGridPoints(nn.Module):
 class BackwardLift(nn.Module):
     """Camera features + depth distributions -> BEV features (B, C_out, H, W)."""
 
+    folded = True  # False: forward runs the defining form (``perception.model.network.defining_forms``)
+
     def __init__(self, in_channels: int, out_channels: int, grid: BevGridPoints, bins: DepthBins):
         super().__init__()
         self.grid = grid
@@ -89,14 +123,40 @@ class BackwardLift(nn.Module):
                 image_hw: tuple[int, int]) -> Tensor:
         """feats: (B, N, C, Hf, Wf) camera features; depth_prob: (B, N, D, Hf, Wf) softmaxed over D;
         img_from_ego: (B, N, 4, 4) pixels of the input image (H_img, W_img) <- ego@t0; camera_valid: (B, N) bool.
-        Returns (B, C_out, H, W)."""
-        lifted = self.lift_voxels(feats, depth_prob, img_from_ego, camera_valid, image_hw)  # (B, C, Z, H, W)
-        b, c, z, h, w = lifted.shape
-        return self.reduce(lifted.reshape(b, c * z, h, w))  # (B, C*Z, H, W) -> (B, C_out, H, W)
+        Returns (B, C_out, H, W); equal to ``reduce(lift_voxels(...))`` with heights folded into channels."""
+        b, n, c, hf, wf = feats.shape
+        z, h, w = self.grid.shape
+        if not self.folded:
+            lifted = self.lift_voxels(feats, depth_prob, img_from_ego, camera_valid, image_hw)  # (B, C, Z, H, W)
+            return self.reduce(lifted.reshape(b, c * z, h, w))
+        conv, norm, act = self.reduce
+        c_out = conv.out_channels
+        # reduce weight (C_out, C * Z) has input channel c * Z + z; per-height projections (Z * C_out, C, 1, 1)
+        w_proj = conv.weight.view(c_out, c, z).permute(2, 0, 1).reshape(z * c_out, c, 1, 1)
+        proj = F.conv2d(feats.reshape(b * n, c, hf, wf), w_proj)  # (B*N, Z*C_out, Hf, Wf)
+        pts = self.grid.points.view(1, 1, -1, 3)  # (1, 1, Q, 3), Q = Z*H*W
+        u, v, depth = project(pts, img_from_ego)  # each (B, N, Q)
+        grid = pixel_to_grid(u, v, image_hw[1], image_hw[0])  # (B, N, Q, 2)
+        inside = (grid.abs() <= 1.0).all(dim=-1) & (depth > self.bins.min_depth * 0.5)  # (B, N, Q)
+        valid = inside & camera_valid.unsqueeze(-1)
+        sampled = F.grid_sample(proj.view(b * n * z, c_out, hf, wf), grid.view(b * n * z, h, w, 2), mode="bilinear",
+                                padding_mode="zeros", align_corners=False)  # (B*N*Z, C_out, H, W): height z only
+        p = depth_at_voxels(depth_prob.reshape(b * n, -1, hf, wf), grid.view(b * n, -1, 2), depth.view(b * n, -1),
+                            self.bins)  # (B*N, Q)
+        weight = (p * valid.view(b * n, -1).to(p.dtype)).view(b, n * z, 1, h, w)
+        prod = sampled.view(b, n * z, c_out, h, w) * weight  # (B, N*Z, C_out, H, W)
+        # The sum over cameras and heights as a product with a ones row: ONNX Runtime's ReduceSum over this
+        # non-innermost axis was several times slower than the GEMV (docs/decisions.md). FP32 also under CUDA
+        # autocast, as the grid-samples before it (a sum of N*Z products).
+        ones = torch.ones(1, n * z, dtype=prod.dtype, device=prod.device)
+        with torch.autocast(device_type=prod.device.type, enabled=False):
+            bev = torch.matmul(ones, prod.view(b, n * z, -1)).view(b, c_out, h, w)  # (B, C_out, H, W)
+        return act(norm(bev))
 
     def lift_voxels(self, feats: Tensor, depth_prob: Tensor, img_from_ego: Tensor, camera_valid: Tensor,
                     image_hw: tuple[int, int]) -> Tensor:
-        """As ``forward`` but before folding heights: (B, C, Z, H, W), summed over cameras."""
+        """The defining form, before folding heights: (B, C, Z, H, W), summed over cameras; ``forward`` equals
+        ``reduce`` of this with heights folded into channels (c * Z + z). Used by the tests as the reference."""
         b, n, c, hf, wf = feats.shape
         d = depth_prob.shape[2]
         z, h, w = self.grid.shape

@@ -19,13 +19,16 @@ detections (``OUTPUT_NAMES`` of ``perception.model.decode``).
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 
 from perception.config import Config
 from perception.model.bev_decoder import BevDecoder
 from perception.model.camera.backbone import ResNet, load_pretrained
-from perception.model.camera.depth import DepthNet, radar_image_features
+from perception.model.camera.depth import DepthNet, radar_image_features, radar_image_features_dense
 from perception.model.camera.neck import FPNNeck
 from perception.model.decode import BevGrid, Decoder
 from perception.model.fusion import ConvFusion, CrossAttentionFusion
@@ -44,6 +47,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class CameraBranch(nn.Module):
     """Images -> camera BEV: backbone, neck (stride 16), radar-assisted (and stereo) depth, backward lift."""
 
+    separable_radar = True  # False: the dense radar-in-image splat (``defining_forms``)
+
     def __init__(self, backbone: ResNet, neck: FPNNeck, depth: DepthNet, lift: BackwardLift,
                  image_hw: tuple[int, int], radar_field_index: dict[str, int]):
         super().__init__()
@@ -61,10 +66,25 @@ class CameraBranch(nn.Module):
         feats = feats.view(b, n, *feats.shape[1:])  # (B, N, C, Hf, Wf)
         radar_img = None
         if self.depth.radar:
-            radar_img = radar_image_features(radar_points, radar_valid, img_from_ego, feats.shape[-2:], self.image_hw,
-                                             self.rcs_index, self.dt_index)  # (B, N, 4, Hf, Wf)
+            splat = radar_image_features if self.separable_radar else radar_image_features_dense
+            radar_img = splat(radar_points, radar_valid, img_from_ego, feats.shape[-2:], self.image_hw,
+                              self.rcs_index, self.dt_index)  # (B, N, 4, Hf, Wf)
         prob, context = self.depth(feats, img_from_ego, self.image_hw, radar_img)
         return self.lift(context, prob, img_from_ego, camera_valid, self.image_hw)  # (B, C_bev, H, W)
+
+
+@contextlib.contextmanager
+def defining_forms() -> Iterator[None]:
+    """Within this block every network runs (and exports) the camera lift and the radar-in-image splat in their
+    defining forms: all C channels and all D depth bins sampled per voxel, a dense Gaussian per image cell and
+    radar point. The same function as the default forms (tested) with more memory traffic; for before/after
+    benchmarks (``benchmarks/bench_export.py``) and tests. Not thread-safe (class attributes)."""
+    saved = BackwardLift.folded, CameraBranch.separable_radar
+    BackwardLift.folded, CameraBranch.separable_radar = False, False
+    try:
+        yield
+    finally:
+        BackwardLift.folded, CameraBranch.separable_radar = saved
 
 
 class FusionNet(nn.Module):

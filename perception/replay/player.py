@@ -127,7 +127,7 @@ class Player:
         self.images: dict[str, list[Message]] = defaultdict(list)
         self.sweeps: dict[str, list[Message]] = defaultdict(list)
         self.poses: dict[int, np.ndarray] = {}
-        self.static: dict[str, np.ndarray] = {}
+        self.static: dict[str, tuple[str, np.ndarray]] = {}  # child frame -> (parent frame, parent_from_child)
         self.infos: dict[str, Any] = {}
         self._cam_cache: dict[tuple, Camera] = {}
         self.pending: list[Message] = []  # triggers waiting for their deadline, in arrival order
@@ -140,11 +140,21 @@ class Player:
 
     # -- calibration ------------------------------------------------------------
     def _mount(self, ch: str) -> tuple[np.ndarray | None, str]:
-        """ego_from_sensor of a channel from /tf_static (its TF frame per the topic map)."""
-        frame = self.map.frame_of(ch)
-        if frame not in self.static:
-            return None, f"no /tf_static transform base_link -> {frame}"
-        return self.static[frame], ""
+        """ego_from_sensor of a channel (its TF frame per the topic map): the /tf_static transforms from the
+        sensor's frame up to the pose child frame (``base_link``), composed; a chain of any length."""
+        frame, root = self.map.frame_of(ch), self.map.pose_child
+        ego_from_cur, cur, seen = np.eye(4), frame, set()
+        while cur != root:
+            if cur in seen:
+                return None, f"/tf_static has a cycle through {cur} (from {frame})"
+            if cur not in self.static:
+                gap = f" (the chain stops at {cur})" if cur != frame else ""
+                return None, f"no /tf_static chain {root} -> {frame}{gap}"
+            seen.add(cur)
+            parent, parent_from_cur = self.static[cur]
+            ego_from_cur = parent_from_cur @ ego_from_cur
+            cur = parent
+        return ego_from_cur, ""
 
     def camera(self, ch: str) -> tuple[Camera | None, str]:
         if self.rig is not None:
@@ -218,15 +228,13 @@ class Player:
         return out
 
     def _static(self, m: Message) -> None:
-        used = False
+        """Every static transform is kept (a sensor may hang below intermediate frames: ``_mount`` composes)."""
         for t in m.payload:
-            if t.parent == self.map.pose_child:
-                self.static[t.child] = t.matrix()
-                used = True
-        if used:
+            self.static[t.child] = (t.parent, t.matrix())
+        if m.payload:
             self.ledger.use(m)
         else:
-            self.ledger.drop(m, "unused_transform", f"no transform from {self.map.pose_child}")
+            self.ledger.drop(m, "unused_transform", "an empty /tf_static message")
 
     def _pose(self, m: Message) -> None:
         reason = "unused_transform"

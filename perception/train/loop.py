@@ -107,6 +107,7 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
     use_amp = tc.amp and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     step = 0
+    prior_minutes = 0.0  # training minutes of the runs this one resumes (history/summary minutes are cumulative)
     hashes = {"config_hash": config_hash(cfg), "generator_version": generator_version(frames),
               "data_hash": data_hash(frames)}
     if resume and (out / "last.pt").exists():
@@ -115,6 +116,7 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         step = int(ck["step"])
+        prior_minutes = float(ck.get("minutes", 0.0))
         _set_rng(ck["rng"])
         if ck.get("config_hash") != hashes["config_hash"]:
             raise CheckpointError(f"{out / 'last.pt'} was trained with another config (hash {ck.get('config_hash')} vs "
@@ -172,7 +174,8 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
                 bar.set_postfix(loss=f"{loss.item():.3f}")
             if dist_info.main and (step % tc.log_every == 0 or step == tc.steps):
                 row = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in losses.items()},
-                       "lr": sched.get_last_lr()[0], "grad_norm": float(gnorm), "minutes": (time.time() - t_start) / 60}
+                       "lr": sched.get_last_lr()[0], "grad_norm": float(gnorm),
+                       "minutes": prior_minutes + (time.time() - t_start) / 60}
                 with open(history, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 for k, v in row.items():
@@ -181,7 +184,8 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
             timed_out = (tc.max_minutes > 0 and (time.time() - t_start) / 60 >= tc.max_minutes) or \
                 (stop_after is not None and step >= stop_after)
             if dist_info.main and (step % tc.checkpoint_every == 0 or step == tc.steps or timed_out):
-                _save_state(out / "last.pt", model, cfg, stereo, opt, sched, step, hashes)
+                _save_state(out / "last.pt", model, cfg, stereo, opt, sched, step, hashes,
+                            prior_minutes + (time.time() - t_start) / 60)
             if evaluate and tc.eval_every and step % tc.eval_every == 0 and dist_info.main and step < tc.steps:
                 _evaluate(model, cfg, dataroot, version, out / f"eval_step{step}", writer, step, stereo)
                 net.train()
@@ -191,7 +195,8 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
         epoch += 1
     if bar is not None:
         bar.close()
-    summary: dict[str, Any] = {"steps": step, "minutes": (time.time() - t_start) / 60, **hashes}
+    summary: dict[str, Any] = {"steps": step, "minutes": prior_minutes + (time.time() - t_start) / 60,
+                               "minutes_this_run": (time.time() - t_start) / 60, **hashes}
     if dist_info.main:
         save_checkpoint(out / "model.pt", model, cfg, stereo, {**hashes, "steps": step})
         if evaluate:
@@ -229,11 +234,12 @@ def _set_rng(state: dict) -> None:
                      state["python_gauss"]))
 
 
-def _save_state(path: Path, model, cfg, stereo, opt, sched, step: int, hashes: dict) -> None:
+def _save_state(path: Path, model, cfg, stereo, opt, sched, step: int, hashes: dict, minutes: float) -> None:
+    """``minutes``: training time up to this step, over every run resumed into this one."""
     from perception.train.checkpoint import save_checkpoint
 
     save_checkpoint(path, model, cfg, stereo, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                               "step": step, "rng": _rng_state(), **hashes})
+                                               "step": step, "rng": _rng_state(), "minutes": minutes, **hashes})
 
 
 def _evaluate(model, cfg, dataroot, version, out_dir: Path, writer, step: int, stereo) -> dict:

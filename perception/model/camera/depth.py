@@ -2,7 +2,7 @@
 
 - Radar in the image: every radar point is projected into each camera (run-time ``img_from_ego``) and splatted
   onto the feature grid with an anisotropic Gaussian (narrow in u, wide in v: the radar measures no elevation)
-  written as dense elementwise ops and a reduction over points (no scatter): occupancy, mean log-depth, mean RCS
+  written as separable exponentials and a matrix product over points (no scatter): occupancy, mean log-depth, mean RCS
   and mean |dt| channels are concatenated to the image features before the depth net.
 - Stereo: for a (left, right) pair, the left feature grid is swept over the D bin depths, each 3D point
   projected into the right camera and the right features sampled with a 4-D ``grid_sample``; the normalised
@@ -21,11 +21,18 @@ from perception.model.lift import DepthBins
 RADAR_IMAGE_CHANNELS = 4
 
 
-def feature_pixel_centres(hf: int, wf: int, image_hw: tuple[int, int], device=None) -> tuple[Tensor, Tensor]:
-    """Image-pixel coordinates (u, v), each (Hf * Wf,), of the centres of a feature grid covering the image."""
+def feature_axis_centres(hf: int, wf: int, image_hw: tuple[int, int], device=None) -> tuple[Tensor, Tensor]:
+    """Image-pixel coordinates of the column centres u (Wf,) and row centres v (Hf,) of a feature grid covering
+    the image."""
     sy, sx = image_hw[0] / hf, image_hw[1] / wf
     v = (torch.arange(hf, dtype=torch.float32, device=device) + 0.5) * sy - 0.5
     u = (torch.arange(wf, dtype=torch.float32, device=device) + 0.5) * sx - 0.5
+    return u, v
+
+
+def feature_pixel_centres(hf: int, wf: int, image_hw: tuple[int, int], device=None) -> tuple[Tensor, Tensor]:
+    """Image-pixel coordinates (u, v), each (Hf * Wf,), of the centres of a feature grid covering the image."""
+    u, v = feature_axis_centres(hf, wf, image_hw, device)
     vv, uu = torch.meshgrid(v, u, indexing="ij")  # (Hf, Wf)
     return uu.reshape(-1), vv.reshape(-1)
 
@@ -35,7 +42,35 @@ def radar_image_features(points: Tensor, valid: Tensor, img_from_ego: Tensor, fe
                          sigma_u: float = 1.0, sigma_v: float = 3.0) -> Tensor:
     """points: (B, P, F) ego@t0 (x, y, z first); valid: (B, P) bool; img_from_ego: (B, N, 4, 4).
     Returns (B, N, 4, Hf, Wf): occupancy (sum of weights), mean log depth, mean RCS / 20, mean |dt|.
-    sigma_u, sigma_v are in feature cells."""
+    sigma_u, sigma_v are in feature cells.
+
+    The Gaussian is separable (a cell's column fixes its u, its row its v), so every channel's weighted sum over
+    points is a matrix product: sum_p ev[row, p] x_p eu[col, p] = (ev * x) @ eu^T. Equal to the dense form
+    ``radar_image_features_dense`` (tested) with (Hf + Wf) P instead of Hf Wf P exponentials."""
+    b, n = img_from_ego.shape[:2]
+    hf, wf = feat_hw
+    u, v, d = project(points[:, None, :, :3], img_from_ego)  # each (B, N, P)
+    cu, cv = feature_axis_centres(hf, wf, image_hw, points.device)  # column centres (Wf,), row centres (Hf,)
+    su, sv = sigma_u * image_hw[1] / wf, sigma_v * image_hw[0] / hf  # pixels
+    du = (cu.view(1, 1, -1, 1) - u.unsqueeze(2)) / su  # (B, N, Wf, P)
+    dv = (cv.view(1, 1, -1, 1) - v.unsqueeze(2)) / sv  # (B, N, Hf, P)
+    eu = torch.exp(-0.5 * du * du)
+    ok = (valid.unsqueeze(1) & (d > 0.5)).to(points.dtype)  # (B, N, P)
+    ev = torch.exp(-0.5 * dv * dv) * ok.unsqueeze(2)  # (B, N, Hf, P)
+    values = torch.stack([torch.ones_like(d), torch.log(torch.clamp(d, min=0.5)),
+                          (points[..., rcs_index] / 20.0).unsqueeze(1).expand_as(d),
+                          torch.abs(points[..., dt_index]).unsqueeze(1).expand_as(d)], dim=2)  # (B, N, 4, P)
+    rows = (ev.unsqueeze(2) * values.unsqueeze(3)).reshape(b, n, RADAR_IMAGE_CHANNELS * hf, -1)  # (B, N, 4*Hf, P)
+    sums = (rows @ eu.transpose(-1, -2)).view(b, n, RADAR_IMAGE_CHANNELS, hf, wf)  # (B, N, 4, Hf, Wf)
+    occ = sums[:, :, 0:1]
+    means = sums[:, :, 1:] / (occ + 1e-3)
+    return torch.cat([torch.clamp(occ, max=4.0), means], dim=2)
+
+
+def radar_image_features_dense(points: Tensor, valid: Tensor, img_from_ego: Tensor, feat_hw: tuple[int, int],
+                               image_hw: tuple[int, int], rcs_index: int, dt_index: int,
+                               sigma_u: float = 1.0, sigma_v: float = 3.0) -> Tensor:
+    """The defining form of ``radar_image_features``: a dense (cameras x Hf Wf x P) Gaussian (reference for tests)."""
     b, n = img_from_ego.shape[:2]
     hf, wf = feat_hw
     u, v, d = project(points[:, None, :, :3], img_from_ego)  # each (B, N, P)

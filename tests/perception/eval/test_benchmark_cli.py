@@ -67,7 +67,9 @@ def test_sharded_equals_single_process(synth_root, small_ckpt, tmp_path):
     assert main(["--checkpoint", str(small_ckpt), *_args(synth_root, single, "--max-samples", "6")]) == 0
     sharded = tmp_path / "sharded"
     torchrun = Path(sys.executable).parent / "torchrun"
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--no-python", str(Path(sys.executable).parent / "perception-test"),
+    # --standalone: a free rendezvous port (the default 29500 may be held by another job on the machine)
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "--no-python",
+           str(Path(sys.executable).parent / "perception-test"),
            "--checkpoint", str(small_ckpt), *_args(synth_root, sharded, "--max-samples", "6")]
     r = subprocess.run(cmd, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
                        timeout=600)

@@ -4,9 +4,12 @@ import pytest
 import torch
 
 from calibration.transforms import make_transform, quaternion_to_matrix, yaw_to_quaternion
-from perception.model.camera.depth import DepthNet, plane_sweep_cost, radar_image_features
+import torch.nn.functional as F
+
+from perception.model.camera.depth import DepthNet, plane_sweep_cost, radar_image_features, radar_image_features_dense
 from perception.model.geometry import inverse_projective
-from perception.model.lift import BackwardLift, BevGridPoints, DepthBins, depth_probability, depth_probability_tent
+from perception.model.lift import (BackwardLift, BevGridPoints, DepthBins, depth_at_voxels, depth_probability,
+                                   depth_probability_tent)
 from perception.model.radar.encoder import PillarEncoder, scatter_to_canvas
 
 FORWARD = np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], float)  # ego_from_camera rotation, looking along +x
@@ -70,6 +73,71 @@ def test_feature_at_projected_pixel_arrives_in_its_bev_cell():
     # an invalid camera lifts nothing
     vox = lift.lift_voxels(feats, prob, m.view(1, 1, 4, 4), torch.zeros(1, 1, dtype=torch.bool), (H_IMG, W_IMG))
     assert vox.abs().max() == 0
+
+
+def _ring_rig(b: int, n: int) -> torch.Tensor:
+    """(B, N, 4, 4): N cameras around the car at different positions (every camera sees part of the grid)."""
+    cams = torch.stack([camera_matrix(360.0 * i / n, (1.0 - 0.3 * i, 0.2 * i, 1.4 + 0.05 * i)) for i in range(n)])
+    return cams[None].repeat(b, 1, 1, 1)
+
+
+def test_lift_forward_equals_the_defining_form():
+    """forward (reduce conv folded into per-height projections before sampling, depth read at two stacked rows)
+    equals reduce(lift_voxels) with heights folded into channels c * Z + z: multi-camera, an invalid camera,
+    non-trivial BatchNorm statistics. A wrong weight order (z * C + c) or stacked-row offset fails this."""
+    torch.manual_seed(0)
+    grid = BevGridPoints((-51.2, 51.2), (-51.2, 51.2), (-5.0, 3.0), (32, 32), 8)
+    bins = DepthBins(1.0, 60.0, 48)
+    lift = BackwardLift(16, 12, grid, bins).eval()
+    lift.reduce[1].running_mean.normal_()
+    lift.reduce[1].running_var.uniform_(0.5, 2.0)
+    b, n, hf, wf = 2, 6, 8, 22
+    feats = torch.randn(b, n, 16, hf, wf)
+    prob = torch.randn(b, n, 48, hf, wf).mul(3.0).softmax(2)
+    valid = torch.ones(b, n, dtype=torch.bool)
+    valid[1, 2] = False
+    with torch.no_grad():
+        out = lift(feats, prob, _ring_rig(b, n), valid, (H_IMG, W_IMG))
+        vox = lift.lift_voxels(feats, prob, _ring_rig(b, n), valid, (H_IMG, W_IMG))
+        ref = lift.reduce(vox.reshape(b, -1, 32, 32))
+    assert out.shape == (b, 12, 32, 32)
+    assert (ref - ref.amin()).abs().max() > 1.0  # not a constant map
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    # gradients reach the reduce conv's weight through the folded form
+    lift.train()
+    lift(feats, prob, _ring_rig(b, n), valid, (H_IMG, W_IMG)).square().mean().backward()
+    assert lift.reduce[0].weight.grad.abs().sum() > 0
+
+
+def test_depth_at_voxels_equals_sampling_every_bin():
+    """One stacked channel sampled at two rows == all D channels sampled then interpolated, including the half
+    pixel at every image edge (zeros padding), depths outside the bins and points outside the image."""
+    torch.manual_seed(1)
+    bins = DepthBins(2.0, 58.0, 112)
+    s, q, hf, wf = 3, 4000, 16, 44
+    prob = torch.rand(s, 112, hf, wf)
+    g = torch.rand(s, q, 2) * 2.4 - 1.2  # 1/6 of the points outside [-1, 1]
+    g[:, :40, 1] = torch.linspace(-1.0, 1.0, 40)  # rows along the whole height, edges included
+    g[:, 40:80, 0] = torch.linspace(-1.0, 1.0, 40)
+    depth = torch.rand(s, q) * 64.0 - 2.0
+    sampled = F.grid_sample(prob, g.view(s, q, 1, 2), mode="bilinear", padding_mode="zeros",
+                            align_corners=False)[..., 0]  # (S, D, Q)
+    ref = depth_probability(sampled, depth, bins)
+    inside = (g.abs() <= 1.0).all(-1)
+    # float32 rounding of a normalised coordinate addressing 112 x 17 = 1904 stacked rows: ~6e-5 row, so up to
+    # ~6e-5 x (difference of neighbouring values <= 1); one row off would be errors of ~0.3 on these maps
+    torch.testing.assert_close(depth_at_voxels(prob, g, depth, bins)[inside], ref[inside], rtol=0, atol=2e-4)
+
+
+def test_radar_image_features_separable_equals_dense():
+    torch.manual_seed(2)
+    pts = torch.randn(2, 300, 7) * torch.tensor([25.0, 25.0, 1.0, 10.0, 1.0, 1.0, 0.2])
+    valid = torch.rand(2, 300) > 0.2
+    m = _ring_rig(2, 6)
+    fast = radar_image_features(pts, valid, m, (8, 22), (H_IMG, W_IMG), 3, 6)
+    dense = radar_image_features_dense(pts, valid, m, (8, 22), (H_IMG, W_IMG), 3, 6)
+    assert (dense[:, :, 0] > 0.01).float().mean() > 0.2  # the points cover a good part of the images
+    torch.testing.assert_close(fast, dense, rtol=1e-4, atol=1e-5)
 
 
 def _render_plane(m: np.ndarray, plane_x: float, tex) -> np.ndarray:

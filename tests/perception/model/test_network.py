@@ -9,13 +9,12 @@ import torch
 from perception.data.loader import PillarSpec, collate_frames
 from perception.data.nuscenes import NuScenesFrames
 from perception.data.synthetic.generate import VERSION
-from perception.model.network import INPUT_NAMES, build_model
-from small_model import small_config
+from perception.model.lift import BackwardLift
+from perception.model.network import INPUT_NAMES, CameraBranch, build_model, defining_forms
+from small_model import small_config, small_net
 
 REPO = Path(__file__).resolve().parents[3]
-# A small version of the tiny config so the test runs in seconds: 64x176 images, 32x32 BEV, 4 heights, 16 bins.
-
-
+# small_config: a small version of the tiny config so the tests run in seconds (64x176 images, 32x32 BEV).
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +34,26 @@ def test_forward_shapes_and_detect(inputs):
     assert out["heatmap"].shape == (2, 10, 32, 32) and out["traj_offsets"].shape == (2, 6 * 12 * 2, 32, 32)
     assert det["boxes"].shape == (2, 50, 9) and det["trajectories"].shape == (2, 50, 6, 12, 2)
     assert all(torch.isfinite(v.float()).all() for v in det.values())
+
+
+def test_default_forms_compute_the_defining_forms(inputs):
+    """The folded lift (reduce conv before sampling, depth read at two stacked rows) and the separable radar splat
+    compute the same function as their defining forms, so a checkpoint trained with either runs in the other:
+    raw head maps of a network with non-trivial BatchNorm statistics on two real Frames, one camera invalid."""
+    net = small_net()
+    feeds = list(inputs)
+    feeds[2] = feeds[2].clone()
+    feeds[2][1, 3] = False
+    with torch.no_grad():
+        out = net(*feeds)
+        with defining_forms():
+            assert not BackwardLift.folded and not CameraBranch.separable_radar
+            ref = net(*feeds)
+    assert BackwardLift.folded and CameraBranch.separable_radar  # restored
+    for k, r in ref.items():
+        span = float(r.max() - r.min())
+        assert span > 0
+        assert float((out[k] - r).abs().max()) <= 1e-5 * span, k
 
 
 @pytest.mark.parametrize("case", ["one_camera_dropped", "all_cameras_dropped", "all_radar_dropped"])

@@ -1,4 +1,5 @@
 """Training machinery: targets, losses, overfitting, exact resume, DDP gradients, the minimal evaluation."""
+import json
 import os
 import socket
 from dataclasses import replace
@@ -97,14 +98,20 @@ def test_resume_matches_an_uninterrupted_run(synth_root, tmp_path):
     train(cfg, synth_root, VERSION, tmp_path / "full", progress=False, evaluate=False)
     part = train(cfg, synth_root, VERSION, tmp_path / "part", progress=False, evaluate=False, stop_after=3)
     assert part["steps"] == 3
-    train(cfg, synth_root, VERSION, tmp_path / "part", resume=True, progress=False, evaluate=False)
+    saved_minutes = torch.load(tmp_path / "part" / "last.pt", weights_only=True)["minutes"]
+    assert saved_minutes > 0
+    resumed = train(cfg, synth_root, VERSION, tmp_path / "part", resume=True, progress=False, evaluate=False)
+    # training time adds up over resumed runs (summary and history), the resumed run's own time kept beside it
+    assert resumed["minutes"] == pytest.approx(saved_minutes + resumed["minutes_this_run"])
     a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "part" / "model.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
-    rows = (tmp_path / "part" / "history.jsonl").read_text().splitlines()
-    assert [eval(r.replace("true", "True"))["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    rows = [json.loads(r) for r in (tmp_path / "part" / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    minutes = [r["minutes"] for r in rows]
+    assert minutes == sorted(minutes) and minutes[3] >= saved_minutes
     # a checkpoint of another config is refused by name
     with pytest.raises(ValueError, match="another config"):
         train(replace(cfg, train=replace(cfg.train, lr=1e-3)), synth_root, VERSION, tmp_path / "part", resume=True,
