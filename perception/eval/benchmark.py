@@ -109,22 +109,24 @@ def oracle_predictor(nusc: Any) -> Callable[[Frame], Prediction]:
     return predict
 
 
-def _shard() -> tuple[int, int]:
+def _shard() -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the process group)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1
+        return 0, 1, False
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size()
+    return dist.get_rank(), dist.get_world_size(), owns
 
 
 def run_benchmark(predict: Callable[[Frame], Prediction], frames: Any, out_dir: str | Path, *,
                   drop_sensors: tuple[str, ...] = (), calib_noise_deg: float = 0.0, seed: int = 0,
                   max_samples: int | None = None, snapshots: int = 3, progress: bool = True) -> dict | None:
     """Predict every sample (this rank's shard), gather, score on rank 0. Returns the summary on rank 0."""
-    rank, world = _shard()
+    rank, world, owns_group = _shard()
     out = Path(out_dir)
     n = len(frames) if max_samples is None else min(max_samples, len(frames))
     mine = list(range(rank, n, world))
@@ -168,6 +170,10 @@ def run_benchmark(predict: Callable[[Frame], Prediction], frames: Any, out_dir: 
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, rows)
         rows = sorted([r for part in gathered for r in part], key=lambda r: r["index"])
+        if owns_group:
+            # exiting with a live gloo group can abort in its destructor ("terminate called without an active
+            # exception", pytorch/pytorch#190489): rank 1 of a 2-process run did, under load, failing the job
+            dist.destroy_process_group()
         if rank != 0:
             return None
     out.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ class DistInfo:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # init_distributed created the process group (so train() destroys it at the end)
 
     @property
     def main(self) -> bool:
@@ -41,9 +42,10 @@ def init_distributed() -> DistInfo:
         return DistInfo()
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -207,6 +209,10 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
         import torch.distributed as dist
 
         dist.barrier()
+        if dist_info.owns_group:
+            # a process that exits with a live gloo group can abort in the group's destructor ("terminate called
+            # without an active exception", pytorch/pytorch#190489), failing the whole torchrun job
+            dist.destroy_process_group()
     return summary
 
 
