@@ -52,10 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     load.append(os.getloadavg()[0])
-    results["load_average_1min"] = load
     base = results["PyTorch (checkpoint)"]["NDS"]
     rows = [[name, f"{r['NDS']:.4f}", f"{r['mAP']:.4f}", f"{r['NDS'] - base:+.4f}", f"{r['network_ms']:.0f}"]
-            for name, r in results.items() if name != "load_average_1min"]
+            for name, r in results.items()]
     d_fp32 = abs(results["ONNX Runtime FP32"]["NDS"] - base)
     d_int8 = abs(results["ONNX Runtime INT8 Q/DQ"]["NDS"] - base)
     md = ("## Exported graphs: accuracy (issue 8)\n\n"
@@ -66,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
           + f"\n\nTargets: ONNX FP32 within 0.001 of PyTorch: **{'met' if d_fp32 <= 0.001 else 'missed'}** "
             f"({d_fp32:.4f}); INT8 Q/DQ within 0.01: **{'met' if d_int8 <= 0.01 else 'missed'}** ({d_int8:.4f}). "
             "TensorRT engines: not built here (no TensorRT on these machines).")
-    publish("export_accuracy", results, md)
+    publish("export_accuracy", {**results, "load_average_1min": load}, md)
     return 0
 
 

@@ -20,11 +20,9 @@ from pathlib import Path
 from typing import Any
 
 
-def quantize_int8(folder: str | Path, frames: Any, calib_frames: int = 16, out_name: str = "model_int8.onnx",
-                  dedicated_pairs: bool = True) -> Path:
+def quantize_int8(folder: str | Path, frames: Any, calib_frames: int = 16, out_name: str = "model_int8.onnx") -> Path:
     """Quantise ``<folder>/model.onnx`` with ``calib_frames`` Frames spread over ``frames`` (a NuScenesFrames).
-    Writes ``<folder>/<out_name>`` and returns its path. ``dedicated_pairs=False`` keeps onnxruntime's shared
-    Q/DQ pairs (same numbers, slower in ONNX Runtime; for comparisons only)."""
+    Writes ``<folder>/<out_name>`` (a Q/DQ pair per consumer) and returns its path."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from perception.data.batch import PillarSpec, input_arrays
@@ -47,8 +45,6 @@ def quantize_int8(folder: str | Path, frames: Any, calib_frames: int = 16, out_n
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                     op_types_to_quantize=["Conv"], calibrate_method=CalibrationMethod.MinMax,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
-    if not dedicated_pairs:
-        return out
     import onnx
 
     model = dedicated_qdq_pairs(onnx.load(str(out)))

@@ -42,21 +42,25 @@ class DepthBins:
         return self.min_depth + (torch.arange(self.num_bins, dtype=torch.float32) + 0.5) * self.width
 
 
+def _two_bins(depth: Tensor, bins: DepthBins, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The two bins around each ``depth`` (t the continuous bin index): their indices floor t and floor t + 1
+    clamped to the bins (float), the weight a = t - floor t of the upper one, and whether each is a real bin."""
+    t = (depth - bins.min_depth) / bins.width - 0.5  # (..., Q) continuous bin index
+    k0 = torch.floor(t)
+    d = bins.num_bins
+    lo_ok = ((k0 >= 0) & (k0 <= d - 1)).to(dtype)
+    hi_ok = ((k0 + 1 >= 0) & (k0 + 1 <= d - 1)).to(dtype)
+    return torch.clamp(k0, 0, d - 1), torch.clamp(k0 + 1, 0, d - 1), t - k0, lo_ok, hi_ok
+
+
 def depth_probability(prob_at_pixel: Tensor, depth: Tensor, bins: DepthBins) -> Tensor:
     """prob_at_pixel: (..., D, Q) depth distribution sampled at each voxel's pixel; depth: (..., Q) metres.
     Returns (..., Q): the distribution linearly interpolated between the two bin centres around ``depth``
     (t the continuous bin index: (1 - a) P[floor t] + a P[floor t + 1]), 0 outside [first centre, last centre].
     Two gathers and elementwise ops: O(Q), not O(D Q); equal to ``depth_probability_tent`` (tested)."""
-    t = (depth - bins.min_depth) / bins.width - 0.5  # (..., Q) continuous bin index
-    k0 = torch.floor(t)
-    a = t - k0  # (..., Q) in [0, 1)
-    d = bins.num_bins
-    lo_ok = ((k0 >= 0) & (k0 <= d - 1)).to(prob_at_pixel.dtype)
-    hi_ok = ((k0 + 1 >= 0) & (k0 + 1 <= d - 1)).to(prob_at_pixel.dtype)
-    i0 = torch.clamp(k0, 0, d - 1).long().unsqueeze(-2)  # (..., 1, Q)
-    i1 = torch.clamp(k0 + 1, 0, d - 1).long().unsqueeze(-2)
-    p0 = torch.gather(prob_at_pixel, -2, i0).squeeze(-2)  # (..., Q)
-    p1 = torch.gather(prob_at_pixel, -2, i1).squeeze(-2)
+    i0, i1, a, lo_ok, hi_ok = _two_bins(depth, bins, prob_at_pixel.dtype)  # each (..., Q)
+    p0 = torch.gather(prob_at_pixel, -2, i0.long().unsqueeze(-2)).squeeze(-2)  # (..., Q)
+    p1 = torch.gather(prob_at_pixel, -2, i1.long().unsqueeze(-2)).squeeze(-2)
     return (1.0 - a) * p0 * lo_ok + a * p1 * hi_ok
 
 
@@ -73,13 +77,7 @@ def depth_at_voxels(depth_prob: Tensor, grid: Tensor, depth: Tensor, bins: Depth
     voxels; depth: (S, Q) their depths. Returns (S, Q): ``depth_probability`` of the D-channel map bilinearly
     sampled at ``grid`` (zeros outside), computed by sampling one stacked channel at two rows per voxel."""
     s, d, hf, wf = depth_prob.shape
-    t = (depth - bins.min_depth) / bins.width - 0.5  # (S, Q) continuous bin index
-    k0 = torch.floor(t)
-    a = t - k0
-    lo_ok = ((k0 >= 0) & (k0 <= d - 1)).to(depth_prob.dtype)
-    hi_ok = ((k0 + 1 >= 0) & (k0 + 1 <= d - 1)).to(depth_prob.dtype)
-    i0 = torch.clamp(k0, 0, d - 1)
-    i1 = torch.clamp(k0 + 1, 0, d - 1)
+    i0, i1, a, lo_ok, hi_ok = _two_bins(depth, bins, depth_prob.dtype)  # each (S, Q)
     rows = hf + 1  # each bin's Hf rows, then one zero row
     stacked = F.pad(depth_prob, (0, 0, 0, 1)).reshape(s, 1, d * rows, wf)  # (S, 1, D*(Hf+1), Wf)
     gx, gy = grid[..., 0], grid[..., 1]  # (S, Q)

@@ -146,6 +146,10 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
 
         bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step")
     t_start = time.time()
+
+    def minutes() -> float:  # training time over this run and the runs it resumes
+        return prior_minutes + (time.time() - t_start) / 60
+
     history = out / "history.jsonl"
     epoch = step // per_epoch
     stop = False
@@ -177,7 +181,7 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
             if dist_info.main and (step % tc.log_every == 0 or step == tc.steps):
                 row = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in losses.items()},
                        "lr": sched.get_last_lr()[0], "grad_norm": float(gnorm),
-                       "minutes": prior_minutes + (time.time() - t_start) / 60}
+                       "minutes": minutes()}
                 with open(history, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 for k, v in row.items():
@@ -186,8 +190,7 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
             timed_out = (tc.max_minutes > 0 and (time.time() - t_start) / 60 >= tc.max_minutes) or \
                 (stop_after is not None and step >= stop_after)
             if dist_info.main and (step % tc.checkpoint_every == 0 or step == tc.steps or timed_out):
-                _save_state(out / "last.pt", model, cfg, stereo, opt, sched, step, hashes,
-                            prior_minutes + (time.time() - t_start) / 60)
+                _save_state(out / "last.pt", model, cfg, stereo, opt, sched, step, hashes, minutes())
             if evaluate and tc.eval_every and step % tc.eval_every == 0 and dist_info.main and step < tc.steps:
                 _evaluate(model, cfg, dataroot, version, out / f"eval_step{step}", writer, step, stereo)
                 net.train()
@@ -197,8 +200,8 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
         epoch += 1
     if bar is not None:
         bar.close()
-    summary: dict[str, Any] = {"steps": step, "minutes": prior_minutes + (time.time() - t_start) / 60,
-                               "minutes_this_run": (time.time() - t_start) / 60, **hashes}
+    total = minutes()
+    summary: dict[str, Any] = {"steps": step, "minutes": total, "minutes_this_run": total - prior_minutes, **hashes}
     if dist_info.main:
         save_checkpoint(out / "model.pt", model, cfg, stereo, {**hashes, "steps": step})
         if evaluate:
