@@ -10,8 +10,8 @@ fixed-size outputs out (``FusionNet.detect``: in-graph NMS/top-k/gather), as num
 runs through ``Pipeline.from_checkpoint``'s runner (``torch.no_grad``, ``torch.set_num_threads(2)``), ONNX
 Runtime through ``perception.runtime.onnxruntime.OnnxRunner`` (2 intra-op threads, 1 inter-op thread), on the
 graphs ``perception-export`` writes (``export.cli.export_checkpoint``: TorchScript exporter, opset 17,
-onnxslim) and ``export.quantize.quantize_int8`` (QDQ, symmetric int8, per-channel weights, convolutions only,
-calibrated on ``--calib-frames`` Frames of ``--split`` loaded with the same config).
+onnxslim) and ``export.quantize.quantize_int8`` (QDQ, symmetric int8, per-channel weights, convolutions and
+skip-connection Adds, calibrated on ``--calib-frames`` Frames of ``--split`` loaded with the same config).
 
 Weights: random initialisation (seed 0) with non-trivial BatchNorm running statistics (means U(-0.1, 0.1),
 variances U(0.5, 1.5)); latency does not depend on the weight values (dense kernels), so no training is needed.
@@ -402,8 +402,8 @@ def _markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
         "(`OnnxRunner`: 2 intra-op threads, default `ORT_ENABLE_ALL`). Network only: the preprocessed arrays of "
         "one synthetic `synth_val` Frame in, decoded fixed-size outputs out. Random weights (seed 0) with "
         "non-trivial BatchNorm statistics (latency does not depend on the values); INT8 Q/DQ calibrated on "
-        f"{args.calib_frames} Frames of `{args.split}` loaded with each config (convolutions quantised, symmetric "
-        "int8, per-channel weights, a Q/DQ pair per consumer). Speed-up = eager median / backend median, same run."
+        f"{args.calib_frames} Frames of `{args.split}` loaded with each config (convolutions and skip-connection "
+        "Adds quantised, symmetric int8, per-channel weights, a Q/DQ pair per consumer). Speed-up = eager median / backend median, same run."
         "\n\n"
         + table(header, rows)
         + "\n\nTargets (issue 8):\n\n" + table(["config", "target", "measured", "", "conditions"], target_rows)

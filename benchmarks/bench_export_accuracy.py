@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     d_int8 = abs(results["ONNX Runtime INT8 Q/DQ"]["NDS"] - base)
     md = ("## Exported graphs: accuracy (issue 8)\n\n"
           f"Command: `python -m benchmarks.bench_export_accuracy --dataroot {args.dataroot}` (shipped checkpoint, "
-          f"`{args.split}`, INT8 calibrated on 16 Frames of `{args.calib_split}`, convolutions quantised, symmetric "
-          f"per-channel; 2 cores, 1-min load average {load[0]:.1f} at the start and {load[1]:.1f} at the end: the "
+          f"`{args.split}`, INT8 calibrated on 16 Frames of `{args.calib_split}`, convolutions and skip-connection "
+          f"Adds quantised, symmetric per-channel; 2 cores, 1-min load average {load[0]:.1f} at the start and {load[1]:.1f} at the end: the "
           "network times are for orientation only, speed is measured by `bench_export`).\n\n" + table(["backend", "NDS", "mAP", "NDS vs PyTorch", "network ms (median)"], rows)
           + f"\n\nTargets: ONNX FP32 within 0.001 of PyTorch: **{'met' if d_fp32 <= 0.001 else 'missed'}** "
             f"({d_fp32:.4f}); INT8 Q/DQ within 0.01: **{'met' if d_int8 <= 0.01 else 'missed'}** ({d_int8:.4f}). "

@@ -134,8 +134,8 @@ def _main(argv: Sequence[str] | None) -> int:
         cfg = config_from_dict(meta["config"])
         path = quantize_int8(args.out, NuScenesFrames(cfg, args.dataroot, args.version, args.split), args.calib_frames)
         counts = check_budget(onnx.load(str(path)))
-        print(f"wrote {path}: {counts.get('QuantizeLinear', 0)} Q/DQ pairs (convolutions), calibrated on "
-              f"{args.calib_frames} Frames of {args.split}")
+        print(f"wrote {path}: {counts.get('QuantizeLinear', 0)} Q/DQ pairs (convolutions and skip-connection Adds), "
+              f"calibrated on {args.calib_frames} Frames of {args.split}")
     if args.check_parity:
         from export.verify import detection_parity
         from perception.data.nuscenes import NuScenesFrames

@@ -2,8 +2,14 @@
 per-channel weights), calibrated on real Frames, so that ONNX Runtime measures its accuracy here and TensorRT
 builds it as an explicitly quantised network.
 
-Only convolutions are quantised: the geometry (projection through img_from_ego, depth interpolation,
-deformable sampling offsets) needs float precision, and TensorRT keeps those layers in FP16/FP32 anyway.
+Quantised: the convolutions and the residual Adds of the convolutional trunks (``residual_adds``: an Add of two
+convolution / ReLU / max-pool outputs whose result goes only to ReLUs or convolutions, i.e. the ResNet blocks'
+skip connections and the BEV decoder's). Quantising the skip connection is the placement NVIDIA's TensorRT
+quantisation guidance recommends (the Add can then fuse into the preceding convolution as an int8 residual); on
+ONNX Runtime it becomes an integer QLinearAdd and removes the float round trip (and the NHWC <-> NCHW layout
+Transposes around it) between two integer convolutions. Everything else stays float: the geometry (projection
+through img_from_ego, depth interpolation, deformable sampling offsets) needs float precision, and TensorRT keeps
+those layers in FP16/FP32 anyway.
 
 Q/DQ placement: every consumer of a quantised tensor gets its own QuantizeLinear -> DequantizeLinear pair (with
 its own copies of the scale and zero point), see ``dedicated_qdq_pairs``. The arithmetic is unchanged (the same
@@ -40,17 +46,36 @@ def quantize_int8(folder: str | Path, frames: Any, calib_frames: int = 16, out_n
             i = next(self.it, None)
             return None if i is None else input_arrays([frames[i]], spec)
 
-    out = folder / out_name
-    quantize_static(str(folder / "model.onnx"), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    op_types_to_quantize=["Conv"], calibrate_method=CalibrationMethod.MinMax,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
     import onnx
 
+    out = folder / out_name
+    fp32 = onnx.load(str(folder / "model.onnx"))
+    nodes = [n.name for n in fp32.graph.node if n.op_type == "Conv"] + residual_adds(fp32)
+    quantize_static(str(folder / "model.onnx"), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    op_types_to_quantize=["Conv", "Add"], nodes_to_quantize=nodes,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
     model = dedicated_qdq_pairs(onnx.load(str(out)))
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
     return out
+
+
+def residual_adds(model: Any) -> list[str]:
+    """Names of the skip-connection Adds of ``model`` (an ``onnx.ModelProto``): both inputs produced by a Conv,
+    Relu or MaxPool node, the result consumed only by Relu or Conv nodes. (The fusion's query initialisation, an
+    Add of two projections that feeds the attention, and every Add of the geometry fall outside.)"""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    consumers: dict[str, list] = defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    return [node.name for node in model.graph.node
+            if node.op_type == "Add"
+            and all(i in producer and producer[i].op_type in ("Conv", "Relu", "MaxPool") for i in node.input)
+            and consumers[node.output[0]]
+            and all(c.op_type in ("Relu", "Conv") for c in consumers[node.output[0]])]
 
 
 def dedicated_qdq_pairs(model: Any) -> Any:

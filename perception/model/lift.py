@@ -42,15 +42,16 @@ class DepthBins:
         return self.min_depth + (torch.arange(self.num_bins, dtype=torch.float32) + 0.5) * self.width
 
 
-def _two_bins(depth: Tensor, bins: DepthBins, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The two bins around each ``depth`` (t the continuous bin index): their indices floor t and floor t + 1
-    clamped to the bins (float), the weight a = t - floor t of the upper one, and whether each is a real bin."""
+def _two_bins(depth: Tensor, bins: DepthBins, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The two bins around each ``depth`` (t the continuous bin index): floor t (float, not clamped: the lower
+    bin is floor t, the upper floor t + 1), the weight a = t - floor t of the upper one, and whether each of the
+    two is a real bin (in [0, D - 1])."""
     t = (depth - bins.min_depth) / bins.width - 0.5  # (..., Q) continuous bin index
     k0 = torch.floor(t)
     d = bins.num_bins
     lo_ok = ((k0 >= 0) & (k0 <= d - 1)).to(dtype)
     hi_ok = ((k0 + 1 >= 0) & (k0 + 1 <= d - 1)).to(dtype)
-    return torch.clamp(k0, 0, d - 1), torch.clamp(k0 + 1, 0, d - 1), t - k0, lo_ok, hi_ok
+    return k0, t - k0, lo_ok, hi_ok
 
 
 def depth_probability(prob_at_pixel: Tensor, depth: Tensor, bins: DepthBins) -> Tensor:
@@ -58,9 +59,11 @@ def depth_probability(prob_at_pixel: Tensor, depth: Tensor, bins: DepthBins) -> 
     Returns (..., Q): the distribution linearly interpolated between the two bin centres around ``depth``
     (t the continuous bin index: (1 - a) P[floor t] + a P[floor t + 1]), 0 outside [first centre, last centre].
     Two gathers and elementwise ops: O(Q), not O(D Q); equal to ``depth_probability_tent`` (tested)."""
-    i0, i1, a, lo_ok, hi_ok = _two_bins(depth, bins, prob_at_pixel.dtype)  # each (..., Q)
-    p0 = torch.gather(prob_at_pixel, -2, i0.long().unsqueeze(-2)).squeeze(-2)  # (..., Q)
-    p1 = torch.gather(prob_at_pixel, -2, i1.long().unsqueeze(-2)).squeeze(-2)
+    k0, a, lo_ok, hi_ok = _two_bins(depth, bins, prob_at_pixel.dtype)  # each (..., Q)
+    d = bins.num_bins
+    i0, i1 = torch.clamp(k0, 0, d - 1).long(), torch.clamp(k0 + 1, 0, d - 1).long()
+    p0 = torch.gather(prob_at_pixel, -2, i0.unsqueeze(-2)).squeeze(-2)  # (..., Q)
+    p1 = torch.gather(prob_at_pixel, -2, i1.unsqueeze(-2)).squeeze(-2)
     return (1.0 - a) * p0 * lo_ok + a * p1 * hi_ok
 
 
@@ -75,18 +78,29 @@ def depth_probability_tent(prob_at_pixel: Tensor, depth: Tensor, bins: DepthBins
 def depth_at_voxels(depth_prob: Tensor, grid: Tensor, depth: Tensor, bins: DepthBins) -> Tensor:
     """depth_prob: (S, D, Hf, Wf); grid: (S, Q, 2) normalised sampling coordinates (align_corners=False) of Q
     voxels; depth: (S, Q) their depths. Returns (S, Q): ``depth_probability`` of the D-channel map bilinearly
-    sampled at ``grid`` (zeros outside), computed by sampling one stacked channel at two rows per voxel."""
+    sampled at ``grid`` (zeros outside), computed by sampling a two-channel stacked map at one row per voxel.
+
+    The bins are stacked along the image height in D + 1 slots of Hf + 1 rows (each bin's Hf rows, then a zero
+    row, which reproduces zero padding at every bin's top and bottom edge). Channel 0 holds a zero bin and then
+    bins 0 .. D-1, channel 1 bins 0 .. D-1 and then a zero bin, so slot j = floor t + 1 (clamped to [0, D]) reads
+    the lower bin floor t in channel 0 and the upper bin floor t + 1 in channel 1. One sampling point per voxel
+    and two channels, rather than two points on one channel: ONNX Runtime's GridSample precomputes each point's
+    corners once per sample and spreads channels over its threads."""
     s, d, hf, wf = depth_prob.shape
-    i0, i1, a, lo_ok, hi_ok = _two_bins(depth, bins, depth_prob.dtype)  # each (S, Q)
+    k0, a, lo_ok, hi_ok = _two_bins(depth, bins, depth_prob.dtype)  # each (S, Q)
     rows = hf + 1  # each bin's Hf rows, then one zero row
-    stacked = F.pad(depth_prob, (0, 0, 0, 1)).reshape(s, 1, d * rows, wf)  # (S, 1, D*(Hf+1), Wf)
+    padded = F.pad(depth_prob, (0, 0, 0, 1))  # (S, D, Hf+1, Wf)
+    lower = F.pad(padded, (0, 0, 0, 0, 1, 0))  # (S, D+1, Hf+1, Wf): zero bin, bins 0 .. D-1
+    upper = F.pad(padded, (0, 0, 0, 0, 0, 1))  # (S, D+1, Hf+1, Wf): bins 0 .. D-1, zero bin
+    stacked = torch.stack([lower, upper], dim=1).reshape(s, 2, (d + 1) * rows, wf)  # (S, 2, (D+1)(Hf+1), Wf)
+    # slot floor t + 1, clamped: a depth beyond the bins reads a slot whose real bin (if any) is masked off
+    slot = torch.clamp(k0 + 1.0, 0, d)  # (S, Q)
     gx, gy = grid[..., 0], grid[..., 1]  # (S, Q)
     r = ((gy + 1.0) * hf - 1.0) * 0.5  # row within one bin's map (pixel centres at integers)
-    gy0 = ((i0 * rows + r) * 2.0 + 1.0) / (d * rows) - 1.0  # the same row within bin k0 of the stacked map
-    gy1 = ((i1 * rows + r) * 2.0 + 1.0) / (d * rows) - 1.0
-    g = torch.stack([torch.stack([gx, gy0], dim=-1), torch.stack([gx, gy1], dim=-1)], dim=2)  # (S, Q, 2, 2)
-    pk = F.grid_sample(stacked, g, mode="bilinear", padding_mode="zeros", align_corners=False)  # (S, 1, Q, 2)
-    return (1.0 - a) * pk[:, 0, :, 0] * lo_ok + a * pk[:, 0, :, 1] * hi_ok
+    gys = ((slot * rows + r) * 2.0 + 1.0) / ((d + 1) * rows) - 1.0  # the same row within that slot
+    g = torch.stack([gx, gys], dim=-1).unsqueeze(2)  # (S, Q, 1, 2)
+    pk = F.grid_sample(stacked, g, mode="bilinear", padding_mode="zeros", align_corners=False)  # (S, 2, Q, 1)
+    return (1.0 - a) * pk[:, 0, :, 0] * lo_ok + a * pk[:, 1, :, 0] * hi_ok
 
 
 class BevGridPoints(nn.Module):

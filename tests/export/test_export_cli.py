@@ -109,6 +109,22 @@ def test_int8_qdq_graph_runs_in_onnxruntime(exported, synth_root, tmp_path):
     path = quantize_int8(q, frames, calib_frames=4)
     counts = check_budget(onnx.load(str(path)))
     assert counts["QuantizeLinear"] > 10 and counts["DequantizeLinear"] > 10
+    # the skip connections of the conv trunks are quantised (inputs dequantised, output quantised), no other Add
+    from export.quantize import residual_adds
+
+    skips = set(residual_adds(onnx.load(str(q / "model.onnx"))))
+    assert any("/camera/backbone/" in s for s in skips) and any("/bev_decoder/" in s for s in skips)
+    assert not any("/fusion/" in s or "/lift/" in s for s in skips)
+    int8_graph = onnx.load(str(path)).graph
+    producer = {o: n.op_type for n in int8_graph.node for o in n.output}
+    consumers: dict[str, list[str]] = {}
+    for n in int8_graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.op_type)
+    quantised_adds = {n.name for n in int8_graph.node if n.op_type == "Add"
+                      and all(producer.get(i) == "DequantizeLinear" for i in n.input)
+                      and set(consumers.get(n.output[0], [])) == {"QuantizeLinear"}}
+    assert quantised_adds == skips
     int8 = Pipeline.from_onnx(q, score_threshold=0.0, model_file="model_int8.onnx")
     val = NuScenesFrames(fp32.cfg, synth_root, VERSION, "synth_val")[2]
     a, b = fp32.infer(val), int8.infer(val)
