@@ -11,9 +11,10 @@ checkpoint trained with either form runs in the other):
 - the 1x1 reduce conv is linear and acts per voxel, and so is bilinear sampling, so the conv's slice for height z
   is applied to the image features *before* sampling (a C -> Z x C_out 1x1 conv on the small feature map) and
   each height samples only its own C_out channels: C_out instead of C channels are sampled per voxel;
-- the depth distribution is stacked along the image height, one zero row between bins, and sampled as one
-  channel at the two rows that matter (bin k0 and k0 + 1), instead of sampling all D channels and gathering two.
-  The zero row reproduces ``padding_mode="zeros"`` at each bin's top and bottom edge.
+- the depth distribution is stacked along the image height, one zero row between bins, and read only at the
+  rows that matter (bins floor t and floor t + 1; two channels, one sampling point: ``depth_at_voxels``),
+  instead of sampling all D channels and gathering two. The zero row reproduces ``padding_mode="zeros"`` at
+  each bin's top and bottom edge.
 """
 from __future__ import annotations
 

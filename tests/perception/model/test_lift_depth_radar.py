@@ -110,8 +110,9 @@ def test_lift_forward_equals_the_defining_form():
 
 
 def test_depth_at_voxels_equals_sampling_every_bin():
-    """One stacked channel sampled at two rows == all D channels sampled then interpolated, including the half
-    pixel at every image edge (zeros padding), depths outside the bins and points outside the image."""
+    """The two-channel stacked map (lower / upper bin) sampled at one point == all D channels sampled then
+    interpolated, including the half pixel at every image edge (zeros padding), depths below the first and above
+    the last bin centre (a zero bin on either side) and points outside the image."""
     torch.manual_seed(1)
     bins = DepthBins(2.0, 58.0, 112)
     s, q, hf, wf = 3, 4000, 16, 44
@@ -124,7 +125,7 @@ def test_depth_at_voxels_equals_sampling_every_bin():
                             align_corners=False)[..., 0]  # (S, D, Q)
     ref = depth_probability(sampled, depth, bins)
     inside = (g.abs() <= 1.0).all(-1)
-    # float32 rounding of a normalised coordinate addressing 112 x 17 = 1904 stacked rows: ~6e-5 row, so up to
+    # float32 rounding of a normalised coordinate addressing 113 x 17 = 1921 stacked rows: ~6e-5 row, so up to
     # ~6e-5 x (difference of neighbouring values <= 1); one row off would be errors of ~0.3 on these maps
     torch.testing.assert_close(depth_at_voxels(prob, g, depth, bins)[inside], ref[inside], rtol=0, atol=2e-4)
 
