@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workspace-gb", type=float, default=2.0, help="builder workspace memory-pool limit (GiB)")
     b.add_argument("--fp16-geometry", action="store_true",
                    help="let the builder run the calibration-dependent geometry in FP16 too (unsafe: the lift's depth "
-                        "lookup addresses rows of a map with (D + 1) x (Hf + 1) rows, which FP16 cannot; docs/deploy.md)")
+                        "lookup addresses rows of a map with (D + 1) x (Hf + 1) rows, which FP16 cannot; "
+                        "docs/deploy.md)")
     b.add_argument("--verbose", action="store_true", help="TensorRT's verbose build log")
     i = sub.add_parser("info", help="print an engine folder's engine.json", epilog=INFO_EXAMPLES,
                        formatter_class=_HelpFormatter)

@@ -79,7 +79,7 @@ def depth_probability_tent(prob_at_pixel: Tensor, depth: Tensor, bins: DepthBins
 def depth_at_voxels(depth_prob: Tensor, grid: Tensor, depth: Tensor, bins: DepthBins) -> Tensor:
     """depth_prob: (S, D, Hf, Wf); grid: (S, Q, 2) normalised sampling coordinates (align_corners=False) of Q
     voxels; depth: (S, Q) their depths. Returns (S, Q): ``depth_probability`` of the D-channel map bilinearly
-    sampled at ``grid`` (zeros outside), computed by sampling a two-channel stacked map at one row per voxel.
+    sampled at ``grid`` (zeros outside), computed by sampling a two-channel stacked map at one point per voxel.
 
     The bins are stacked along the image height in D + 1 slots of Hf + 1 rows (each bin's Hf rows, then a zero
     row, which reproduces zero padding at every bin's top and bottom edge). Channel 0 holds a zero bin and then
