@@ -285,16 +285,16 @@ def profile(work: Path, threads: int, kind: str, runs: int = 3, warmup: int = 3)
     still measured 1.5-4x their settled time). Each backend runs in a fresh child process (``_profile_all``), like
     the timing children, so that no backend profiles in memory another one left behind."""
     import numpy as np
-    import onnxruntime as ort
-    import torch
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    from perception.pipeline import Pipeline
 
     with np.load(work / "inputs.npz") as z:
         arrays = {k: z[k] for k in z.files}
-    if kind == "eager":
+    if kind == "eager":  # each child imports only its own backend
+        import torch
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        from perception.pipeline import Pipeline
+
         torch.set_num_threads(threads)
         runner = Pipeline.from_checkpoint(work / "model.pt").runner
         for _ in range(warmup):
@@ -304,6 +304,8 @@ def profile(work: Path, threads: int, kind: str, runs: int = 3, warmup: int = 3)
                 runner(arrays)
         ops = {e.key: e.self_cpu_time_total / 1e3 / runs for e in prof.key_averages()}
         return dict(sorted(ops.items(), key=lambda kv: -kv[1]))
+    import onnxruntime as ort
+
     sub, file = MODEL_FILES[kind]
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1

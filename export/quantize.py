@@ -62,15 +62,22 @@ def quantize_int8(folder: str | Path, frames: Any, calib_frames: int = 16, out_n
     return out
 
 
+def _consumers(nodes: Any) -> dict[str, list]:
+    """Tensor name -> the nodes that read it, in graph order; a node using a tensor twice (Add(x, x)) is one
+    consumer."""
+    consumers: dict[str, list] = defaultdict(list)
+    for node in nodes:
+        for name in dict.fromkeys(node.input):
+            consumers[name].append(node)
+    return consumers
+
+
 def residual_adds(model: Any) -> list[str]:
     """Names of the skip-connection Adds of ``model`` (an ``onnx.ModelProto``): both inputs produced by a Conv,
     Relu or MaxPool node, the result consumed only by Relu or Conv nodes. (The fusion's query initialisation, an
     Add of two projections that feeds the attention, and every Add of the geometry fall outside.)"""
     producer = {out: node for node in model.graph.node for out in node.output}
-    consumers: dict[str, list] = defaultdict(list)
-    for node in model.graph.node:
-        for name in node.input:
-            consumers[name].append(node)
+    consumers = _consumers(model.graph.node)
     return [node.name for node in model.graph.node
             if node.op_type == "Add"
             and all(i in producer and producer[i].op_type in ("Conv", "Relu", "MaxPool") for i in node.input)
@@ -89,10 +96,7 @@ def dedicated_qdq_pairs(model: Any) -> Any:
     import copy
 
     graph = model.graph
-    consumers: dict[str, list] = defaultdict(list)
-    for node in graph.node:
-        for name in dict.fromkeys(node.input):  # a node using a tensor twice (Add(x, x)) is one consumer
-            consumers[name].append(node)
+    consumers = _consumers(graph.node)
     initializers = {t.name: t for t in graph.initializer}
     graph_outputs = {o.name for o in graph.output}
     extra_after: dict[int, list] = defaultdict(list)  # index of a Q node -> its copies, inserted right after it
