@@ -530,7 +530,7 @@ def _findings(results: dict[str, Any], args: argparse.Namespace) -> str:
                            f"{bm['ort_int8_before']:.0f} -> {am['ort_int8']:.0f} ms ({b['threads']} thread(s))")
     if changed:
         parts.append(
-            "**Changed: the camera lift and the radar splat (perception/model/lift.py, camera/depth.py).** Three "
+            "**Changed: the camera lift and the radar splat (perception/model/lift.py, camera/depth.py).** Four "
             "exact rewrites of the same function, so trained checkpoints keep working (the shipped one gives the "
             "same head maps to ~1e-6 of their range; `tests/perception/model/test_network.py` checks the default "
             "forms against `defining_forms()`). (1) The lift's 1x1 reduce convolution acts per voxel and bilinear "
@@ -542,10 +542,13 @@ def _findings(results: dict[str, Any], args: argparse.Namespace) -> str:
             "two bins the interpolation uses (a two-channel map, lower bin / upper bin, sampled at one point per "
             "voxel), instead of sampling all D channels (112 at R18/R50, 48 tiny) and gathering two. (3) The "
             "radar-in-image Gaussian is separable: exponentials over rows and over columns and one matrix product "
-            "per camera instead of a dense (Hf Wf x P) Gaussian. Before -> after, this run: " + "; ".join(changed)
-            + ". TensorRT: the stacked depth map has (D + 1) (Hf + 1) rows (1921 at R18), so its sampling grid "
-            "must stay FP32 (FP16 would be a row off); `perception-engine build` pins every GridSample fed by the "
-            "calibration to FP32 (docs/deploy.md).")
+            "per camera instead of a dense (Hf Wf x P) Gaussian. (4) Each voxel samples only the (up to) "
+            "`model.camera.cameras_per_voxel` = 2 cameras that see it, read from an atlas of all six side by side, "
+            "instead of all six (exact for a ring whose neighbours overlap pairwise; third pass, below). "
+            "Before -> after, this run: " + "; ".join(changed)
+            + ". TensorRT: the stacked depth map has (D + 1) (Hf + 1) rows (1921 at R18) and the camera atlas "
+            "N (Wf + 1) columns (270), so their sampling grids must stay FP32 (FP16 would be a row off); "
+            "`perception-engine build` pins every GridSample fed by the calibration to FP32 (docs/deploy.md).")
     parts.append(
         "**Changed in the second pass: the depth lookup's layout and the skip connections in INT8.** (a) The "
         "stacked depth map was first sampled as one channel at two points per voxel; ONNX Runtime's GridSample "
@@ -560,6 +563,22 @@ def _findings(results: dict[str, Any], args: argparse.Namespace) -> str:
         "the same checkpoint (2 threads, 21 interleaved runs in one process, paired median ratio new / old; "
         "not re-measured by this benchmark, the machine's speed drifted by up to 20 % over the session): ORT FP32 "
         "0.98; ORT INT8 0.96 from (a) alone, 0.94 with (b).")
+    parts.append(
+        "**Changed in the third pass: each voxel samples only the cameras that see it.** In a 6-camera ring a voxel "
+        "is seen by one camera, two in the seams, yet every camera was sampled at every voxel. The projection and "
+        "visibility test still run for all cameras (coordinates only); a TopK over a score unique among the "
+        "visible cameras picks up to K = `model.camera.cameras_per_voxel` per voxel (2 in these configs, exact "
+        "for the nuScenes ring: no voxel is seen by 3), and features and depth are read from an atlas of the "
+        "cameras side by side (a zero column after each camera reproduces zeros padding): 3x fewer feature "
+        "samples, depth lookups and products. The voxel projection became one (3 x 4) @ (4 x Q) product per "
+        "camera. One-off A/B against the previous commit's export of the same weights (2 threads, each backend "
+        "in its own process, interleaved, median of 15 runs tiny / 7 R18; not re-measured by this benchmark): "
+        "`synthetic_tiny` eager 110 -> 91 ms, ORT FP32 81 -> 72, INT8 66 -> 57; `nuscenes_r18_256x704` eager "
+        "1163 -> 1089, FP32 999 -> 932, INT8 598 -> 514. Eager gains about as much as ONNX Runtime, so the "
+        "speed-up ratios move little (tiny INT8 1.66x -> 1.59x, R18 INT8 1.94x -> 2.12x in that A/B); the "
+        "absolute latency is what a deployment gains. Not taken: LeakyRelu(alpha = 0) for each ReLU between a "
+        "DequantizeLinear and a QuantizeLinear, which ONNX Runtime fuses into an integer QLinearLeakyRelu "
+        "(bit-identical outputs) but which was no faster (paired ratio R18 INT8 1.006, tiny 0.994).")
     parts.append(
         "**Earlier change: Q/DQ placement (export/quantize.py).** On x86 ONNX Runtime runs int8 convolutions only "
         "for a Q -> DQ pair with a single consumer; onnxruntime.quantization shares one pair among all consumers "
@@ -601,10 +620,11 @@ def _findings(results: dict[str, Any], args: argparse.Namespace) -> str:
             "and ReLU as separate ops, reorders around each oneDNN convolution and, at 1 thread, sends 1x1 "
             "convolutions to its im2col + GEMM path); the rest is the same float work in kernels of the same "
             "class (GridSample, the lift's products, the attention's matmuls). INT8 cuts the convolutions "
-            "~3-4x but not the camera lift, which no backend quantises: per camera and height the C_out-channel "
-            "projected features are grid-sampled at all H x W cells, weighted by the depth probability and summed "
-            "over cameras and heights (at 256x704 with a 128x128x8 grid, 6 x 8 x 128 x 16384 floats = 403 MB per "
-            "intermediate): memory-bound, and a large share of the INT8 graph (Amdahl). Checked "
+            "~3-4x but not the camera lift, which no backend quantises: per camera slot (K = 2) and height the "
+            "C_out-channel projected features are grid-sampled at all H x W cells, weighted by the depth "
+            "probability and summed over slots and heights (at 256x704 with a 128x128x8 grid, 2 x 8 x 128 x 16384 "
+            "floats = 134 MB per intermediate): memory-bound, and a large share of the INT8 graph (Amdahl), as is "
+            "the fusion's deformable sampling (float in every backend). Checked "
             "and already lean: the session runs at `ORT_ENABLE_ALL`; the BEV voxel centres are already constants "
             "and the projection depends on the run-time `img_from_ego`, so there is nothing more to fold; the "
             "shape/index chains are the small share above; the float ops left between integer convolutions "
@@ -613,12 +633,12 @@ def _findings(results: dict[str, Any], args: argparse.Namespace) -> str:
     parts.append(
         "**Left (they change the function, hence need retraining, or give something up).** (1) Lift fewer "
         "channels than the BEV width: a C_out below 128 at R18/R50 (BEVDepth/CRN lift 80) changes the network. "
-        "(2) Sample each camera only where it can see: with a 6-camera ring most voxels are outside a given "
-        "camera's frustum, but the calibration is a run-time input, so the visible subset is not static; an export "
-        "per rig with precomputed subsets would cut the lift several-fold at the price of re-exporting after a "
-        "recalibration. (3) Fewer deformable heads or points in the fusion: ONNX Runtime's GridSample computes each "
-        "sampling point's corners serially before spreading channels over its threads, so the attention's "
-        "few-channel samples use the second core poorly; fewer, wider heads would change the network.")
+        "(2) Fewer deformable heads or points in the fusion: its four GridSamples (two layers x camera / radar BEV) "
+        "now take more of the R18 INT8 graph than the whole camera lift, and ONNX Runtime's GridSample spreads only "
+        "channels over its threads, so the attention's few-channel (16 per head) samples use the second core "
+        "poorly; fewer, wider heads would change the network. (3) Sparse queries: attending from the radar-occupied "
+        "and high-score cells only (a TopK of queries) instead of all H x W would cut the fusion several-fold, "
+        "a different network again.")
     missed = [f"`{n}` {LABELS[k]}" for n, r in cfgs.items() for k, goal in TARGETS.items()
               if r["measure"]["speedup"][k] < goal]
     if missed:

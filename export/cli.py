@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -35,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="export folder")
     p.add_argument("--config", help="override the checkpoint's config (data side only)")
     p.add_argument("--rig", help="rig YAML deciding the camera count (default: the config's rig)")
+    p.add_argument("--cameras-per-voxel", type=int, metavar="K",
+                   help="cameras the camera lift samples per voxel (model.camera.cameras_per_voxel; 0: every "
+                        "camera). The weights do not depend on it: raise it for a rig whose cameras overlap more "
+                        "(the export reports the rig's overlap)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
@@ -68,14 +73,18 @@ def example_inputs(cfg, n_cameras: int, batch: int) -> dict[str, np.ndarray]:
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, batch: int = 1,
-                      simplify: bool = True, rig_path: str | Path | None = None) -> dict:
+                      simplify: bool = True, rig_path: str | Path | None = None,
+                      cameras_per_voxel: int | None = None) -> dict:
+    """Writes OUT/model.onnx and OUT/model.json; returns the metadata. ``cameras_per_voxel`` overrides the
+    checkpoint's model.camera.cameras_per_voxel (the same weights; only the lift's sampling changes)."""
     import onnx
     import torch
 
     from calibration.io import load_rig
     from export.budget import check_budget
     from export.onnx import export_onnx
-    from perception.config import config_hash, config_to_dict, rig_path as cfg_rig_path
+    from perception.config import config_from_dict, config_hash, config_to_dict, rig_path as cfg_rig_path
+    from perception.coverage import rig_coverage
     from perception.model.decode import OUTPUT_NAMES
     from perception.model.network import INPUT_NAMES
     from perception.pipeline import Pipeline
@@ -84,6 +93,12 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, 
     pipe = Pipeline.from_checkpoint(checkpoint)
     cfg = pipe.cfg
     net = pipe.runner.net
+    if cameras_per_voxel is not None:
+        data = config_to_dict(cfg)
+        data["model"]["camera"]["cameras_per_voxel"] = cameras_per_voxel
+        cfg = config_from_dict(data, source=f"{checkpoint} with cameras_per_voxel={cameras_per_voxel}")
+        if net.camera is not None:
+            net.camera.lift.cameras_per_voxel = cameras_per_voxel
     rig = load_rig(rig_path or cfg_rig_path(cfg))
     n_cams = len(rig.cameras)
     arrays = example_inputs(cfg, n_cams, batch)
@@ -111,6 +126,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, 
         "checkpoint_sha256": hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16],
         "op_counts": counts,
     }
+    if cfg.model.camera.enabled:
+        cov = rig_coverage(cfg, rig)
+        meta["lift_coverage"] = {"voxels_by_camera_count": list(cov.counts),
+                                 "cameras_per_voxel": cov.cameras_per_voxel, "voxels_over": cov.voxels_over,
+                                 "summary": cov.summary()}
     (out / "model.json").write_text(json.dumps(meta, indent=1))
     return meta
 
@@ -119,10 +139,15 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if (args.int8 or args.check_parity) and not args.dataroot:
         raise CheckpointErrorArgs("--int8 and --check-parity need --dataroot (and --version/--split) for Frames")
-    meta = export_checkpoint(args.checkpoint, args.out, args.opset, args.batch, not args.no_simplify, args.rig)
+    meta = export_checkpoint(args.checkpoint, args.out, args.opset, args.batch, not args.no_simplify, args.rig,
+                             args.cameras_per_voxel)
     ops = sum(meta["op_counts"].values())
     print(f"wrote {Path(args.out) / 'model.onnx'} (opset {meta['opset']}, {ops} nodes, {len(meta['op_counts'])} op "
           f"types, all TensorRT-native) and model.json")
+    if "lift_coverage" in meta:
+        cov = meta["lift_coverage"]
+        print(("warning: " if cov["voxels_over"] else "") + f"rig {meta['camera_channels']}: {cov['summary']}",
+              file=sys.stderr if cov["voxels_over"] else sys.stdout)
     if args.int8:
         import onnx
 

@@ -209,6 +209,9 @@ class CameraModelConfig:
     depth_bins: int = 48
     depth_range: tuple[float, float] = (1.0, 60.0)
     heights: int = 8  # voxel centres per BEV cell for the backward lift
+    # cameras the lift samples per voxel (those that see it, lowest index first; 0: every camera): 2 is exact for
+    # a ring of monocular cameras, where neighbours overlap only pairwise (docs/decisions.md)
+    cameras_per_voxel: int = 2
     radar_depth: Switch = field(default_factory=Switch)  # radar projected into the image feeds the depth net
     stereo: Switch = field(default_factory=Switch)  # plane-sweep cost volume for the rig's stereo pairs
 
@@ -220,6 +223,10 @@ class CameraModelConfig:
             raise ConfigError(f"model.camera.depth_range: must be 0 < min < max metres, got [{lo}, {hi}]")
         if self.depth_bins < 2 or self.heights < 1:
             raise ConfigError("model.camera.depth_bins >= 2 and heights >= 1 required")
+        if isinstance(self.cameras_per_voxel, bool) or not isinstance(self.cameras_per_voxel, int) \
+                or self.cameras_per_voxel < 0:
+            raise ConfigError(f"model.camera.cameras_per_voxel: must be an integer >= 0 (0: every camera), got "
+                              f"{self.cameras_per_voxel!r}")
 
 
 @dataclass(frozen=True)

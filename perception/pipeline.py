@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from perception.config import Config
+from perception.coverage import CoverageCheck
 from perception.data.frame import Frame
 
 
@@ -85,6 +86,8 @@ class Pipeline:
         self.runner = runner
         self.stereo_pairs = tuple(tuple(p) for p in stereo_pairs)
         self.score_threshold = score_threshold
+        # warns once per camera set whose overlap exceeds what the lift samples (model.camera.cameras_per_voxel)
+        self.coverage_check = CoverageCheck(cfg)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", score_threshold: float = 0.05) -> "Pipeline":
@@ -130,6 +133,7 @@ class Pipeline:
         from perception.data.batch import PillarSpec, input_arrays
 
         t = time.perf_counter()
+        self.coverage_check(tuple(str(c) for c in frame.camera_channels), frame.img_from_ego)
         batch = input_arrays([frame], PillarSpec.from_config(self.cfg))
         t_pre = time.perf_counter()
         raw = self.runner(batch)

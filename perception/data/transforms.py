@@ -35,6 +35,19 @@ def pixel_affine_4x4(sx: float, sy: float, tx: float, ty: float, flip_width: int
     return m
 
 
+def input_affine(image_hw: tuple[int, int], out_hw: tuple[int, int], aug: ImageAug = ImageAug()) -> np.ndarray:
+    """(4, 4) pixels of the network input <- pixels of an (H0, W0) image, as ``preprocess_image`` resizes, crops
+    and flips it (the resized size and crop offsets are whole pixels, as there)."""
+    h_out, w_out = out_hw
+    h0, w0 = image_hw
+    base = w_out / w0
+    nw, nh = max(1, int(round(w0 * base * aug.scale))), max(1, int(round(h0 * base * aug.scale)))
+    sx, sy = nw / w0, nh / h0
+    cy = nh - h_out if aug.crop_y is None else int(aug.crop_y)
+    cx = int(aug.crop_x)
+    return pixel_affine_4x4(sx, sy, sx * 0.5 - 0.5 - cx, sy * 0.5 - 0.5 - cy, w_out if aug.flip else None)
+
+
 def preprocess_image(image: np.ndarray, img_from_ego: np.ndarray, out_hw: tuple[int, int],
                      aug: ImageAug = ImageAug()) -> tuple[np.ndarray, np.ndarray]:
     """image: (H0, W0, C) uint8 (or float32, which tests use to trace coordinates); img_from_ego: (4, 4) for that
@@ -49,7 +62,6 @@ def preprocess_image(image: np.ndarray, img_from_ego: np.ndarray, out_hw: tuple[
     nw, nh = max(1, int(round(w0 * base * aug.scale))), max(1, int(round(h0 * base * aug.scale)))
     interp = cv2.INTER_AREA if nw < w0 else cv2.INTER_LINEAR
     resized = cv2.resize(image, (nw, nh), interpolation=interp)
-    sx, sy = nw / w0, nh / h0
     cy = nh - h_out if aug.crop_y is None else int(aug.crop_y)
     cx = int(aug.crop_x)
     out = np.zeros((h_out, w_out) + resized.shape[2:], resized.dtype)
@@ -60,8 +72,7 @@ def preprocess_image(image: np.ndarray, img_from_ego: np.ndarray, out_hw: tuple[
         out[y0 - cy:y1 - cy, x0 - cx:x1 - cx] = resized[y0:y1, x0:x1]
     if aug.flip:
         out = out[:, ::-1].copy()
-    m = pixel_affine_4x4(sx, sy, sx * 0.5 - 0.5 - cx, sy * 0.5 - 0.5 - cy, w_out if aug.flip else None)
-    return out, m @ img_from_ego
+    return out, input_affine((h0, w0), out_hw, aug) @ img_from_ego
 
 
 def random_image_aug(rng: np.random.Generator, image_hw: tuple[int, int], out_hw: tuple[int, int],

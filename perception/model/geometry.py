@@ -44,6 +44,17 @@ def project(points: Tensor, img_from_ego: Tensor, eps: float = 1e-3) -> tuple[Te
     return hom[..., 0] / d_safe, hom[..., 1] / d_safe, d
 
 
+def project_homogeneous(points: Tensor, img_from_ego: Tensor, eps: float = 1e-3) -> tuple[Tensor, Tensor, Tensor]:
+    """points: (4, Q) homogeneous ego@t0 points as columns (a constant grid); img_from_ego: (B, N, 4, 4).
+    Returns u, v (B, N, Q) pixels and depth d (B, N, Q) metres, as ``project``. One (3 x 4) @ (4 x Q) product
+    per camera, the translation included and Q innermost (``project``'s (Q x 3) @ (3 x 3) product and the
+    broadcast Add of the translation over an innermost axis of 3 were ONNX Runtime's slow path)."""
+    hom = img_from_ego[..., :3, :] @ points  # (B, N, 3, Q): u*d, v*d, d
+    d = hom[..., 2, :]
+    d_safe = torch.clamp(d, min=eps)
+    return hom[..., 0, :] / d_safe, hom[..., 1, :] / d_safe, d
+
+
 def pixel_to_grid(u: Tensor, v: Tensor, width: int, height: int) -> Tensor:
     """Pixel coordinates (pixel centres at integers) -> grid_sample coordinates in [-1, 1] with
     align_corners=False: the image's left edge (u = -0.5) maps to -1 and its right edge to +1. A feature map of

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perception.model.geometry import pixel_to_grid, project
+from perception.model.geometry import pixel_to_grid, project_homogeneous
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,37 @@ def depth_at_voxels(depth_prob: Tensor, grid: Tensor, depth: Tensor, bins: Depth
     return (1.0 - a) * pk[:, 0, :, 0] * lo_ok + a * pk[:, 1, :, 0] * hi_ok
 
 
+def camera_slots(valid: Tensor, slots: int) -> tuple[Tensor, Tensor]:
+    """valid: (B, N, Q) whether camera n sees voxel q. Returns (camera, slot_valid), each (B, K, Q) with
+    K = ``slots``: up to K cameras that see each voxel, lowest index first, as distinct camera indices (int64),
+    and whether each slot holds a camera that sees the voxel. A voxel seen by more than K cameras keeps the K
+    lowest-numbered ones. TopK over a score that is unique among the visible cameras (N - n if visible, else
+    0), so no tie decides which visible camera a slot gets, whatever order a backend returns ties in."""
+    n = valid.shape[1]
+    rank = torch.arange(n, 0, -1, dtype=torch.float32, device=valid.device).view(1, n, 1)  # N .. 1
+    _, camera = torch.topk(valid.to(torch.float32) * rank, slots, dim=1)  # (B, K, Q)
+    return camera, torch.gather(valid, 1, camera)
+
+
+def side_by_side(maps: Tensor) -> Tensor:
+    """maps: (B, N, C, H, W), one per camera. Returns the atlas (B, C, H, N * (W + 1)): the cameras side by
+    side, each followed by a zero column, so that bilinear sampling at a camera's left or right edge reads
+    zeros as ``padding_mode="zeros"`` does on that camera's own map (see ``atlas_grid``)."""
+    b, n, c, h, w = maps.shape
+    padded = F.pad(maps, (0, 1))  # (B, N, C, H, W+1)
+    return padded.permute(0, 2, 3, 1, 4).reshape(b, c, h, n * (w + 1))
+
+
+def atlas_grid(grid: Tensor, camera: Tensor, width: int, cameras: int) -> Tensor:
+    """grid: (..., 2) normalised sampling coordinates (align_corners=False) in one camera's map of ``width``
+    columns; camera: (...) that camera's index. Returns (..., 2): the same point in the ``side_by_side`` atlas
+    of ``cameras`` maps (the row coordinate is unchanged)."""
+    gx, gy = grid[..., 0], grid[..., 1]
+    col = ((gx + 1.0) * width - 1.0) * 0.5  # column within the camera's map (pixel centres at integers)
+    col = camera.to(grid.dtype) * (width + 1) + col  # column within the atlas
+    return torch.stack([(col * 2.0 + 1.0) / (cameras * (width + 1)) - 1.0, gy], dim=-1)
+
+
 class BevGridPoints(nn.Module):
     """Voxel centres of the BEV grid as a buffer: (Z * H * W, 3) ego metres, order (z, row i along x, col j along y)."""
 
@@ -116,6 +147,9 @@ class BevGridPoints(nn.Module):
         zs = z_range[0] + (torch.arange(heights, dtype=torch.float32) + 0.5) * (z_range[1] - z_range[0]) / heights
         z, x, y = torch.meshgrid(zs, xs, ys, indexing="ij")  # each (Z, H, W)
         self.register_buffer("points", torch.stack([x, y, z], dim=-1).reshape(-1, 3), persistent=False)
+        # (4, Q): the same points as homogeneous columns, for ``project_homogeneous``
+        self.register_buffer("homogeneous", torch.cat([self.points.t(), torch.ones(1, self.points.shape[0])]),
+                             persistent=False)
         self.shape = (heights, h, w)
 
 
@@ -124,10 +158,12 @@ class BackwardLift(nn.Module):
 
     folded = True  # False: forward runs the defining form (``perception.model.network.defining_forms``)
 
-    def __init__(self, in_channels: int, out_channels: int, grid: BevGridPoints, bins: DepthBins):
+    def __init__(self, in_channels: int, out_channels: int, grid: BevGridPoints, bins: DepthBins,
+                 cameras_per_voxel: int = 0):
         super().__init__()
         self.grid = grid
         self.bins = bins
+        self.cameras_per_voxel = cameras_per_voxel  # 0: every camera samples every voxel
         heights = grid.shape[0]
         self.reduce = nn.Sequential(nn.Conv2d(in_channels * heights, out_channels, 1, bias=False),
                                     nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
@@ -146,24 +182,35 @@ class BackwardLift(nn.Module):
         c_out = conv.out_channels
         # reduce weight (C_out, C * Z) has input channel c * Z + z; per-height projections (Z * C_out, C, 1, 1)
         w_proj = conv.weight.view(c_out, c, z).permute(2, 0, 1).reshape(z * c_out, c, 1, 1)
-        proj = F.conv2d(feats.reshape(b * n, c, hf, wf), w_proj)  # (B*N, Z*C_out, Hf, Wf)
-        pts = self.grid.points.view(1, 1, -1, 3)  # (1, 1, Q, 3), Q = Z*H*W
-        u, v, depth = project(pts, img_from_ego)  # each (B, N, Q)
+        # the cameras side by side (a zero column after each), then projected: the 1x1 conv keeps the zero columns
+        atlas = F.conv2d(side_by_side(feats), w_proj)  # (B, Z*C_out, Hf, N*(Wf+1))
+        u, v, depth = project_homogeneous(self.grid.homogeneous, img_from_ego)  # each (B, N, Q), Q = Z*H*W
         grid = pixel_to_grid(u, v, image_hw[1], image_hw[0])  # (B, N, Q, 2)
         inside = (grid.abs() <= 1.0).all(dim=-1) & (depth > self.bins.min_depth * 0.5)  # (B, N, Q)
         valid = inside & camera_valid.unsqueeze(-1)
-        sampled = F.grid_sample(proj.view(b * n * z, c_out, hf, wf), grid.view(b * n * z, h, w, 2), mode="bilinear",
-                                padding_mode="zeros", align_corners=False)  # (B*N*Z, C_out, H, W): height z only
-        p = depth_at_voxels(depth_prob.reshape(b * n, -1, hf, wf), grid.view(b * n, -1, 2), depth.view(b * n, -1),
-                            self.bins)  # (B*N, Q)
-        weight = (p * valid.view(b * n, -1).to(p.dtype)).view(b, n * z, 1, h, w)
-        prod = sampled.view(b, n * z, c_out, h, w) * weight  # (B, N*Z, C_out, H, W)
-        # The sum over cameras and heights as a product with a ones row: ONNX Runtime's ReduceSum over this
-        # non-innermost axis was several times slower than the GEMV (docs/decisions.md). FP32 also under CUDA
-        # autocast, as the grid-samples before it (a sum of N*Z products).
-        ones = torch.ones(1, n * z, dtype=prod.dtype, device=prod.device)
+        k = self.cameras_per_voxel
+        if 0 < k < n:  # each voxel samples only the (up to) k cameras that see it
+            camera, valid = camera_slots(valid, k)  # (B, K, Q)
+            grid = torch.gather(grid, 1, camera.unsqueeze(-1).expand(-1, -1, -1, 2))  # (B, K, Q, 2)
+            depth = torch.gather(depth, 1, camera)
+        else:  # every camera at every voxel
+            k = n
+            camera = torch.arange(n, device=grid.device).view(1, n, 1).expand(b, n, z * h * w)
+        where = atlas_grid(grid, camera, wf, n)  # (B, K, Q, 2): the same points in the atlas
+        # sampling batch (B, Z): height z's C_out channels at the K slots of its H x W cells
+        slots_z = where.view(b, k, z, h * w, 2).transpose(1, 2).reshape(b * z, k * h, w, 2)
+        sampled = F.grid_sample(atlas.view(b * z, c_out, hf, -1), slots_z, mode="bilinear", padding_mode="zeros",
+                                align_corners=False)  # (B*Z, C_out, K*H, W)
+        p = depth_at_voxels(side_by_side(depth_prob), where.view(b, -1, 2), depth.reshape(b, -1), self.bins)  # (B, K*Q)
+        weight = (p * valid.view(b, -1).to(p.dtype)).view(b, k, z, h * w).transpose(1, 2)  # (B, Z, K, H*W)
+        prod = sampled * weight.reshape(b * z, 1, k * h, w)  # (B*Z, C_out, K*H, W)
+        # The sum over heights as a product with a ones row (ONNX Runtime's ReduceSum over that non-innermost axis
+        # was several times slower than the GEMV, docs/decisions.md), then over the K slots. FP32 also under CUDA
+        # autocast, as the grid-samples before it (a sum of Z*K products).
+        ones = torch.ones(1, z, dtype=prod.dtype, device=prod.device)
         with torch.autocast(device_type=prod.device.type, enabled=False):
-            bev = torch.matmul(ones, prod.view(b, n * z, -1)).view(b, c_out, h, w)  # (B, C_out, H, W)
+            per_slot = torch.matmul(ones, prod.view(b, z, -1)).view(b, c_out, k, h * w)
+            bev = per_slot.sum(dim=2).view(b, c_out, h, w)  # (B, C_out, H, W)
         return act(norm(bev))
 
     def lift_voxels(self, feats: Tensor, depth_prob: Tensor, img_from_ego: Tensor, camera_valid: Tensor,
@@ -173,8 +220,7 @@ class BackwardLift(nn.Module):
         b, n, c, hf, wf = feats.shape
         d = depth_prob.shape[2]
         z, h, w = self.grid.shape
-        pts = self.grid.points.view(1, 1, -1, 3)  # (1, 1, Q, 3), Q = Z*H*W
-        u, v, depth = project(pts, img_from_ego)  # each (B, N, Q)
+        u, v, depth = project_homogeneous(self.grid.homogeneous, img_from_ego)  # each (B, N, Q), Q = Z*H*W
         grid = pixel_to_grid(u, v, image_hw[1], image_hw[0])  # (B, N, Q, 2)
         inside = (grid.abs() <= 1.0).all(dim=-1) & (depth > self.bins.min_depth * 0.5)  # (B, N, Q)
         valid = inside & camera_valid.unsqueeze(-1)
@@ -183,7 +229,7 @@ class BackwardLift(nn.Module):
                                 align_corners=False)  # (B*N, C, Z*H, W)
         prob = F.grid_sample(depth_prob.reshape(b * n, d, hf, wf), grid, mode="bilinear", padding_mode="zeros",
                              align_corners=False)  # (B*N, D, Z*H, W)
-        p = depth_probability(prob.view(b * n, d, -1), depth.view(b * n, -1), self.bins)  # (B*N, Q)
+        p = depth_probability(prob.view(b * n, d, -1), depth.reshape(b * n, -1), self.bins)  # (B*N, Q)
         weight = p * valid.view(b * n, -1).to(p.dtype)  # (B*N, Q)
         lifted = sampled.view(b * n, c, -1) * weight.unsqueeze(1)  # (B*N, C, Q)
         return lifted.view(b, n, c, z, h, w).sum(dim=1)  # (B, C, Z, H, W): sum over cameras

@@ -136,7 +136,7 @@ def build_model(cfg: Config, stereo_pairs: tuple[tuple[int, int], ...] = ()) -> 
         depth = DepthNet(c.neck_channels, c.neck_channels, bins, radar=c.radar_depth.enabled and m.radar.enabled,
                          stereo_pairs=stereo)
         grid = BevGridPoints(d.grid.x_range, d.grid.y_range, d.grid.z_range, bev_shape, c.heights)
-        lift = BackwardLift(c.neck_channels, m.bev_channels, grid, bins)
+        lift = BackwardLift(c.neck_channels, m.bev_channels, grid, bins, c.cameras_per_voxel)
         camera = CameraBranch(backbone, neck, depth, lift, d.image_size,
                               {name: i for i, name in enumerate(d.radar.fields)})
     radar = PillarEncoder(PILLAR_FEATURES, m.radar.channels, bev_shape) if m.radar.enabled else None

@@ -37,6 +37,37 @@ def test_files_budget_and_metadata(exported):
     assert meta["schema"] == "perception-model/1" and len(meta["classes"]) == 10
     assert [i["name"] for i in meta["inputs"]][:2] == ["images", "img_from_ego"]
     assert meta["inputs"][0]["shape"] == [1, 6, 3, 64, 176]
+    # the lift samples 2 cameras per voxel (TopK over the cameras), exact on the config's ring, as model.json says
+    assert any(n.op_type == "TopK" and "/camera/lift/" in n.name for n in model.graph.node)
+    cov = meta["lift_coverage"]
+    assert cov["cameras_per_voxel"] == 2 and cov["voxels_over"] == 0
+    assert len(cov["voxels_by_camera_count"]) == 7 and cov["voxels_by_camera_count"][2] > 0
+
+
+def test_cameras_per_voxel_override_exports_the_same_function(exported, synth_root, tmp_path, capsys):
+    """--cameras-per-voxel 0 (every camera at every voxel) exports the same checkpoint without the camera
+    selection; on the config's ring both graphs give the same outputs in ONNX Runtime. The stereo rig needs 3
+    cameras per voxel: exporting for it with 2 warns and names the option."""
+    from perception.data.batch import PillarSpec, input_arrays
+    from perception.runtime.onnxruntime import OnnxRunner
+
+    ckpt, folder = exported
+    assert export_main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "all"), "--cameras-per-voxel", "0"]) == 0
+    model = onnx.load(str(tmp_path / "all" / "model.onnx"))
+    assert not any(n.op_type == "TopK" and "/camera/lift/" in n.name for n in model.graph.node)
+    meta = json.loads((tmp_path / "all" / "model.json").read_text())
+    assert meta["config"]["model"]["camera"]["cameras_per_voxel"] == 0
+    a, b = OnnxRunner(folder), OnnxRunner(tmp_path / "all")
+    cfg = Pipeline.from_onnx(folder).cfg
+    arrays = input_arrays([NuScenesFrames(cfg, synth_root, VERSION, "synth_val")[5]], PillarSpec.from_config(cfg))
+    ra, rb = a.infer(arrays), b.infer(arrays)
+    for name in ra:
+        np.testing.assert_allclose(rb[name], ra[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    capsys.readouterr()
+    assert export_main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "stereo"), "--rig",
+                        str(REPO / "configs" / "rigs" / "stereo_radar.yaml")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: rig" in err and "--cameras-per-voxel 3" in err
 
 
 def test_onnx_pipeline_equals_checkpoint_pipeline(exported, synth_root):

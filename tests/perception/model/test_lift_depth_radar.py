@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 from perception.model.camera.depth import DepthNet, plane_sweep_cost, radar_image_features, radar_image_features_dense
 from perception.model.geometry import inverse_projective
-from perception.model.lift import (BackwardLift, BevGridPoints, DepthBins, depth_at_voxels, depth_probability,
-                                   depth_probability_tent)
+from perception.coverage import cameras_seeing
+from perception.model.lift import (BackwardLift, BevGridPoints, DepthBins, atlas_grid, camera_slots, depth_at_voxels,
+                                   depth_probability, depth_probability_tent, side_by_side)
 from perception.model.radar.encoder import PillarEncoder, scatter_to_canvas
 
 FORWARD = np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], float)  # ego_from_camera rotation, looking along +x
@@ -75,20 +76,31 @@ def test_feature_at_projected_pixel_arrives_in_its_bev_cell():
     assert vox.abs().max() == 0
 
 
-def _ring_rig(b: int, n: int) -> torch.Tensor:
-    """(B, N, 4, 4): N cameras around the car at different positions (every camera sees part of the grid)."""
-    cams = torch.stack([camera_matrix(360.0 * i / n, (1.0 - 0.3 * i, 0.2 * i, 1.4 + 0.05 * i)) for i in range(n)])
+def _ring_rig(b: int, n: int, f: float = 280.0) -> torch.Tensor:
+    """(B, N, 4, 4): N cameras around the car at different positions (every camera sees part of the grid); at
+    the default focal length (64 deg wide, 60 deg apart) neighbours overlap pairwise only."""
+    cams = torch.stack([camera_matrix(360.0 * i / n, (1.0 - 0.3 * i, 0.2 * i, 1.4 + 0.05 * i), f) for i in range(n)])
     return cams[None].repeat(b, 1, 1, 1)
 
 
-def test_lift_forward_equals_the_defining_form():
-    """forward (reduce conv folded into per-height projections before sampling, depth read at two stacked rows)
-    equals reduce(lift_voxels) with heights folded into channels c * Z + z: multi-camera, an invalid camera,
-    non-trivial BatchNorm statistics. A wrong weight order (z * C + c) or stacked-row offset fails this."""
+def _seen_by(grid: BevGridPoints, rig: torch.Tensor, bins: DepthBins) -> np.ndarray:
+    """(Z, H, W) how many cameras of ``rig`` (1, N, 4, 4) see each voxel (perception.coverage, numpy)."""
+    return cameras_seeing(grid.points.numpy(), rig[0].numpy(), (H_IMG, W_IMG), bins.min_depth).reshape(grid.shape)
+
+
+@pytest.mark.parametrize("cameras_per_voxel", [0, 2, 3])
+def test_lift_forward_equals_the_defining_form(cameras_per_voxel):
+    """forward (reduce conv folded into per-height projections before sampling, depth read at two stacked rows,
+    the cameras side by side in one atlas and each voxel sampling only its K visible cameras) equals
+    reduce(lift_voxels) with heights folded into channels c * Z + z: multi-camera ring where neighbours overlap
+    (K = 2 is exact there), an invalid camera, non-trivial BatchNorm statistics. A wrong weight order (z * C + c),
+    stacked-row offset or atlas column fails this."""
     torch.manual_seed(0)
     grid = BevGridPoints((-51.2, 51.2), (-51.2, 51.2), (-5.0, 3.0), (32, 32), 8)
     bins = DepthBins(1.0, 60.0, 48)
-    lift = BackwardLift(16, 12, grid, bins).eval()
+    seen = _seen_by(grid, _ring_rig(1, 6), bins)
+    assert seen.max() == 2 and (seen == 2).sum() > 500  # the second slot matters, no voxel needs a third
+    lift = BackwardLift(16, 12, grid, bins, cameras_per_voxel).eval()
     lift.reduce[1].running_mean.normal_()
     lift.reduce[1].running_var.uniform_(0.5, 2.0)
     b, n, hf, wf = 2, 6, 8, 22
@@ -107,6 +119,76 @@ def test_lift_forward_equals_the_defining_form():
     lift.train()
     lift(feats, prob, _ring_rig(b, n), valid, (H_IMG, W_IMG)).square().mean().backward()
     assert lift.reduce[0].weight.grad.abs().sum() > 0
+
+
+def test_lift_with_k_slots_drops_only_the_cameras_beyond_k():
+    """A wide-angle ring (125 deg cameras 60 deg apart) where up to 3 cameras see a voxel: with K = 2 the lift
+    equals the defining form in every BEV cell whose voxels are seen by at most 2 cameras, and differs in the
+    cells with a voxel seen by 3 (that voxel's third camera is left out); with K = 3 it is equal everywhere.
+    Also checks perception.coverage's count, which picks the cells."""
+    torch.manual_seed(3)
+    grid = BevGridPoints((-51.2, 51.2), (-51.2, 51.2), (-5.0, 3.0), (32, 32), 8)
+    bins = DepthBins(1.0, 60.0, 48)
+    rig = _ring_rig(1, 6, f=90.0)
+    seen = _seen_by(grid, rig, bins)
+    assert seen.max() == 3
+    over = torch.from_numpy(seen.max(axis=0) > 2)  # (H, W) cells with a voxel seen by 3 cameras
+    assert 20 < int(over.sum()) < 32 * 32 - 200
+    feats = torch.randn(1, 6, 16, 8, 22)
+    prob = torch.randn(1, 6, 48, 8, 22).mul(3.0).softmax(2)
+    valid = torch.ones(1, 6, dtype=torch.bool)
+    lifts = {k: BackwardLift(16, 12, grid, bins, k).eval() for k in (2, 3)}
+    lifts[3].load_state_dict(lifts[2].state_dict())  # the same weights: K is not a parameter
+    with torch.no_grad():
+        ref = lifts[2].reduce(lifts[2].lift_voxels(feats, prob, rig, valid, (H_IMG, W_IMG)).reshape(1, -1, 32, 32))
+        got = {k: lift(feats, prob, rig, valid, (H_IMG, W_IMG)) for k, lift in lifts.items()}
+    torch.testing.assert_close(got[3], ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[2][..., ~over], ref[..., ~over], rtol=1e-5, atol=1e-5)
+    differs = ((got[2] - ref).abs() > 1e-4).any(dim=1)[0]  # (H, W)
+    assert differs[over].float().mean() > 0.9
+
+
+def test_camera_slots_keep_the_lowest_visible_cameras():
+    valid = torch.tensor([[[1, 0, 1, 1, 0],    # camera 0 sees voxels 0, 2, 3
+                           [1, 1, 0, 1, 0],    # camera 1
+                           [0, 1, 1, 1, 0],    # camera 2
+                           [1, 1, 1, 1, 0]]],  # camera 3: voxel 3 is seen by all four, voxel 4 by none
+                         dtype=torch.bool)
+    camera, ok = camera_slots(valid, 2)
+    assert camera.shape == ok.shape == (1, 2, 5)
+    assert camera[0, :, :4].T.tolist() == [[0, 1], [1, 2], [0, 2], [0, 1]]
+    assert ok[0, :, :4].all() and not ok[0, :, 4].any()
+    assert len(set(camera[0, :, 4].tolist())) == 2  # distinct cameras even where none sees the voxel
+    camera, ok = camera_slots(valid, 3)
+    assert camera[0, :, 0].tolist() == [0, 1, 3] and ok[0, :, 0].all()
+    assert camera[0, :2, 1].tolist() == [1, 2] and ok[0, :, 1].tolist() == [True, True, True]
+    assert camera[0, :, 2].tolist() == [0, 2, 3]
+    assert ok[0, :, 4].tolist() == [False, False, False]
+    valid_one = torch.tensor([[[0], [1], [0]]], dtype=torch.bool)
+    camera, ok = camera_slots(valid_one, 2)
+    assert camera[0, 0, 0] == 1 and ok[0, :, 0].tolist() == [True, False]
+
+
+def test_atlas_sampling_equals_each_cameras_own_map():
+    """Sampling the side-by-side atlas at atlas_grid(g, n) == sampling camera n's own map at g (zeros padding),
+    for points anywhere in [-1, 1] x [-1, 1], the four edges and corners included."""
+    torch.manual_seed(4)
+    b, n, c, h, w = 2, 4, 5, 6, 9
+    maps = torch.randn(b, n, c, h, w)
+    q = 3000
+    g = torch.rand(b, q, 2) * 2.0 - 1.0
+    g[:, :100, 0] = torch.tensor([-1.0, 1.0]).repeat(50)  # left and right edges
+    g[:, 100:200, 1] = torch.tensor([-1.0, 1.0]).repeat(50)  # top and bottom edges
+    g[:, 200:204] = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
+    camera = torch.randint(0, n, (b, q))
+    atlas = side_by_side(maps)
+    assert atlas.shape == (b, c, h, n * (w + 1))
+    got = F.grid_sample(atlas, atlas_grid(g, camera, w, n).view(b, q, 1, 2), mode="bilinear",
+                        padding_mode="zeros", align_corners=False)[..., 0]  # (B, C, Q)
+    own = F.grid_sample(maps.view(b * n, c, h, w), g.repeat_interleave(n, 0).view(b * n, q, 1, 2),
+                        mode="bilinear", padding_mode="zeros", align_corners=False)[..., 0].view(b, n, c, q)
+    ref = torch.gather(own, 1, camera.view(b, 1, 1, q).expand(b, 1, c, q))[:, 0]
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_depth_at_voxels_equals_sampling_every_bin():
