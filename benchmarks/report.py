@@ -17,6 +17,22 @@ REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = REPO / "docs" / "BENCHMARKS.md"
 
 
+def cpu() -> dict[str, Any]:
+    """CPU model, family and the vector ISA extensions that decide which kernels PyTorch (oneDNN) and ONNX Runtime
+    (MLAS) pick, from /proc/cpuinfo (empty fields elsewhere): speed ratios between backends depend on them."""
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    flags = set(info.get("flags", "").split())
+    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8") if f in flags]
+    return {"model": info.get("model name", platform.processor()), "family": info.get("cpu family", ""),
+            "model_number": info.get("model", ""), "isa": isa}
+
+
 def machine() -> dict[str, Any]:
     import os
 
@@ -25,7 +41,7 @@ def machine() -> dict[str, Any]:
                                 text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
+    return {"cpus": os.cpu_count(), "cpu": cpu(), "python": platform.python_version(), "machine": platform.machine(),
             "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 

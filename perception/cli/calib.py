@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -20,7 +21,8 @@ from perception.cli.common import EXIT_OK, HelpFormatter, parse_size, run
 from perception.data.io import KEEP_ALL, DEVKIT_DEFAULT, SensorFileError, image_size, read_image, read_points
 
 EXAMPLES = {
-    "validate": ["perception-calib validate configs/rigs/nuscenes.yaml"],
+    "validate": ["perception-calib validate configs/rigs/nuscenes.yaml",
+                 "perception-calib validate my_vehicle.yaml --config configs/nuscenes_r18_256x704.yaml   # + lift overlap"],
     "convert": [
         "perception-calib convert --from nuscenes --dataroot data/nuscenes --version v1.0-mini \\\n"
         "      --sample-token ca9a282c9e77460f8360f564131a8af5 --out rig.yaml",
@@ -54,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a rig YAML; exit 0 with a summary, 1 with the problem",
                        formatter_class=HelpFormatter, epilog=_examples("validate"))
     v.add_argument("rig", help="rig YAML file")
+    v.add_argument("--config", help="also count, at this config's input size and BEV grid, how many cameras see "
+                                    "each voxel of the camera lift against model.camera.cameras_per_voxel "
+                                    "(a second line; a warning on stderr if the rig overlaps more)")
 
     c = sub.add_parser("convert", help="write a rig YAML from another calibration format",
                        formatter_class=HelpFormatter, epilog=_examples("convert"))
@@ -99,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_validate(args: argparse.Namespace) -> int:
     rig = load_rig(args.rig)
     print(f"ok: {args.rig}: {rig.summary()}")
+    if args.config:
+        from perception.config import load_config
+        from perception.coverage import rig_coverage
+
+        cov = rig_coverage(load_config(args.config), rig)
+        line = f"{args.config}: {cov.summary()}"
+        print(f"warning: {line}" if cov.voxels_over else line, file=sys.stderr if cov.voxels_over else sys.stdout)
     return EXIT_OK
 
 

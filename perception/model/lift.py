@@ -6,7 +6,7 @@ distribution (D bins) is read at the two bins around the voxel's depth and inter
 The lifted feature is ``features * p(depth) * valid``, summed over cameras; the heights are folded into channels
 and reduced by a 1x1 conv (``BackwardLift.lift_voxels`` + ``reduce``: the defining form).
 
-``BackwardLift.forward`` computes the same function with less memory traffic (both rewrites are exact, so a
+``BackwardLift.forward`` computes the same function with less memory traffic (the rewrites are exact, so a
 checkpoint trained with either form runs in the other):
 - the 1x1 reduce conv is linear and acts per voxel, and so is bilinear sampling, so the conv's slice for height z
   is applied to the image features *before* sampling (a C -> Z x C_out 1x1 conv on the small feature map) and
@@ -14,7 +14,12 @@ checkpoint trained with either form runs in the other):
 - the depth distribution is stacked along the image height, one zero row between bins, and read only at the
   rows that matter (bins floor t and floor t + 1; two channels, one sampling point: ``depth_at_voxels``),
   instead of sampling all D channels and gathering two. The zero row reproduces ``padding_mode="zeros"`` at
-  each bin's top and bottom edge.
+  each bin's top and bottom edge;
+- each voxel samples only the (up to) K = ``cameras_per_voxel`` cameras that see it (``camera_slots``: a ring of
+  monocular cameras overlaps pairwise, so K = 2 of 6), reading features and depth from an atlas of all cameras
+  side by side (``side_by_side``, ``atlas_grid``; a zero column after each camera reproduces zeros padding at its
+  left and right edges). Exact unless a voxel is seen by more than K cameras (``perception.coverage`` counts
+  that for a rig); K = 0 samples every camera.
 """
 from __future__ import annotations
 

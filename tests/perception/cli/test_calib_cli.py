@@ -164,3 +164,16 @@ def test_real_data_commands(realdata, tmp_path, capsys):
     assert (tmp_path / "v.png").stat().st_size > 100_000
     assert main(["convert", "--from", "kitti", str(vod / "calib" / "00549.txt"), "--out", str(tmp_path / "x.yaml")]) == 1
     assert "--image-size" in capsys.readouterr().err
+
+
+def test_validate_with_config_reports_the_lift_overlap(capsys):
+    """--config adds the lift coverage: the nuScenes ring fits the tiny config's 2 cameras per voxel; the
+    multi-stereo rig needs 3, a warning on stderr that names the setting (exit 0: it still runs)."""
+    rigs, cfg = REPO / "configs" / "rigs", str(REPO / "configs" / "synthetic_tiny.yaml")
+    assert main(["validate", str(rigs / "nuscenes.yaml"), "--config", cfg]) == 0
+    out = capsys.readouterr()
+    assert "3957 by 2; the model samples up to 2 camera(s) per voxel" in out.out and out.err == ""
+    assert main(["validate", str(rigs / "stereo_radar.yaml"), "--config", cfg]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: ") and "816 voxel(s) are seen by more (up to 3)" in err
+    assert "cameras_per_voxel >= 3" in err
