@@ -19,6 +19,8 @@ EXAMPLES = """examples:
   perception-test --onnx exports/tiny --dataroot data/synth --version v1.0-synth --split synth_val --out eval/onnx
   perception-test --onnx exports/tiny --precision int8 ...          # the INT8 Q/DQ graph in ONNX Runtime
   perception-engine build --onnx exports/tiny --precision fp16 --out engines/tiny_fp16   # on the target GPU
+  perception-export --checkpoint checkpoints/synthetic_tiny.pt --out exports/tiny_wide \
+      --rig my_vehicle.yaml --cameras-per-voxel 3     # a rig whose cameras overlap three-fold (see the warning)
 
 Writes OUT/model.onnx (opset 17, simplified with onnxslim, onnx.checker + shape inference + the op budget
 checked) and OUT/model.json (inputs/outputs with shapes and dtypes, classes, preprocessing config, hashes);
@@ -34,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="export folder")
-    p.add_argument("--config", help="override the checkpoint's config (data side only)")
+    p.add_argument("--config", help="export with this config instead of the one stored in the checkpoint: the "
+                                    "network is rebuilt from it and loaded with the checkpoint's weights, which "
+                                    "must fit (e.g. another input image_size or cameras_per_voxel; not another "
+                                    "backbone or width: a clear error names the mismatched weights)")
     p.add_argument("--rig", help="rig YAML deciding the camera count (default: the config's rig)")
     p.add_argument("--cameras-per-voxel", type=int, metavar="K",
                    help="cameras the camera lift samples per voxel (model.camera.cameras_per_voxel; 0: every "
@@ -74,9 +79,10 @@ def example_inputs(cfg, n_cameras: int, batch: int) -> dict[str, np.ndarray]:
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, batch: int = 1,
                       simplify: bool = True, rig_path: str | Path | None = None,
-                      cameras_per_voxel: int | None = None) -> dict:
-    """Writes OUT/model.onnx and OUT/model.json; returns the metadata. ``cameras_per_voxel`` overrides the
-    checkpoint's model.camera.cameras_per_voxel (the same weights; only the lift's sampling changes)."""
+                      cameras_per_voxel: int | None = None, config_path: str | Path | None = None) -> dict:
+    """Writes OUT/model.onnx and OUT/model.json; returns the metadata. ``config_path``: build the network from
+    that config instead of the checkpoint's and load the checkpoint's weights into it (strict). ``cameras_per_voxel``
+    overrides model.camera.cameras_per_voxel (the same weights; only the lift's sampling changes)."""
     import onnx
     import torch
 
@@ -93,6 +99,15 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, 
     pipe = Pipeline.from_checkpoint(checkpoint)
     cfg = pipe.cfg
     net = pipe.runner.net
+    if config_path is not None:
+        from perception.config import load_config
+        from perception.model.network import build_model
+        from perception.train.checkpoint import load_checkpoint, load_weights
+
+        cfg = load_config(config_path)
+        net = build_model(cfg, pipe.stereo_pairs)
+        load_weights(net, load_checkpoint(checkpoint)["model"], f"{checkpoint} (into the network of {config_path})")
+        net.eval()
     if cameras_per_voxel is not None:
         data = config_to_dict(cfg)
         data["model"]["camera"]["cameras_per_voxel"] = cameras_per_voxel
@@ -140,7 +155,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if (args.int8 or args.check_parity) and not args.dataroot:
         raise CheckpointErrorArgs("--int8 and --check-parity need --dataroot (and --version/--split) for Frames")
     meta = export_checkpoint(args.checkpoint, args.out, args.opset, args.batch, not args.no_simplify, args.rig,
-                             args.cameras_per_voxel)
+                             args.cameras_per_voxel, args.config)
     ops = sum(meta["op_counts"].values())
     print(f"wrote {Path(args.out) / 'model.onnx'} (opset {meta['opset']}, {ops} nodes, {len(meta['op_counts'])} op "
           f"types, all TensorRT-native) and model.json")

@@ -230,3 +230,29 @@ def test_dedicated_qdq_pairs_gives_each_consumer_its_own_pair_with_the_same_numb
     after = ort.InferenceSession(out.SerializeToString(), opts).run(None, {"x": x})
     for a, b in zip(before, after):
         np.testing.assert_array_equal(a, b)
+
+
+def test_config_option_rebuilds_the_network_around_the_checkpoint_weights(exported, tmp_path, capsys):
+    """--config CONFIG exports the checkpoint's weights in the network built from CONFIG: another input size
+    changes the graph's image input; a config whose weights do not fit (another neck width) is a clear error."""
+    import yaml
+
+    from perception.config import config_to_dict
+
+    ckpt, _ = exported
+    data = config_to_dict(small_config())
+    data["rig"] = str(REPO / "configs" / "rigs" / "nuscenes.yaml")
+    data["data"]["image_size"] = [96, 256]
+    (tmp_path / "bigger.yaml").write_text(yaml.safe_dump(data))
+    assert export_main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "out"),
+                        "--config", str(tmp_path / "bigger.yaml")]) == 0
+    meta = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert meta["inputs"][0]["shape"] == [1, 6, 3, 96, 256]
+    assert meta["config"]["data"]["image_size"] == [96, 256]
+    data["model"]["camera"]["neck_channels"] *= 2
+    (tmp_path / "wider.yaml").write_text(yaml.safe_dump(data))
+    capsys.readouterr()
+    assert export_main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "out2"),
+                        "--config", str(tmp_path / "wider.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert "does not match the network" in err and "wider.yaml" in err and "Traceback" not in err
