@@ -35,17 +35,22 @@ def pixel_affine_4x4(sx: float, sy: float, tx: float, ty: float, flip_width: int
     return m
 
 
-def input_affine(image_hw: tuple[int, int], out_hw: tuple[int, int], aug: ImageAug = ImageAug()) -> np.ndarray:
-    """(4, 4) pixels of the network input <- pixels of an (H0, W0) image, as ``preprocess_image`` resizes, crops
-    and flips it (the resized size and crop offsets are whole pixels, as there)."""
+def _resize_crop(image_hw: tuple[int, int], out_hw: tuple[int, int], aug: ImageAug) -> tuple[int, int, int, int]:
+    """The resized width and height and the crop's left and top offsets (whole pixels) of ``preprocess_image``."""
     h_out, w_out = out_hw
     h0, w0 = image_hw
     base = w_out / w0
     nw, nh = max(1, int(round(w0 * base * aug.scale))), max(1, int(round(h0 * base * aug.scale)))
-    sx, sy = nw / w0, nh / h0
     cy = nh - h_out if aug.crop_y is None else int(aug.crop_y)
-    cx = int(aug.crop_x)
-    return pixel_affine_4x4(sx, sy, sx * 0.5 - 0.5 - cx, sy * 0.5 - 0.5 - cy, w_out if aug.flip else None)
+    return nw, nh, int(aug.crop_x), cy
+
+
+def input_affine(image_hw: tuple[int, int], out_hw: tuple[int, int], aug: ImageAug = ImageAug()) -> np.ndarray:
+    """(4, 4) pixels of the network input <- pixels of an (H0, W0) image, as ``preprocess_image`` resizes, crops
+    and flips it."""
+    nw, nh, cx, cy = _resize_crop(image_hw, out_hw, aug)
+    sx, sy = nw / image_hw[1], nh / image_hw[0]
+    return pixel_affine_4x4(sx, sy, sx * 0.5 - 0.5 - cx, sy * 0.5 - 0.5 - cy, out_hw[1] if aug.flip else None)
 
 
 def preprocess_image(image: np.ndarray, img_from_ego: np.ndarray, out_hw: tuple[int, int],
@@ -58,12 +63,9 @@ def preprocess_image(image: np.ndarray, img_from_ego: np.ndarray, out_hw: tuple[
 
     h_out, w_out = out_hw
     h0, w0 = image.shape[:2]
-    base = w_out / w0
-    nw, nh = max(1, int(round(w0 * base * aug.scale))), max(1, int(round(h0 * base * aug.scale)))
+    nw, nh, cx, cy = _resize_crop((h0, w0), out_hw, aug)
     interp = cv2.INTER_AREA if nw < w0 else cv2.INTER_LINEAR
     resized = cv2.resize(image, (nw, nh), interpolation=interp)
-    cy = nh - h_out if aug.crop_y is None else int(aug.crop_y)
-    cx = int(aug.crop_x)
     out = np.zeros((h_out, w_out) + resized.shape[2:], resized.dtype)
     # source window [cy, cy + h_out) x [cx, cx + w_out), clipped to the resized image
     y0, y1 = max(cy, 0), min(cy + h_out, nh)
