@@ -89,31 +89,17 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, 
     from calibration.io import load_rig
     from export.budget import check_budget
     from export.onnx import export_onnx
-    from perception.config import config_from_dict, config_hash, config_to_dict, rig_path as cfg_rig_path
+    from perception.config import config_hash, config_to_dict, rig_path as cfg_rig_path
     from perception.coverage import rig_coverage
     from perception.model.decode import OUTPUT_NAMES
     from perception.model.network import INPUT_NAMES
     from perception.pipeline import Pipeline
     from perception.runtime.onnxruntime import MODEL_JSON_SCHEMA
 
-    pipe = Pipeline.from_checkpoint(checkpoint)
+    overrides = [] if cameras_per_voxel is None else [f"model.camera.cameras_per_voxel={cameras_per_voxel}"]
+    pipe = Pipeline.from_checkpoint(checkpoint, config=config_path, overrides=overrides)
     cfg = pipe.cfg
     net = pipe.runner.net
-    if config_path is not None:
-        from perception.config import load_config
-        from perception.model.network import build_model
-        from perception.train.checkpoint import load_checkpoint, load_weights
-
-        cfg = load_config(config_path)
-        net = build_model(cfg, pipe.stereo_pairs)
-        load_weights(net, load_checkpoint(checkpoint)["model"], f"{checkpoint} (into the network of {config_path})")
-        net.eval()
-    if cameras_per_voxel is not None:
-        data = config_to_dict(cfg)
-        data["model"]["camera"]["cameras_per_voxel"] = cameras_per_voxel
-        cfg = config_from_dict(data, source=f"{checkpoint} with cameras_per_voxel={cameras_per_voxel}")
-        if net.camera is not None:
-            net.camera.lift.cameras_per_voxel = cameras_per_voxel
     rig = load_rig(rig_path or cfg_rig_path(cfg))
     n_cams = len(rig.cameras)
     arrays = example_inputs(cfg, n_cams, batch)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -90,17 +90,27 @@ class Pipeline:
         self.coverage_check = CoverageCheck(cfg)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", score_threshold: float = 0.05) -> "Pipeline":
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", score_threshold: float = 0.05,
+                        config: str | Path | None = None, overrides: Sequence[str] = ()) -> "Pipeline":
+        """The network of the checkpoint's config, or of ``config`` (a YAML) when given, with ``overrides``
+        (KEY=VALUE, as ``--set``) applied, loaded with the checkpoint's weights (strict: weights that do not fit
+        the network are a CheckpointError naming them)."""
         import torch
 
+        from perception.config import config_from_dict, config_to_dict, load_config
         from perception.model.network import build_model
         from perception.train.checkpoint import load_checkpoint, load_weights
 
         ckpt = load_checkpoint(path)
-        cfg = ckpt["config"]
+        if config is not None:
+            cfg = load_config(config, overrides)
+        elif overrides:
+            cfg = config_from_dict(config_to_dict(ckpt["config"]), overrides, source=str(path))
+        else:
+            cfg = ckpt["config"]
         stereo = tuple(tuple(p) for p in ckpt.get("stereo_pairs", []))
         net = build_model(cfg, stereo)
-        load_weights(net, ckpt["model"], path)
+        load_weights(net, ckpt["model"], path if config is None else f"{path} (into the network of {config})")
         net.eval().to(device)
         return cls(cfg, _TorchRunner(net, torch.device(device)), stereo, score_threshold)
 
