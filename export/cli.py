@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from perception.cli.common import EXIT_OK, HelpFormatter, run
+from perception.cli.common import EXIT_OK, HelpFormatter, checkpoint_errors, run
 
 EXAMPLES = """examples:
   perception-export --checkpoint checkpoints/synthetic_tiny.pt --out exports/tiny
@@ -188,11 +188,14 @@ class CheckpointErrorArgs(ValueError):
     """Inconsistent export options."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _errors() -> tuple[type[BaseException], ...]:
     from export.budget import BudgetError
-    from perception.train.checkpoint import CheckpointError
 
-    return run(_main, argv, (CheckpointError, BudgetError, CheckpointErrorArgs, ParityError))
+    return (BudgetError, CheckpointErrorArgs, ParityError, *checkpoint_errors())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(_main, argv, _errors)  # errors resolved lazily: --help works without torch
 
 
 if __name__ == "__main__":

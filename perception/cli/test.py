@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from perception.cli.common import EXIT_OK, HelpFormatter, run
+from perception.cli.common import EXIT_OK, HelpFormatter, checkpoint_errors, run
 
 EXAMPLES = """examples:
   perception-test --checkpoint checkpoints/synthetic_tiny.pt --dataroot data/synth --version v1.0-synth \\
@@ -112,12 +112,15 @@ def _device(requested: str | None) -> str:
     return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _errors() -> tuple[type[BaseException], ...]:
     from perception.data.nuscenes import DatasetError
     from perception.runtime.onnxruntime import RuntimeConfigError
-    from perception.train.checkpoint import CheckpointError
 
-    return run(_main, argv, (DatasetError, CheckpointError, BackendNotAvailable, RuntimeConfigError))
+    return (DatasetError, BackendNotAvailable, RuntimeConfigError, *checkpoint_errors())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(_main, argv, _errors)  # errors resolved lazily: --onnx/--engine and --help work without torch
 
 
 if __name__ == "__main__":

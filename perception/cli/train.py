@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from perception.cli.common import EXIT_OK, HelpFormatter, run
+from perception.cli.common import EXIT_OK, HelpFormatter, checkpoint_errors, run
 
 EXAMPLES = """examples:
   perception-synth --out data/synth --scenes 40 --samples-per-scene 20 --keyframes-only
@@ -40,11 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)  # before the torch import: --help works on a torch-free install
     from perception.config import load_config
     from perception.data.nuscenes import DatasetError
     from perception.train.loop import train
 
-    args = build_parser().parse_args(argv)
     cfg = load_config(args.config, args.set)
     synthetic = cfg.train.split.startswith("synth")
     version = args.version or ("v1.0-synth" if synthetic else "v1.0-trainval")
@@ -69,11 +69,14 @@ def _main(argv: Sequence[str] | None) -> int:
     return EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _errors() -> tuple[type[BaseException], ...]:
     from perception.data.nuscenes import DatasetError
-    from perception.train.checkpoint import CheckpointError
 
-    return run(_main, argv, (DatasetError, CheckpointError))
+    return (DatasetError, *checkpoint_errors())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(_main, argv, _errors)  # errors resolved lazily: --help works without torch
 
 
 if __name__ == "__main__":

@@ -39,8 +39,18 @@ def build_frame(job: FrameJob, cfg: Config, camera_order: tuple[str, ...], radar
         except SyncError as err:
             mat, m = cam.img_from_ego, None
             issues.append(f"{err}; camera {ch} masked")
-        raw = m.payload.rgb if m is not None else np.zeros((cam.height, cam.width, 3), np.uint8)
-        if m is not None:
+        if m is None:
+            raw = np.zeros((cam.height, cam.width, 3), np.uint8)
+        else:
+            raw = m.payload.rgb
+            if m.payload.reduction > 1:
+                if cam.distortion is not None and any(cam.distortion.coeffs):
+                    # the undistortion maps are for the full image: back to full size first (no saving here)
+                    import cv2
+
+                    raw = cv2.resize(raw, (cam.width, cam.height), interpolation=cv2.INTER_LINEAR)
+                else:  # the decoded pixels: the network input is resized from them, the geometry follows
+                    mat = m.payload.full_from_decoded() @ mat
             raw = _undistort(raw, cam)
         img, m_out = preprocess_image(raw, mat, (h, w))
         images[i] = img
