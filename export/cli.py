@@ -88,7 +88,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, 
 
     from calibration.io import load_rig
     from export.budget import check_budget
-    from export.onnx import export_onnx
+    from export.onnx import GEOMETRY_INPUTS, export_onnx, fp32_geometry_nodes
     from perception.config import config_hash, config_to_dict, rig_path as cfg_rig_path
     from perception.coverage import rig_coverage
     from perception.model.decode import OUTPUT_NAMES
@@ -132,6 +132,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, 
         meta["lift_coverage"] = {"voxels_by_camera_count": list(cov.counts),
                                  "cameras_per_voxel": cov.cameras_per_voxel, "voxels_over": cov.voxels_over,
                                  "summary": cov.summary()}
+    # the layers a reduced-precision TensorRT build keeps in FP32, for trtexec --layerPrecisions (docs/deploy.md)
+    meta["fp32_layers"] = {"inputs": list(GEOMETRY_INPUTS), "layers": fp32_geometry_nodes(model)}
     (out / "model.json").write_text(json.dumps(meta, indent=1))
     return meta
 
