@@ -6,23 +6,8 @@ import sys
 from pathlib import Path
 
 import onnx
-import pytest
-
-from small_model import small_config, small_net
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from export.cli import main as export_main
-    from perception.train.checkpoint import save_checkpoint
-
-    cfg = small_config()
-    root = tmp_path_factory.mktemp("fp32")
-    save_checkpoint(root / "small.pt", small_net(cfg), cfg)
-    assert export_main(["--checkpoint", str(root / "small.pt"), "--out", str(root / "onnx")]) == 0
-    return root / "onnx"
 
 
 FEATURES = ("Conv", "ConvTranspose", "GridSample")  # their outputs are image/BEV features, not geometry
@@ -45,10 +30,10 @@ def _geometry_sources(graph, name):
     return seen
 
 
-def test_every_gridsample_fed_by_the_calibration_is_listed(exported):
-    meta = json.loads((exported / "model.json").read_text())
+def test_every_gridsample_fed_by_the_calibration_is_listed(small_onnx_export):
+    meta = json.loads((small_onnx_export / "model.json").read_text())
     listed = meta["fp32_layers"]["layers"]
-    graph = onnx.load(str(exported / "model.onnx")).graph
+    graph = onnx.load(str(small_onnx_export / "model.onnx")).graph
     nodes = {n.name: n for n in graph.node}
     assert listed and len(set(listed)) == len(listed) and all(n in nodes for n in listed)
     assert not {nodes[n].op_type for n in listed} & {"Conv", "ConvTranspose"}
@@ -60,14 +45,14 @@ def test_every_gridsample_fed_by_the_calibration_is_listed(exported):
     assert {"MatMul", "Div"} <= {nodes[n].op_type for n in listed}
 
 
-def test_engine_hint_prints_the_complete_trtexec_command(exported, tmp_path):
+def test_engine_hint_prints_the_complete_trtexec_command(small_onnx_export, tmp_path):
     """Without TensorRT (this machine), perception-engine build's message carries the trtexec command with the FP32
     constraints for every listed layer."""
     code = ("import sys\nfrom export.engine_cli import main\n"
-            f"sys.exit(main(['build', '--onnx', {str(exported)!r}, '--out', {str(tmp_path / 'e')!r}]))\n")
+            f"sys.exit(main(['build', '--onnx', {str(small_onnx_export)!r}, '--out', {str(tmp_path / 'e')!r}]))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
-    layers = json.loads((exported / "model.json").read_text())["fp32_layers"]["layers"]
+    layers = json.loads((small_onnx_export / "model.json").read_text())["fp32_layers"]["layers"]
     cmd = out.stderr[out.stderr.index("trtexec --onnx="):]
     assert "--fp16" in cmd and "--precisionConstraints=obey" in cmd
     spec = ",".join(f"{n}:fp32" for n in layers)

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from small_model import small_config, small_net
-
 REPO = Path(__file__).resolve().parents[3]
 VERSION = "v1.0-synth"
 
@@ -43,18 +41,6 @@ def _console_scripts() -> dict[str, str]:
     return dict((x.split("=")[0].strip(), x.split("=")[1].strip()) for x in lines)
 
 
-@pytest.fixture(scope="module")
-def onnx_export(tmp_path_factory):
-    from export.cli import main as export_main
-    from perception.train.checkpoint import save_checkpoint
-
-    cfg = small_config()
-    root = tmp_path_factory.mktemp("torchfree")
-    save_checkpoint(root / "small.pt", small_net(cfg), cfg)
-    assert export_main(["--checkpoint", str(root / "small.pt"), "--out", str(root / "onnx")]) == 0
-    return root / "onnx"
-
-
 @pytest.mark.parametrize("name", sorted(_console_scripts()))
 def test_every_help_works_without_torch(name):
     out = _run_blocked(_console_scripts()[name], ["--help"], blocked=("torch", "pyquaternion"), timeout=120)
@@ -62,19 +48,19 @@ def test_every_help_works_without_torch(name):
     assert "usage:" in out.stdout and "Traceback" not in out.stderr
 
 
-def test_replay_onnx_runs_without_torch(onnx_export, synth_sweeps, tmp_path):
+def test_replay_onnx_runs_without_torch(small_onnx_export, synth_sweeps, tmp_path):
     from nuscenes.nuscenes import NuScenes
 
     bag = synth_sweeps / "bags" / NuScenes(VERSION, str(synth_sweeps), verbose=False).scene[0]["name"]
-    out = _run_blocked("perception.cli.replay:main", ["--bag", str(bag), "--onnx", str(onnx_export), "--out",
+    out = _run_blocked("perception.cli.replay:main", ["--bag", str(bag), "--onnx", str(small_onnx_export), "--out",
                                                       str(tmp_path / "r"), "--max-frames", "3", "--no-progress"])
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "NO_TORCH"
     assert json.loads((tmp_path / "r" / "report.json").read_text())["frames"]["emitted"] == 3
 
 
-def test_perception_test_onnx_runs_without_torch(onnx_export, synth_root, tmp_path):
-    out = _run_blocked("perception.cli.test:main", ["--onnx", str(onnx_export), "--dataroot", str(synth_root),
+def test_perception_test_onnx_runs_without_torch(small_onnx_export, synth_root, tmp_path):
+    out = _run_blocked("perception.cli.test:main", ["--onnx", str(small_onnx_export), "--dataroot", str(synth_root),
                                                     "--version", VERSION, "--split", "synth_val", "--out",
                                                     str(tmp_path / "t"), "--max-samples", "2", "--no-progress"])
     assert out.returncode == 0, out.stderr[-3000:]
@@ -82,7 +68,7 @@ def test_perception_test_onnx_runs_without_torch(onnx_export, synth_root, tmp_pa
     assert (tmp_path / "t" / "metrics_summary.json").exists()
 
 
-def test_engine_without_tensorrt_is_one_line_and_no_torch(onnx_export, synth_sweeps, synth_root, tmp_path):
+def test_engine_without_tensorrt_is_one_line_and_no_torch(small_onnx_export, synth_sweeps, synth_root, tmp_path):
     """--engine where TensorRT is not installed (this machine): exit 1 with one line, torch never imported."""
     (tmp_path / "eng").mkdir()
     for entry, args in [("perception.cli.test:main", ["--engine", str(tmp_path / "eng"), "--dataroot",
