@@ -5,10 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from perception.cli.test import main
 from perception.data.synthetic.generate import VERSION
+
+pytestmark = pytest.mark.slow  # perception-test end to end in subprocesses, sharded
 
 REPO = Path(__file__).resolve().parents[3]
 
