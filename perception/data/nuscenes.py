@@ -352,13 +352,17 @@ def load_tables(dataroot: Path, version: str) -> Any:
 
 
 def _bad_table(folder: Path) -> str:
-    """The first table of ``folder`` that is not a JSON list of objects ('' when they all are)."""
-    for path in sorted(folder.glob("*.json")):
+    """The first nuScenes table of ``folder`` that is not a JSON list of objects ('' when they all are)."""
+    tables = ("attribute", "calibrated_sensor", "category", "ego_pose", "instance", "log", "map", "sample",
+              "sample_annotation", "sample_data", "scene", "sensor", "visibility")
+    for path in (folder / f"{name}.json" for name in tables):
+        if not path.exists():
+            return f"{path} (missing)"
         try:
             rows = json.loads(path.read_bytes())
-        except (ValueError, UnicodeDecodeError) as err:
+        except ValueError as err:  # also UnicodeDecodeError
             return f"{path} (not valid JSON: {err})"
-        if path.stem != "splits" and (not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows)):
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             return f"{path} (not a list of records)"
     return ""
 
