@@ -339,7 +339,17 @@ def _camera_tile(image: np.ndarray, img_from_ego: np.ndarray, corners: np.ndarra
 
 def draw_detections_preview(frame, det, track_ids: np.ndarray | None, out: str | Path, max_range: float = 50.0,
                             tile_width: int = 400, lidar: np.ndarray | None = None, title: str = "") -> None:
-    """Preview of one frame: a camera mosaic with the detections' 3D boxes projected through
+    """``preview_image`` written as a 256-colour PNG to ``out``."""
+    from PIL import Image
+
+    canvas = preview_image(frame, det, track_ids, max_range, tile_width, lidar, title)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    canvas.quantize(256, method=Image.Quantize.FASTOCTREE).save(out, format="PNG")
+
+
+def preview_image(frame, det, track_ids: np.ndarray | None, max_range: float = 50.0, tile_width: int = 400,
+                  lidar: np.ndarray | None = None, title: str = "") -> Any:
+    """The preview of one frame: a camera mosaic with the detections' 3D boxes projected through
     ``frame.img_from_ego`` (``cols`` = 2 columns for wide images, W >= 2 H, else 3; camera ``i`` at pixel
     ``((i % cols) * tile_width, (i // cols) * tile_h)`` with ``tile_h = round(H * tile_width / W)``), and on the
     right a square BEV panel (``bev_panel``: boxes with heading and velocity, every forecast mode with its
@@ -350,8 +360,8 @@ def draw_detections_preview(frame, det, track_ids: np.ndarray | None, out: str |
     With ``track_ids`` (K,) everything is coloured by track ID (``TRACK_COLOURS``: a track keeps its colour across
     frames); with None by class (``CLASS_COLOURS``).
 
-    Drawn with PIL rather than matplotlib and written as a 256-colour PNG: replay writes one every few frames,
-    which must stay well under 0.5 s and ~200 kB."""
+    Returns the RGB PIL image. Drawn with PIL rather than matplotlib (``draw_detections_preview`` writes it as a
+    256-colour PNG): replay writes one every few frames, which must stay well under 0.5 s and ~200 kB."""
     from PIL import Image, ImageDraw, ImageFont
 
     n, h, w = frame.images.shape[:3]
@@ -390,5 +400,4 @@ def draw_detections_preview(frame, det, track_ids: np.ndarray | None, out: str |
                     det.trajectories, det.mode_probs, frame.gt_boxes, pts[:, :2],
                     None if lidar is None else np.asarray(lidar)[:, :2], head, font)
     canvas.paste(bev, (cols * tile_width, 0))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    canvas.quantize(256, method=Image.Quantize.FASTOCTREE).save(out, format="PNG")
+    return canvas

@@ -136,11 +136,23 @@ def test_results_check_rejects_what_the_devkit_rejects(tmp_path):
             check_results_file(path, tokens)
 
 
-NO_TORCH = "import sys\nsys.modules['torch'] = None\nfrom perception.cli.infer import main\nraise SystemExit(main({argv!r}))\n"
+# torch made unimportable as if it were not installed: a meta-path finder refuses it (a sys.modules['torch'] = None
+# shim would also break libraries that look torch up in sys.modules, e.g. scipy's array-API helpers)
+NO_TORCH = """import importlib.abc, sys
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'torch':
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)")
+sys.meta_path.insert(0, NoTorch())
+from perception.cli.infer import main
+code = main({argv!r})
+assert 'torch' not in sys.modules
+raise SystemExit(code)
+"""
 
 
 def _run_without_torch(argv: list[str]) -> subprocess.CompletedProcess:
-    """perception-infer in a fresh interpreter where ``import torch`` fails."""
+    """perception-infer in a fresh interpreter where ``import torch`` fails (and is never imported)."""
     return subprocess.run([sys.executable, "-c", NO_TORCH.format(argv=argv)], capture_output=True, text=True,
                           cwd=REPO, timeout=600)
 
