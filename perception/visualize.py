@@ -1,53 +1,139 @@
-"""Pictures: points over camera images (coloured by depth). Uses matplotlib's Agg backend (no display)."""
+"""Pictures: points over camera images (a mosaic, coloured by depth, Doppler or RCS, GT boxes), Frames, BEV
+panels of predictions beside GT, replay previews. matplotlib (Agg backend, no display) or PIL (the fast ones)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 
-def overlay_points(image: np.ndarray, uvd: np.ndarray, out: str | Path, title: str = "",
-                   max_depth: float | None = None, point_size: float | None = None) -> int:
-    """Draw points on an image, coloured by depth, with a colour bar; write a PNG.
+@dataclass
+class OverlayPanel:
+    """One camera image of an overlay: points ``uvd`` (N, 3) u, v pixels and depth (NaN u/v: behind the camera),
+    ``values`` (N,) what colours them (default: the depth), ``box_corners`` (G, 8, 3) GT boxes in the camera's
+    ``img_from_ego`` frame given as ``img_from_ego`` (4, 4) with ``box_names``."""
 
-    image: (H, W, 3) uint8 RGB. uvd: (N, 3) u, v pixels and depth metres (NaN u/v = behind the camera).
-    Returns how many points were drawn (in front of the camera and inside the image).
-    point_size: marker area in points^2; default scales with the image and the point count
-    (dense lidar small, sparse radar large and outlined).
-    """
+    image: np.ndarray
+    uvd: np.ndarray
+    title: str = ""
+    values: np.ndarray | None = None
+    img_from_ego: np.ndarray | None = None
+    box_corners: np.ndarray | None = None
+    box_names: Sequence[str] = ()
+
+    def inside(self) -> np.ndarray:
+        h, w = self.image.shape[:2]
+        u, v, d = self.uvd[:, 0], self.uvd[:, 1], self.uvd[:, 2]
+        with np.errstate(invalid="ignore"):
+            return (d > 0) & np.isfinite(u) & np.isfinite(v) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+
+
+COLOUR_BY = {  # colour-bar label, colormap, symmetric about 0
+    "depth": ("depth (m)", "turbo", False),
+    "doppler": ("Doppler, radial (m/s; + away)", "coolwarm", True),
+    "rcs": ("RCS (dBsm)", "viridis", False),
+}
+
+
+def mosaic_layout(sizes: Sequence[tuple[int, int]], tile_width: int = 800) -> tuple[list[tuple[int, int, float]],
+                                                                                    tuple[int, int]]:
+    """Where each (H, W) image goes: one image at its own size; several in up to 3 columns, each scaled to
+    ``tile_width`` wide, rows as tall as their tallest tile. Returns ([(x0, y0, scale)], (total W, total H))."""
+    if len(sizes) == 1:
+        h, w = sizes[0]
+        return [(0, 0, 1.0)], (w, h)
+    cols = min(3, len(sizes)) if len(sizes) != 4 else 2
+    places, y0, row_h = [], 0, 0
+    for i, (h, w) in enumerate(sizes):
+        if i and i % cols == 0:
+            y0, row_h = y0 + row_h, 0
+        scale = tile_width / w
+        places.append(((i % cols) * tile_width, y0, scale))
+        row_h = max(row_h, int(round(h * scale)))
+    return places, (cols * tile_width, y0 + row_h)
+
+
+def overlay_mosaic(panels: Sequence[OverlayPanel], out: str | Path, colour_by: str = "depth",
+                   point_size: float | None = None, vmax: float | None = None) -> int:
+    """Points over one or several camera images (``mosaic_layout``), coloured by ``colour_by`` (``COLOUR_BY``) with
+    one shared colour bar, GT boxes projected as wireframes (clipped to their image) with their names; a PNG.
+    Returns how many points were drawn (in front of a camera and inside its image)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    h, w = image.shape[:2]
-    u, v, d = uvd[:, 0], uvd[:, 1], uvd[:, 2]
-    inside = (d > 0) & np.isfinite(u) & np.isfinite(v) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    label, cmap, symmetric = COLOUR_BY[colour_by]
+    places, (tw, th) = mosaic_layout([p.image.shape[:2] for p in panels])
+    values = [p.uvd[:, 2] if p.values is None else np.asarray(p.values, np.float64) for p in panels]
+    shown = np.concatenate([v[p.inside()] for v, p in zip(values, panels)] + [np.zeros(0)])
+    if vmax is None:
+        vmax = float(np.percentile(np.abs(shown) if symmetric else shown, 98)) if len(shown) else 1.0
+    vmin = -vmax if symmetric else (0.0 if colour_by == "depth" else float(np.percentile(shown, 2)) if len(shown) else 0.0)
+    vmax = max(vmax, vmin + 1e-3)
     dpi = 100
-    fig = plt.figure(figsize=(w / dpi * 1.08, h / dpi), dpi=dpi)
-    ax = fig.add_axes((0.0, 0.0, w / (w * 1.08), 1.0))
-    ax.imshow(image)
-    order = np.argsort(-d[inside])  # far points first, near ones on top
-    vmax = max_depth if max_depth is not None else (float(np.percentile(d[inside], 98)) if inside.any() else 1.0)
-    sparse = inside.sum() < 2000
-    if point_size is None:
-        point_size = (w / 1600.0) ** 2 * (60.0 if sparse else 6.0)
-    sc = ax.scatter(u[inside][order], v[inside][order], c=d[inside][order], s=point_size, cmap="turbo",
-                    vmin=0.0, vmax=max(vmax, 1e-3), linewidths=0.6 if sparse else 0, edgecolors="black")
-    ax.set_xlim(0, w)
-    ax.set_ylim(h, 0)
-    ax.axis("off")
-    if title:
-        ax.text(8, 8, title, color="white", fontsize=max(8, h // 60), va="top",
-                bbox={"facecolor": "black", "alpha": 0.6, "pad": 3})
-    cax = fig.add_axes((w / (w * 1.08) + 0.01, 0.1, 0.015, 0.8))
-    cb = fig.colorbar(sc, cax=cax)
-    cb.set_label("depth (m)")
+    bar = 0.08 * tw
+    fig = plt.figure(figsize=((tw + bar) / dpi, th / dpi), dpi=dpi)
+    sc, drawn = None, 0
+    for p, (x0, y0, scale), vals in zip(panels, places, values):
+        h, w = p.image.shape[:2]
+        ax = fig.add_axes((x0 / (tw + bar), 1 - (y0 + h * scale) / th, w * scale / (tw + bar), h * scale / th))
+        ax.imshow(p.image)
+        ok = p.inside()
+        order = np.argsort(-p.uvd[ok, 2])  # far points first, near ones on top
+        sparse = ok.sum() < 2000
+        size = point_size if point_size is not None else (w * scale / 1600.0) ** 2 * (60.0 if sparse else 6.0) / scale ** 2
+        sc = ax.scatter(p.uvd[ok, 0][order], p.uvd[ok, 1][order], c=vals[ok][order], s=size * scale ** 2, cmap=cmap,
+                        vmin=vmin, vmax=vmax, linewidths=0.6 if sparse else 0, edgecolors="black")
+        drawn += int(ok.sum())
+        if p.box_corners is not None and p.img_from_ego is not None:
+            _draw_box_wireframes(ax, p.box_corners, p.box_names, np.asarray(p.img_from_ego, np.float64), w, h)
+        ax.set_xlim(0, w)
+        ax.set_ylim(h, 0)
+        ax.axis("off")
+        if p.title:
+            ax.text(8, 8, p.title, color="white", fontsize=max(8, int(h * scale) // 60), va="top",
+                    bbox={"facecolor": "black", "alpha": 0.6, "pad": 3})
+    cax = fig.add_axes((tw / (tw + bar) + 0.01, 0.1, 0.015 * 1.08 * tw / (tw + bar), 0.8))
+    fig.colorbar(sc, cax=cax).set_label(label)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)
     plt.close(fig)
-    return int(inside.sum())
+    return drawn
+
+
+def _draw_box_wireframes(ax: Any, corners: np.ndarray, names: Sequence[str], img_from_ego: np.ndarray, w: int,
+                         h: int) -> None:
+    hom = (corners.reshape(-1, 3) @ img_from_ego[:3, :3].T + img_from_ego[:3, 3]).reshape(-1, 8, 3)
+    for b in range(len(hom)):
+        colour = CLASS_COLOURS.get(str(names[b]) if b < len(names) else "", "#ffffff")
+        top = None
+        for e0, e1 in BOX_EDGES:
+            seg = _near_clip(hom[b, e0], hom[b, e1], near=0.5)
+            if seg is None:
+                continue
+            clipped = clip_to_rect(*(tuple(q[:2] / q[2]) for q in seg), w, h)
+            if clipped is None:
+                continue
+            (u0, v0), (u1, v1) = clipped
+            ax.plot([u0, u1], [v0, v1], color=colour, lw=1.2)
+            top = min(top or (u0, v0), (u0, v0), (u1, v1), key=lambda q: q[1])
+        if top is not None and b < len(names):
+            ax.text(top[0], max(top[1] - 4, 10), str(names[b]), color=colour, fontsize=7, va="bottom")
+
+
+def overlay_points(image: np.ndarray, uvd: np.ndarray, out: str | Path, title: str = "",
+                   max_depth: float | None = None, point_size: float | None = None) -> int:
+    """Points over one image, coloured by depth, with a colour bar; a PNG (``overlay_mosaic`` of one panel).
+
+    image: (H, W, 3) uint8 RGB at 1:1 scale in the PNG. uvd: (N, 3) u, v pixels and depth metres (NaN u/v = behind
+    the camera). Returns how many points were drawn (in front of the camera and inside the image).
+    point_size: marker area in points^2; default scales with the image and the point count
+    (dense lidar small, sparse radar large and outlined).
+    """
+    return overlay_mosaic([OverlayPanel(image, uvd, title)], out, "depth", point_size, max_depth)
 
 
 BOX_EDGES = [(0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7)]
