@@ -22,7 +22,6 @@ The ONNX Runtime and TensorRT paths import no torch (tested with torch made unim
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -157,25 +156,17 @@ def _radar_records(path: str | Path) -> np.ndarray:
 
 def assemble_raw_frame(cfg: Any, rig: Any, images: Mapping[str, np.ndarray], radars: Mapping[str, np.ndarray],
                        camera_order: Sequence[str], name: str) -> Frame:
-    """Decoded camera images and radar records of one instant -> a Frame, through the replay's frame builder
-    (the same undistortion, preprocessing and radar accumulation as every other path). The one place to switch
-    to ``perception.data``'s frame assembler."""
-    from calibration.sync import PoseStream
-    from perception.replay.frames import build_frame
-    from perception.replay.messages import CameraImage, Message
-    from perception.replay.player import FrameJob
+    """Decoded camera images and radar records of one instant -> a Frame, through the one Frame assembler
+    (``perception.data.assemble.assemble_frame``: the same undistortion, preprocessing and radar accumulation as
+    every other path), with a still ego (no poses). Cameras of ``camera_order`` without an image are masked."""
+    from perception.data.assemble import CameraShot, assemble_frame, still_poses, stereo_indices
+    from perception.data.radar import SweepRef
 
-    poses = PoseStream(np.array([RAW_T0], np.int64), np.eye(4)[None])
-    cams = {ch: Message(i, f"file:{ch}", RAW_T0, "camera", ch, RAW_T0, CameraImage(img, b""))
-            for i, (ch, img) in enumerate(images.items())}
-    sweeps = [Message(100 + i, f"file:{ch}", RAW_T0, "radar", ch, RAW_T0, rec) for i, (ch, rec) in enumerate(radars.items())]
-    job = FrameJob(0, RAW_T0, RAW_T0, next(iter(cams.values())), cams, sweeps, poses,
-                   {ch: rig.cameras[ch] for ch in camera_order if ch in rig.cameras},
-                   {ch: rig.radars[ch] for ch in radars})
-    radar_order = tuple(rig.radars)
-    stereo = [[camera_order.index(p.left), camera_order.index(p.right)] for p in rig.stereo_pairs
-              if p.left in camera_order and p.right in camera_order]
-    return build_frame(job, cfg, tuple(camera_order), radar_order, np.array(stereo, np.int64).reshape(-1, 2), name)
+    shots = [CameraShot(ch, rig.cameras.get(ch), images.get(ch), RAW_T0) for ch in camera_order]
+    index = {ch: k for k, ch in enumerate(sorted(rig.radars))}  # the sensor field: radars by name, as the dataset
+    sweeps = [SweepRef(rig.radars[ch], index[ch], f"--radar {ch}", RAW_T0, rec) for ch, rec in radars.items()]
+    return assemble_frame(cfg.data, RAW_T0, still_poses(), shots, sweeps, token=name,
+                          stereo_pairs=stereo_indices(rig.stereo_pairs, list(camera_order)))
 
 
 def frame_from_files(cfg: Any, rig_path: str | Path, images: Mapping[str, str], radars: Mapping[str, str] = {},
@@ -225,12 +216,11 @@ def frame_from_files(cfg: Any, rig_path: str | Path, images: Mapping[str, str], 
     for ch in order:
         if ch not in images:
             notes.append(f"camera {ch}: no --image; masked")
-    frame = assemble_raw_frame(cfg, rig, decoded, records, order, "file")
+    frame = assemble_raw_frame(cfg, rig, decoded, records, order, f"file:{Path(next(iter(images.values()))).stem}")
     pts = None
     if lidar:
         lidar_mount = next(iter(rig.lidars.values())).ego_from_lidar if rig.lidars else np.eye(4)
         pts = _lidar_in_ego(lidar, lidar_mount)
-    frame.sample_token = f"file:{Path(next(iter(images.values()))).stem}"
     return Source(frame, pts, f"{len(images)} image(s), {len(radars)} radar file(s) with {Path(rig_path).name}", notes)
 
 
@@ -277,6 +267,7 @@ def write_outputs(source: Source, det: Any, out_dir: str | Path, max_range: floa
     scoring at least ``preview_score``) in ``out_dir``, each written to a temporary name and renamed. Returns a
     summary (paths, counts, timing)."""
     from perception.eval.detection import check_results_file, results_json
+    from perception.outputs import atomic_file
     from perception.visualize import draw_detections_preview
 
     out = Path(out_dir)
@@ -284,17 +275,15 @@ def write_outputs(source: Source, det: Any, out_dir: str | Path, max_range: floa
     frame = source.frame
     results = results_json({frame.sample_token: det.to_nuscenes()}, [frame.sample_token])
     path = out / "results_nusc.json"
-    tmp = out / ".results_nusc.json.tmp"
-    tmp.write_text(json.dumps(results))
-    check_results_file(tmp, [frame.sample_token])
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(results))
+        check_results_file(tmp, [frame.sample_token])
     preview = out / "preview.png"
-    tmp_png = out / ".preview.tmp.png"
     shown = above(det, preview_score)
-    draw_detections_preview(frame, shown, None, tmp_png, max_range=max_range, lidar=source.lidar,
-                            title=f"{source.description}: {len(shown)} of {len(det)} detections (score >= "
-                                  f"{preview_score:g})")
-    os.replace(tmp_png, preview)
+    with atomic_file(preview) as tmp:
+        draw_detections_preview(frame, shown, None, tmp, max_range=max_range, lidar=source.lidar,
+                                title=f"{source.description}: {len(shown)} of {len(det)} detections (score >= "
+                                      f"{preview_score:g})")
     counts: dict[str, int] = {}
     for name in det.names:
         counts[str(name)] = counts.get(str(name), 0) + 1

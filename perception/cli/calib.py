@@ -17,8 +17,9 @@ from calibration.io import (
 )
 from calibration.rig import CalibrationError, Camera, Rig
 from calibration.transforms import project_points, transform_points
-from perception.cli.common import EXIT_OK, HelpFormatter, parse_size, run
+from perception.cli.common import EXIT_OK, HelpFormatter, number, parse_size, run
 from perception.data.io import KEEP_ALL, DEVKIT_DEFAULT, SensorFileError, image_size, read_image, read_points
+from perception.outputs import atomic_file, check_file_target
 
 EXAMPLES = {
     "validate": ["perception-calib validate configs/rigs/nuscenes.yaml",
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--sample-token", help="sample whose calibrated_sensor rows to use (nuscenes)")
     c.add_argument("--image-size", type=parse_size, help="WxH of the images, when the source does not carry it")
     c.add_argument("--image", help="an image file to read the size from (kitti)")
-    c.add_argument("--index", type=int, default=0, help="entry of data_list (mmdet3d-info)")
+    c.add_argument("--index", type=number(int, min=0), default=0, help="entry of data_list (mmdet3d-info)")
     c.add_argument("--camera", default="CAM_FRONT", help="camera channel name (kitti)")
     c.add_argument("--radar", default="RADAR_FRONT", help="radar channel name (kitti)")
 
@@ -178,8 +179,13 @@ def _cmd_project(args: argparse.Namespace) -> int:
         raise SensorFileError(args.points, f"not a readable .npy array ({err})") from None
     if pts.ndim != 2 or pts.shape[1] != 3 or not np.issubdtype(pts.dtype, np.number):
         raise SensorFileError(args.points, f"points have shape {pts.shape} dtype {pts.dtype}; expected (N, 3) numbers")
+    finite = np.isfinite(pts).all(axis=1)
+    if not finite.all():
+        raise SensorFileError(args.points, f"{int((~finite).sum())} of {len(pts)} points hold NaN or inf (first: row "
+                                           f"{int(np.argmin(finite))})", "drop or fix those points")
     uvd = project_points(cam.img_from_ego, pts)
-    np.save(args.out, uvd)
+    with atomic_file(args.out) as tmp, open(tmp, "wb") as f:
+        np.save(f, uvd)
     n_in = int(np.sum((uvd[:, 2] > 0) & (uvd[:, 0] >= 0) & (uvd[:, 0] < cam.width)
                       & (uvd[:, 1] >= 0) & (uvd[:, 1] < cam.height)))
     print(f"wrote {args.out}: {len(uvd)} points, {n_in} inside the {cam.width}x{cam.height} image of {cam.name}")
@@ -275,7 +281,8 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
     panels = [OverlayPanel(image, project_points(cam.img_from_ego, xyz), f"{channel}: {Path(args.points).name} "
                            f"({args.frame})", values, cam.img_from_ego, corners, names)
               for channel, image, cam in cams]
-    n = overlay_mosaic(panels, args.out, args.color_by)
+    with atomic_file(args.out) as tmp:
+        n = overlay_mosaic(panels, tmp, args.color_by)
     boxes = f"; {len(names)} GT boxes" if corners is not None else ""
     where = (f"{n} of {len(xyz)} points inside the image" if len(cams) == 1 else
              f"{n} projections of {len(xyz)} points inside the {len(cams)} images")
@@ -288,6 +295,8 @@ COMMANDS = {"validate": _cmd_validate, "convert": _cmd_convert, "project": _cmd_
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "out", None):
+        check_file_target(args.out)  # a folder or a file-in-the-way is refused before any work
     return COMMANDS[args.command](args)
 
 

@@ -6,6 +6,7 @@ sweeps of all units are stacked with the closest-in-time points first, then trun
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,18 @@ class SweepRef:
     path: str | Path
     timestamp: int
     records: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+
+def select_sweeps(stamps: Sequence[int], t0: int, window_us: int, future_us: int, count: int) -> list[int]:
+    """The one radar sweep selection (offline dataset and replay player alike): indices into ``stamps`` (µs) of
+    up to ``count`` sweeps of ONE radar with ``t0 - window_us <= stamp <= t0 + future_us``, closest to ``t0``
+    first; of two equally close, the newer first. Offline ``future_us`` is the non-causal tolerance
+    (``data.radar.future_tolerance_ms``: nuScenes key-frame sweeps straddle t0); the replay player passes only
+    the sweeps that had arrived, so it stays causal whatever the tolerance."""
+    lo, hi = int(t0) - int(window_us), int(t0) + int(future_us)
+    inside = [i for i, t in enumerate(stamps) if lo <= int(t) <= hi]
+    inside.sort(key=lambda i: (abs(int(stamps[i]) - int(t0)), -int(stamps[i])))
+    return inside[:max(int(count), 0)]
 
 
 def doppler_of(cloud: PointCloud, radar: Radar) -> np.ndarray:
