@@ -49,15 +49,11 @@ class CameraImage:
         """(width, height) of the full image."""
         return self.full_size or (int(self.rgb.shape[1]), int(self.rgb.shape[0]))
 
-    def full_from_decoded(self) -> np.ndarray:
-        """(4, 4) pixels of the decoded ``rgb`` <- pixels of the full image (pixel centres at integers):
-        u' = (u + 0.5) / s - 0.5. The identity for a full-size decode."""
+    def decoded_from_full(self) -> np.ndarray:
+        """(3, 3) pixels of the decoded ``rgb`` <- pixels of the full image (pixel centres at integers):
+        u' = (u + 0.5) / s - 0.5, the same for v. The identity for a full-size decode."""
         s = float(self.reduction)
-        a = np.eye(4)
-        a[0, 0] = a[1, 1] = 1.0 / s
-        a[0, 2] = a[1, 2] = 0.0
-        a[0, 3] = a[1, 3] = 0.5 / s - 0.5
-        return a
+        return np.array([[1 / s, 0, 0.5 / s - 0.5], [0, 1 / s, 0.5 / s - 0.5], [0, 0, 1]])
 
 
 @dataclass

@@ -54,6 +54,7 @@ def clean_bag_run(scene, pipe, tmp_path_factory):
     return replay(BagReader(bag), pipe, out, progress=False), out
 
 
+@pytest.mark.slow  # replays a bag through a network
 def test_bag_and_tables_give_the_same_detections(scene, pipe, clean_bag_run, tmp_path):
     root, name, _ = scene
     rep_bag, out_bag = clean_bag_run
@@ -76,6 +77,7 @@ def test_bag_and_tables_give_the_same_detections(scene, pipe, clean_bag_run, tmp
     assert rep_bag["frames"]["masked_sensors"] == {}
 
 
+@pytest.mark.slow  # replays a bag through a network
 def test_outputs_exist_and_report_has_schema(clean_bag_run):
     rep, out = clean_bag_run
     data = json.loads((out / "report.json").read_text())
@@ -155,6 +157,7 @@ def corrupt_run(scene, pipe, tmp_path_factory):
     return replay(BagReader(dst), pipe, tmp / "out", progress=False)
 
 
+@pytest.mark.slow  # replays a bag through a network
 def test_corrupted_bag_is_accounted_for(corrupt_run):
     rep = corrupt_run
     _identity(rep)
@@ -169,6 +172,7 @@ def test_corrupted_bag_is_accounted_for(corrupt_run):
     assert rep["frames"]["emitted"] >= 10 and not rep["frames"]["errors"]
 
 
+@pytest.mark.slow  # replays a bag through a network
 def test_missing_tf_static_without_and_with_rig(scene, pipe, tmp_path):
     root, _, bag = scene
     dst = tmp_path / "no_static"
@@ -185,6 +189,7 @@ def test_missing_tf_static_without_and_with_rig(scene, pipe, tmp_path):
     assert rep["frames"]["emitted"] >= 10
 
 
+@pytest.mark.slow  # replays a bag through a network
 def test_tf_static_chains_are_composed(scene, pipe, clean_bag_run, tmp_path):
     """Each sensor re-hung below an intermediate mount frame (base_link -> <sensor>_mount -> sensor, the two
     halves in separate /tf_static messages, the lower one first): the composed chain gives the clean bag's
@@ -241,6 +246,7 @@ def test_tf_static_chains_are_composed(scene, pipe, clean_bag_run, tmp_path):
     assert cam is None and "stops at CAM_FRONT_mount" in why
 
 
+@pytest.mark.slow  # replays a bag through a network
 def test_truncated_bag_keeps_what_was_read(scene, pipe, tmp_path):
     _, _, bag = scene
     dst = tmp_path / "trunc"
@@ -255,6 +261,7 @@ def test_truncated_bag_keeps_what_was_read(scene, pipe, tmp_path):
     assert 2 <= rep["frames"]["emitted"] < 20
 
 
+@pytest.mark.slow  # replays a bag through a network
 def test_sqlite3_bag_with_odometry_poses_and_a_topic_map(scene, pipe, clean_bag_run, tmp_path):
     """The same drive stored as sqlite3, ego poses as nav_msgs/Odometry on /odom, the topics renamed: with a topic
     map it replays to the same detections as the original MCAP bag."""
@@ -385,6 +392,7 @@ def test_player_drops_beyond_reorder_buffer_and_picks_closest_image():
     assert p.ledger.topics["/CAM_B"]["dropped"] == {"not_selected": 1}
 
 
+@pytest.mark.slow  # replays a bag through a network
 def test_cli_replay_and_bad_reference(scene, small_ckpt, tmp_path, capsys):
     from perception.cli.replay import main
 
@@ -586,3 +594,37 @@ def test_draft_decoding_matches_the_full_size_path(scene, pipe, tmp_path):
         top = np.argsort(-da.scores)[:5]
         d = np.linalg.norm(da.boxes[top, None, :3] - db.boxes[None, :, :3], axis=-1).min(1)
         assert d.max() < 0.1, d
+
+
+def test_dct_scaled_decode_pixel_mapping():
+    """libjpeg's 1/4 decode puts a bright square where CameraImage.decoded_from_full says (u' = (u + 0.5) / 4 - 0.5),
+    and the rescaled camera projects a point onto those pixels."""
+    import io
+
+    from PIL import Image
+
+    from calibration.rig import Camera
+    from perception.replay.frames import decoded_camera
+    from perception.replay.messages import decode_image
+
+    img = np.zeros((563, 1000, 3), np.uint8)
+    img[201:242, 403:444] = 255  # centre (423, 221) in full pixels
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=95)
+    full, small = decode_image(buf.getvalue()), decode_image(buf.getvalue(), draft_width=176)
+    assert full.reduction == 1 and small.reduction == 4 and small.rgb.shape == (141, 250, 3)
+    assert small.size == full.size == (1000, 563)
+
+    def centroid(a):
+        w = a[..., 0].astype(np.float64)
+        v, u = np.mgrid[:a.shape[0], :a.shape[1]]
+        return np.array([(u * w).sum() / w.sum(), (v * w).sum() / w.sum(), 1.0])
+
+    np.testing.assert_allclose(small.decoded_from_full() @ centroid(full.rgb), centroid(small.rgb), atol=0.05)
+    k = np.array([[800.0, 0, 500], [0, 800, 280], [0, 0, 1]])
+    cam = Camera("CAM_FRONT", 1000, 563, k, np.array([[0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 1.5], [0, 0, 0, 1.0]]))
+    reduced = decoded_camera(cam, small)
+    assert (reduced.width, reduced.height) == (250, 141) and decoded_camera(cam, full) is cam
+    p = np.array([12.0, 2.0, 1.0, 1.0])  # ego point in front
+    a, b = cam.img_from_ego @ p, reduced.img_from_ego @ p
+    np.testing.assert_allclose(small.decoded_from_full() @ (a[:3] / a[2]), b[:3] / b[2], atol=1e-9)
