@@ -3,12 +3,11 @@ real sensor timing, track what it detects, and write what it saw (Foxglove MCAP,
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from perception.cli.common import EXIT_INPUT, EXIT_OK, HelpFormatter, checkpoint_errors, run
+from perception.cli.common import EXIT_INPUT, EXIT_OK, HelpFormatter, checkpoint_errors, number, run
 
 EXAMPLES = """examples:
   perception-replay --bag demo_out/synth/bags/scene-0000 --onnx demo_out/export --out replay/scene-0000   # after make demo
@@ -26,40 +25,18 @@ exit codes: 0 ok (also when messages were dropped: see report.json); 1 invalid i
 no frame at all was produced (the main reasons are printed, with counts and an example); 2 bad arguments."""
 
 
+_POSITIVE = number(float, min=0, min_exclusive=True)
+
+
 def _rate(text: str) -> float | None:
+    """'max' or a positive finite factor of real time."""
     if text == "max":
         return None
     try:
-        v = float(text)
-        if not math.isfinite(v) or v <= 0:
-            raise ValueError
-        return v
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--rate must be a positive finite number (1.0 = real time) or 'max'; "
-                                         f"got '{text}'") from None
-
-
-# TODO(issue 26): use the shared argparse number types of perception/cli/common.py once they are on main
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-            if v < low:
-                raise ValueError
-            return v
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}; got '{text}'") from None
-    return parse
-
-
-def _finite(text: str) -> float:
-    try:
-        v = float(text)
-        if not math.isfinite(v):
-            raise ValueError
-        return v
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a finite number; got '{text}'") from None
+        return _POSITIVE(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number (1.0 = real time) or 'max'; got "
+                                         f"'{text}'") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,10 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topics", help="topic map YAML (schema perception-topics/1); not needed for perception-synth bags")
     p.add_argument("--rig", help="rig YAML: calibration instead of /tf_static + CameraInfo")
     p.add_argument("--reference", default="CAM_FRONT", help="camera whose images trigger frames (t0)")
-    p.add_argument("--max-wait-ms", type=_finite, default=60.0, help="wait after a trigger for the other sensors")
-    p.add_argument("--max-frames", type=_int_at_least(1), help="stop after N frames")
-    p.add_argument("--score-threshold", type=_finite, default=0.3, help="detections below it are not output")
-    p.add_argument("--preview-every", type=_int_at_least(0), default=10,
+    p.add_argument("--max-wait-ms", type=number(float, min=0), default=60.0,
+                   help="wait after a trigger for the other sensors")
+    p.add_argument("--max-frames", type=number(int, min=1), help="stop after N frames")
+    p.add_argument("--score-threshold", type=number(float, min=0, max=1), default=0.3,
+                   help="detections below it are not output")
+    p.add_argument("--preview-every", type=number(int, min=0), default=10,
                    help="write a PNG preview every N frames (0: none)")
     p.add_argument("--no-progress", action="store_true")
     return p

@@ -90,3 +90,15 @@ def test_a_command_that_needs_torch_names_the_package_and_extra(synth_sweeps, tm
     err = out.stderr.strip().splitlines()
     assert out.returncode == 1 and len(err) == 1, out.stderr
     assert "'torch'" in err[0] and "bevfusion-rc[train]" in err[0] and "Traceback" not in out.stderr
+
+
+def test_perception_infer_onnx_runs_without_torch(small_onnx_export, synth_root, tmp_path):
+    from nuscenes.nuscenes import NuScenes
+
+    token = NuScenes(VERSION, str(synth_root), verbose=False).sample[0]["token"]
+    out = _run_blocked("perception.cli.infer:main", ["--onnx", str(small_onnx_export), "--out", str(tmp_path / "i"),
+                                                     "--dataroot", str(synth_root), "--version", VERSION,
+                                                     "--sample-token", token])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "NO_TORCH"
+    assert (tmp_path / "i" / "results_nusc.json").exists()
