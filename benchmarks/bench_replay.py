@@ -90,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--samples", type=int, default=10, help="key frames of the generated scene (5 s at 2 Hz)")
+    ap.add_argument("--backends", default="fp32,int8,torch",
+                    help="comma-separated among fp32 (ONNX Runtime FP32, the target; always run), int8 (ONNX Runtime "
+                         "INT8 Q/DQ), torch (PyTorch eager)")
     args = ap.parse_args(argv)
+    chosen = {"fp32", *args.backends.split(",")}
     import onnxruntime  # noqa: F401  (fail early)
     import torch
 
@@ -105,13 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = REPO / "checkpoints" / "synthetic_tiny.pt"
     tmp = Path(tempfile.mkdtemp(prefix="bench_replay_"))
     try:
-        assert export_main(["--checkpoint", str(ckpt), "--out", str(tmp / "onnx"), "--int8", "--dataroot", str(DATA),
-                            "--version", "v1.0-synth", "--split", "synth_train", "--calib-frames", "8"]) == 0
-        backends = {"ONNX Runtime FP32": lambda: Pipeline.from_onnx(tmp / "onnx", score_threshold=0.3, threads=2),
-                    "ONNX Runtime INT8 Q/DQ": lambda: Pipeline.from_onnx(tmp / "onnx", score_threshold=0.3, threads=2,
-                                                                       model_file="model_int8.onnx"),
-                    "PyTorch eager": lambda: Pipeline.from_checkpoint(ckpt, score_threshold=0.3)}
-        pipes = {k: f() for k, f in backends.items()}
+        int8 = ["--int8", "--dataroot", str(DATA), "--version", "v1.0-synth", "--split", "synth_train",
+                "--calib-frames", "8"] if "int8" in chosen else []
+        assert export_main(["--checkpoint", str(ckpt), "--out", str(tmp / "onnx"), *int8]) == 0
+        backends = {"ONNX Runtime FP32": ("fp32", lambda: Pipeline.from_onnx(tmp / "onnx", score_threshold=0.3,
+                                                                             threads=2)),
+                    "ONNX Runtime INT8 Q/DQ": ("int8", lambda: Pipeline.from_onnx(
+                        tmp / "onnx", score_threshold=0.3, threads=2, model_file="model_int8.onnx")),
+                    "PyTorch eager": ("torch", lambda: Pipeline.from_checkpoint(ckpt, score_threshold=0.3))}
+        pipes = {k: f() for k, (key, f) in backends.items() if key in chosen}
         runs: dict[str, list[dict]] = {k: [] for k in pipes}
         net_fps: dict[str, list[float]] = {k: [] for k in pipes}
         ort = pipes["ONNX Runtime FP32"]
@@ -163,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     t_lag = "met" if lag["p50_ms"] <= 1.5 * period_ms else "missed"
     busy = max(load_before[0], load_after[0]) > 1.5
     md = ("## Replay (issues 9, 25)\n\n"
-          f"Command: `python -m benchmarks.bench_replay --repeats {args.repeats}` (one synthetic scene with all "
+          f"Command: `python -m benchmarks.bench_replay --repeats {args.repeats} --backends {args.backends}` (one "
+          "synthetic scene with all "
           "sweeps, "
           f"800x450 images, {frames} frames triggered by CAM_FRONT at {sensor:.1f} Hz; shipped tiny checkpoint; whole "
           "replay path in four threads (read + decode, Frame + input arrays, network, tracker + MCAP/JSONL writers; "
