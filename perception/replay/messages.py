@@ -9,10 +9,13 @@ Drop reasons (``report.json`` counts each per topic): see ``DROP_REASONS``.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from calibration.transforms import make_transform
 
 DROP_REASONS = {
     "undecodable": "the payload could not be decoded (corrupt CDR, corrupt JPEG, unsupported encoding, bad layout)",
@@ -53,8 +56,6 @@ class Transform:
     rotation_wxyz: np.ndarray  # (4,)
 
     def matrix(self) -> np.ndarray:
-        from calibration.transforms import make_transform
-
         return make_transform(self.rotation_wxyz, self.translation)
 
 
@@ -87,8 +88,6 @@ def stamp_us(header: Any) -> int:
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
-    import io
-
     from PIL import Image
 
     try:
