@@ -169,7 +169,7 @@ class Pipeline:
 
     def infer(self, frame: Frame) -> Detections:
         t = time.perf_counter()
-        self.coverage_check(tuple(str(c) for c in frame.camera_channels), frame.img_from_ego)
+        self.coverage_check(tuple(str(c) for c in frame.camera_channels), frame.img_from_ego, frame.camera_valid)
         batch = input_arrays([frame], PillarSpec.from_config(self.cfg))
         t_pre = time.perf_counter()
         raw = self.runner(batch)

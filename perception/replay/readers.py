@@ -90,10 +90,14 @@ class BagReader:
 
     def _topics(self) -> dict[str, str]:
         if self.storage == "sqlite3":
-            from rosbags.rosbag2 import Reader
+            from rosbags.rosbag2 import Reader, ReaderError
 
-            with Reader(self.path) as r:
-                return {c.topic: c.msgtype for c in r.connections}
+            try:
+                with Reader(self.path) as r:
+                    return {c.topic: c.msgtype for c in r.connections}
+            except ReaderError as err:  # a truncated or foreign .db3
+                raise ReplayInputError(f"{self.path}: the sqlite3 bag cannot be opened ({err}); re-copy the bag "
+                                       "or convert it (ros2 bag convert)") from None
         topics: dict[str, str] = {}
         for _, channel, schema in self._mcap_records(summary_only=True):
             topics[channel.topic] = schema.name if schema else ""
