@@ -56,6 +56,20 @@ def split_scene_names(dataroot: str | Path, version: str, split: str) -> list[st
     return list(splits[split])
 
 
+def scene_sample_data(nusc, scene_token: str) -> list[dict]:
+    """Every sample_data row of the scene (key frames and sweeps), sorted by (timestamp, channel).
+
+    A sweep's ``sample_token`` is the key frame it belongs to, so membership of that sample in the scene
+    decides, whatever the prev/next chains look like."""
+    scene = nusc.get("scene", scene_token)
+    samples = {s["token"] for s in nusc.sample if s["scene_token"] == scene["token"]}
+    rows = [sd for sd in nusc.sample_data if sd["sample_token"] in samples]
+    if not rows:
+        raise ValueError(f"scene {scene_token} ('{scene['name']}') has no sample_data rows; "
+                         "check the sample and sample_data tables of this dataset version")
+    return sorted(rows, key=lambda sd: (sd["timestamp"], sd["channel"]))
+
+
 @dataclass
 class _SampleIndex:
     token: str
