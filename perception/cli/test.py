@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from perception.cli.common import EXIT_OK, HelpFormatter, number, run, torch_device
+from perception.cli.common import EXIT_OK, HelpFormatter, checkpoint_errors, number, run, torch_device
 from perception.outputs import OutputError, folder_output
 
 EXAMPLES = """examples:
@@ -136,15 +136,18 @@ def _device(requested: str | None) -> str:
     return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _errors() -> tuple[type[BaseException], ...]:
     from perception.data.nuscenes import DatasetError
     from perception.runtime.onnxruntime import RuntimeConfigError
-    from perception.train.checkpoint import CheckpointError
 
     from perception.eval.detection import ResultsFormatError
 
-    return run(_main, argv, (DatasetError, CheckpointError, BackendNotAvailable, RuntimeConfigError, OutputError,
-                             ResultsFormatError))
+    return (DatasetError, BackendNotAvailable, RuntimeConfigError, OutputError, ResultsFormatError,
+            *checkpoint_errors())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(_main, argv, _errors)  # errors resolved lazily: --onnx/--engine and --help work without torch
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
-from perception.cli.common import EXIT_OK, HelpFormatter, run, torch_device
+from perception.cli.common import EXIT_OK, HelpFormatter, checkpoint_errors, run, torch_device
 from perception.outputs import OutputError, atomic_write, check_folder_target, output_lock
 
 EXAMPLES = """examples:
@@ -48,11 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)  # before the torch import: --help works on a torch-free install
     from perception.config import load_config
     from perception.data.nuscenes import DatasetError
     from perception.train.loop import train
 
-    args = build_parser().parse_args(argv)
     cfg = load_config(args.config, args.set)
     synthetic = cfg.train.split.startswith("synth")
     version = args.version or ("v1.0-synth" if synthetic else "v1.0-trainval")
@@ -119,11 +119,14 @@ def _claim_run_folder(out: Path, cfg, resume: bool, overwrite: bool) -> None:
                               "--out")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _errors() -> tuple[type[BaseException], ...]:
     from perception.data.nuscenes import DatasetError
-    from perception.train.checkpoint import CheckpointError
 
-    return run(_main, argv, (DatasetError, CheckpointError, OutputError))
+    return (DatasetError, OutputError, *checkpoint_errors())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(_main, argv, _errors)  # errors resolved lazily: --help works without torch
 
 
 if __name__ == "__main__":
