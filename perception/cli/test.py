@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-noise-deg", type=number(float, min=0.0, max=180.0), default=0.0, help="random extrinsic rotation error per sensor")
     p.add_argument("--max-samples", type=number(int, min=1), help="score only the first N samples of the split")
     p.add_argument("--seed", type=number(int, min=0), default=0, help="seed of the calibration noise")
-    p.add_argument("--device", type=torch_device, help="torch device for --checkpoint (default: cuda:LOCAL_RANK if CUDA is available, "
-                                    "else cpu)")
+    p.add_argument("--device", type=torch_device,
+                   help="torch device for --checkpoint (default: cuda:LOCAL_RANK if CUDA is available, else cpu)")
     p.add_argument("--results-only", action="store_true",
                    help="for splits without annotations (v1.0-test): write OUT/results_nusc.json (the submission "
                         "format, meta block included), checked with the devkit's loader; no evaluation")

@@ -9,10 +9,13 @@ Drop reasons (``report.json`` counts each per topic): see ``DROP_REASONS``.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from calibration.transforms import make_transform
 
 DROP_REASONS = {
     "undecodable": "the payload could not be decoded (corrupt CDR, corrupt JPEG, unsupported encoding, bad layout)",
@@ -74,8 +77,6 @@ class Transform:
     rotation_wxyz: np.ndarray  # (4,)
 
     def matrix(self) -> np.ndarray:
-        from calibration.transforms import make_transform
-
         return make_transform(self.rotation_wxyz, self.translation)
 
 
@@ -112,8 +113,6 @@ def decode_image(data: bytes, draft_width: int | None = None) -> CameraImage:
     then decoded directly at 1/2, 1/4 or 1/8 of its size by libjpeg's DCT scaling (PIL ``Image.draft``), the
     largest reduction that keeps at least ``draft_width`` columns (and the rows of the same aspect), which costs a
     fraction of a full decode followed by a resize. PNG and other formats are decoded at full size."""
-    import io
-
     from PIL import Image
 
     try:

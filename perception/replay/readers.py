@@ -12,6 +12,7 @@ Both set ``self.events`` (stream-level problems such as truncation) and ``self.t
 """
 from __future__ import annotations
 
+from itertools import groupby
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,6 +22,9 @@ from perception.replay.messages import (CameraInfo, DecodeError, Message, Replay
                                         camera_info_from_ros, check_cloud, cloud_from_ros, decode_image,
                                         image_from_ros, odometry_from_ros, stamp_us, transforms_from_ros)
 from perception.replay.topics import BAG_TOPICS, POSE_CHILD, POSE_PARENT, TopicMap, default_topic_map
+from calibration.io import load_rig
+from perception.data.io import SensorFileError, read_radar_records
+from perception.data.nuscenes import scene_sample_data
 
 
 def decode(kind: str, msgtype: str, msg: Any, draft_width: int | None = None) -> tuple[int, Any]:
@@ -190,9 +194,6 @@ class NuScenesSceneReader:
     """Every sample_data row of one scene (key frames and sweeps), as the bag of that scene would carry them."""
 
     def __init__(self, dataroot: str | Path, version: str, scene: str, nusc: Any = None):
-        from calibration.io import load_rig
-        from perception.data.nuscenes import scene_sample_data
-
         if nusc is None:
             from nuscenes.nuscenes import NuScenes
 
@@ -227,10 +228,6 @@ class NuScenesSceneReader:
         return len(self.rows)
 
     def __iter__(self) -> Iterator[Message]:
-        from itertools import groupby
-
-        from perception.data.io import SensorFileError, read_radar_records
-
         seq = 0
         first = self.rows[0]["timestamp"]
         static = []
