@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from perception.cli.common import EXIT_INPUT, EXIT_OK, HelpFormatter, checkpoint_errors, number, run
+from perception.outputs import folder_output
 
 EXAMPLES = """examples:
   perception-replay --bag demo_out/synth/bags/scene-0000 --onnx demo_out/export --out replay/scene-0000   # after make demo
@@ -53,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--engine", help="TensorRT engine folder (perception-engine build)")
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
                    help="with --onnx: model.onnx or the INT8 Q/DQ graph model_int8.onnx")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True,
+                   help="output folder: written in a staging folder and swapped in whole when the replay ends (a "
+                        "killed replay leaves the previous results); refused while another run writes there")
+    p.add_argument("--overwrite", action="store_true", help="replace the results an existing --out holds")
     p.add_argument("--rate", type=_rate, default=None, metavar="1.0|max",
                    help="playback speed: 1.0 = real time (reports when processing falls behind), max = as fast as "
                         "possible (default)")
@@ -87,26 +91,27 @@ def _main(argv: Sequence[str] | None) -> int:
         raise ReplayArgsError("--precision int8 applies to --onnx (an engine's precision is fixed when it is built)")
     if args.dataroot and not args.scene:
         raise ReplayArgsError("--dataroot needs --scene (and --version): which scene to replay")
-    rig = load_rig(args.rig) if args.rig else None
-    tmap = load_topic_map(args.topics) if args.topics else None
-    if args.bag:
-        reader = BagReader(args.bag, tmap)
-        name = Path(args.bag).name
-    else:
-        if tmap is not None:
-            raise ReplayArgsError("--topics applies to --bag only (a nuScenes scene has fixed channels)")
-        reader = NuScenesSceneReader(args.dataroot, args.version, args.scene)
-        name = args.scene
-    if args.checkpoint:
-        pipe = Pipeline.from_checkpoint(args.checkpoint, score_threshold=args.score_threshold)
-    elif args.onnx:
-        pipe = Pipeline.from_onnx(args.onnx, score_threshold=args.score_threshold,
-                                  model_file="model_int8.onnx" if args.precision == "int8" else "model.onnx")
-    else:
-        pipe = Pipeline.from_engine(args.engine, score_threshold=args.score_threshold)
-    report = replay(reader, pipe, args.out, rate=args.rate, reference=args.reference, max_wait_ms=args.max_wait_ms,
-                    max_frames=args.max_frames, rig=rig, name=name, progress=not args.no_progress,
-                    preview_every=args.preview_every)
+    with folder_output(args.out, args.overwrite, what="replay results") as staging:
+        rig = load_rig(args.rig) if args.rig else None
+        tmap = load_topic_map(args.topics) if args.topics else None
+        if args.bag:
+            reader = BagReader(args.bag, tmap)
+            name = Path(args.bag).name
+        else:
+            if tmap is not None:
+                raise ReplayArgsError("--topics applies to --bag only (a nuScenes scene has fixed channels)")
+            reader = NuScenesSceneReader(args.dataroot, args.version, args.scene)
+            name = args.scene
+        if args.checkpoint:
+            pipe = Pipeline.from_checkpoint(args.checkpoint, score_threshold=args.score_threshold)
+        elif args.onnx:
+            pipe = Pipeline.from_onnx(args.onnx, score_threshold=args.score_threshold,
+                                      model_file="model_int8.onnx" if args.precision == "int8" else "model.onnx")
+        else:
+            pipe = Pipeline.from_engine(args.engine, score_threshold=args.score_threshold)
+        report = replay(reader, pipe, staging, rate=args.rate, reference=args.reference, max_wait_ms=args.max_wait_ms,
+                        max_frames=args.max_frames, rig=rig, name=name, progress=not args.no_progress,
+                        preview_every=args.preview_every)
     print(one_line(report))
     for e in report["events"]:
         print(f"warning: {e}")

@@ -629,3 +629,39 @@ def test_dct_scaled_decode_pixel_mapping():
     p = np.array([12.0, 2.0, 1.0, 1.0])  # ego point in front
     a, b = cam.img_from_ego @ p, reduced.img_from_ego @ p
     np.testing.assert_allclose(small.decoded_from_full() @ (a[:3] / a[2]), b[:3] / b[2], atol=1e-9)
+
+
+# -- the output folder is claimed, never mixed (issue 26) ---------------------------------------------------------
+
+
+def test_replay_refuses_a_held_out_and_keeps_it_on_failure(tmp_path, capsys):
+    """A second replay into a folder with results is refused before any work (exit 1, naming --overwrite); a
+    folder another live process is writing is refused; a failed replay with --overwrite leaves the old results."""
+    import os
+
+    from perception.cli.replay import main
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "detections.jsonl").write_text("old\n")
+    missing = tmp_path / "no_such_bag"
+    assert main(["--bag", str(missing), "--onnx", str(tmp_path), "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "detections.jsonl" in err and "Traceback" not in err
+    assert (out / "detections.jsonl").read_text() == "old\n"
+
+    # with --overwrite the claim passes; the bag is missing, so the run fails and the old results stay
+    assert main(["--bag", str(missing), "--onnx", str(tmp_path), "--out", str(out), "--overwrite",
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert str(missing) in err
+    assert sorted(p.name for p in out.iterdir()) == ["detections.jsonl"]
+    assert (out / "detections.jsonl").read_text() == "old\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o.")]  # no staging folder or lock left
+
+    # a live process holds the lock: refused, whatever --overwrite says
+    (tmp_path / ".o.lock").write_text(f"{os.getppid()}\n")
+    assert main(["--bag", str(missing), "--onnx", str(tmp_path), "--out", str(out), "--overwrite",
+                 "--no-progress"]) == 1
+    assert "in use by another run" in capsys.readouterr().err
+    assert (out / "detections.jsonl").read_text() == "old\n"
