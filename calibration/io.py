@@ -32,6 +32,7 @@ from calibration.rig import (
     Radar,
     Rig,
     StereoPair,
+    check_name,
     check_pose,
 )
 from calibration.transforms import invert, make_transform, matrix_to_quaternion
@@ -48,31 +49,59 @@ PAIR_KEYS = {"left", "right"}
 # ---------------------------------------------------------------------------
 
 
-def _check_unique_keys(node: yaml.Node) -> None:
+MAX_YAML_NODES = 100_000  # a rig of 100 sensors is ~5,000 nodes; more, once aliases are expanded, is an attack
+
+
+def _check_unique_keys(root: yaml.Node) -> None:
     """Refuse duplicate keys in any mapping of a composed YAML tree (plain YAML silently keeps the last one,
-    which would hide a duplicated camera)."""
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = key_node.value
-            if key in seen:
-                raise CalibrationError(str(key), "name", key,
-                                       f"appears twice in one mapping (line {key_node.start_mark.line + 1})",
-                                       "sensor channel names and fields must be unique")
-            seen.add(key)
-            _check_unique_keys(value_node)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _check_unique_keys(item)
+    which would hide a duplicated camera), and a document whose aliases expand to more than MAX_YAML_NODES nodes
+    (a "billion laughs" bomb, which every consumer of the loaded data would then walk). Each node is visited once:
+    an aliased node is the same object wherever it is referenced, so its expanded size is memoised."""
+    expanded: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:  # iterative post-order: no recursion limit on deep documents
+        node, done = stack.pop()
+        if id(node) in expanded:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        if not done:
+            if isinstance(node, yaml.MappingNode):
+                seen: set[str] = set()
+                for key_node, _ in node.value:
+                    key = key_node.value
+                    if isinstance(key, str) and key in seen:
+                        raise CalibrationError(key[:64], "name", key[:64],
+                                               f"appears twice in one mapping (line {key_node.start_mark.line + 1})",
+                                               "sensor channel names and fields must be unique")
+                    if isinstance(key, str):
+                        seen.add(key)
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in expanded)
+            continue
+        size = 1 + sum(expanded[id(c)] for c in children)
+        if size > MAX_YAML_NODES:
+            raise CalibrationError("rig", "(yaml)", f"line {node.start_mark.line + 1}",
+                                   f"expands to more than {MAX_YAML_NODES} values (YAML aliases referencing each "
+                                   "other)", "write the rig without nested aliases")
+        expanded[id(node)] = size
 
 
 def safe_load_unique(text: str) -> Any:
-    """``yaml.safe_load`` plus an error on duplicate keys (checked on the composed node tree, which builds no
-    objects, before the safe load)."""
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    if root is not None:
+    """``yaml.safe_load`` plus an error on duplicate keys and on alias bombs (checked on the composed node tree,
+    which builds no objects, then constructed from that same tree)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
         _check_unique_keys(root)
-    return yaml.safe_load(text)
+        return loader.construct_document(root)
+    finally:
+        loader.dispose()
 
 
 # ---------------------------------------------------------------------------
@@ -87,7 +116,7 @@ def _require(sensor: str, d: Any, keys: Iterable[str], allowed: set[str], source
     if missing:
         raise CalibrationError(sensor, missing[0], None, "is required but missing",
                                f"required fields: {sorted(keys)}", source=source)
-    unknown = sorted(set(d) - allowed)
+    unknown = sorted(set(d) - allowed, key=str)
     if unknown:
         raise CalibrationError(sensor, unknown[0], d[unknown[0]], "is not a known field",
                                f"known fields: {sorted(allowed)}", source=source)
@@ -130,10 +159,15 @@ def rig_from_dict(data: Any, source: str = "") -> Rig:
         raise CalibrationError("rig", "(document)", type(data).__name__, "must be a mapping with 'name' and 'cameras'",
                                source=source)
     _require("rig", data, ["name"], RIG_KEYS, source)
-    name = str(data["name"])
+    name = data["name"]
+    for key, kind in (("cameras", dict), ("radars", dict), ("lidars", dict), ("stereo_pairs", list)):
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            raise CalibrationError("rig", key, data[key], f"must be a {'mapping of sensors' if kind is dict else 'list'}",
+                                   source=source)
     try:
         cams: dict[str, Camera] = {}
         for cname, c in (data.get("cameras") or {}).items():
+            check_name(cname)
             _require(cname, c, ["width", "height", "intrinsics", "translation", "rotation"], CAMERA_KEYS, source)
             dist = c.get("distortion")
             if dist is not None:
@@ -147,10 +181,12 @@ def rig_from_dict(data: Any, source: str = "") -> Rig:
                                       _pose_from_fields(cname, c, source), dist)
         radars: dict[str, Radar] = {}
         for rname, r in (data.get("radars") or {}).items():
+            check_name(rname)
             _require(rname, r, ["translation", "rotation"], RADAR_KEYS, source)
             radars[str(rname)] = Radar(str(rname), _pose_from_fields(rname, r, source), r.get("doppler", "cartesian"))
         lidars: dict[str, Lidar] = {}
         for lname, l in (data.get("lidars") or {}).items():
+            check_name(lname)
             _require(lname, l, ["translation", "rotation"], LIDAR_KEYS, source)
             lidars[str(lname)] = Lidar(str(lname), _pose_from_fields(lname, l, source))
         pairs = []
@@ -193,13 +229,25 @@ def load_rig(path: str | Path) -> Rig:
     """Read and validate a rig YAML file. Raises CalibrationError (bad content) or FileNotFoundError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"rig file {path} does not exist") from None
+    except IsADirectoryError:
+        raise CalibrationError("rig", "(file)", str(path), "is a folder", "give the rig YAML file",
+                               source=str(path)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CalibrationError("rig", "(file)", str(path), f"is not a UTF-8 text file (byte {err.start})",
+                               "give the rig YAML file (perception-calib convert writes one)", source=str(path)) from None
     try:
         data = safe_load_unique(text)
     except yaml.YAMLError as err:
         raise CalibrationError("rig", "(yaml)", str(path), f"is not valid YAML: {err}".replace("\n", " "),
+                               source=str(path)) from None
+    except RecursionError:
+        raise CalibrationError("rig", "(yaml)", str(path), "nests lists or mappings too deeply to be a rig",
+                               "a rig is a few levels deep: name, cameras/radars/lidars, their fields",
                                source=str(path)) from None
     except CalibrationError as err:
         raise CalibrationError(err.sensor, err.field, err.value, err.problem, err.hint, str(path)) from None
@@ -211,9 +259,24 @@ def dump_rig(rig: Rig) -> str:
 
 
 def save_rig(rig: Rig, path: str | Path) -> None:
+    """Write atomically (a temporary file in the same folder, then rename): calibration/ imports nothing of
+    perception, hence not perception.outputs."""
+    import os
+    import tempfile
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dump_rig(rig))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)  # not mkstemp's 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(dump_rig(rig))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 # ---------------------------------------------------------------------------

@@ -9,6 +9,8 @@ x forward, y left, z up. A ``Rig`` is immutable; a recalibrated vehicle is a new
 from __future__ import annotations
 
 import math
+import re
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -21,6 +23,11 @@ DISTORTION_MODELS = {"opencv": (4, 5, 8), "fisheye": (4,)}  # allowed coefficien
 ORTHONORMAL_TOL = 1e-3
 QUATERNION_NORM_TOL = 1e-3
 MIN_STEREO_BASELINE_M = 0.01
+# Sensor and rig names become folder and file names (perception-synth writes samples/<CHANNEL>/...): a safe
+# character set, so that no name can climb out of a dataset root or hide a path separator.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+MAX_MOUNT_OFFSET_M = 100.0  # a sensor further from the ego origin is a unit error (mm, or a global pose)
+MAX_IMAGE_SIDE_PX = 100_000
 
 
 class CalibrationError(ValueError):
@@ -40,11 +47,30 @@ class CalibrationError(ValueError):
         super().__init__(msg)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 8, 8, 120, 120
+
+
 def _short(value: Any) -> str:
+    """A bounded repr: depth and length are capped, so a hostile value (a YAML alias bomb: a list that shares its
+    items 2^30 times over) prints in microseconds."""
     if isinstance(value, np.ndarray):
-        value = np.round(value, 6).tolist()
-    text = repr(value)
+        value = np.round(value, 6).tolist() if value.size <= 64 else f"array of shape {list(value.shape)}"
+    text = _REPR.repr(value)
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+def check_name(sensor: Any, field_name: str = "name") -> str:
+    """A sensor or rig name: a string of letters, digits and '_', '.', '+', '-' (not first), at most 64
+    characters. Names become file and folder names; anything else could climb out of a dataset root."""
+    if not isinstance(sensor, str):
+        raise CalibrationError(_short(sensor), field_name, sensor, "must be a string",
+                               "use letters, digits and _ . + - (e.g. CAM_FRONT)")
+    if not NAME_PATTERN.fullmatch(sensor):
+        raise CalibrationError(_short(sensor), field_name, sensor,
+                               "is not a safe name (letters, digits and _ . + -, starting with a letter or digit, "
+                               "at most 64 characters)", "rename it, e.g. CAM_FRONT_LEFT")
+    return sensor
 
 
 def _as_array(sensor: str, field_name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -75,6 +101,11 @@ def check_pose(sensor: str, field_name: str, pose: Any) -> np.ndarray:
             f"is not orthonormal (max |R^T R - I| = {ortho_err:.3g}, det = {det:.4f})",
             "give a proper rotation (det +1) or a unit quaternion [w, x, y, z]",
         )
+    offset = float(np.linalg.norm(pose[:3, 3]))
+    if offset > MAX_MOUNT_OFFSET_M:
+        raise CalibrationError(sensor, f"{field_name} translation", pose[:3, 3],
+                               f"puts the sensor {offset:.4g} m from the ego origin (more than {MAX_MOUNT_OFFSET_M:g} m)",
+                               "translations are in metres in the ego frame; check the unit (mm?) and the frame")
     # Files store rotations to ~7 digits: snap to the nearest rotation so that inverses stay exact.
     out = np.array(pose)
     out[:3, :3] = nearest_rotation(rot)
@@ -117,11 +148,12 @@ class Camera:
     distortion: Distortion | None = None
 
     def __post_init__(self) -> None:
-        n = self.name
+        n = check_name(self.name)
         for key in ("width", "height"):
             v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
-                raise CalibrationError(n, key, v, "must be a positive integer number of pixels")
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 < v <= MAX_IMAGE_SIDE_PX:
+                raise CalibrationError(n, key, v, f"must be a positive integer number of pixels "
+                                                  f"(at most {MAX_IMAGE_SIDE_PX})")
         k = _as_array(n, "intrinsics", self.intrinsics, (3, 3))
         object.__setattr__(self, "intrinsics", k)
         if k[0, 0] <= 0 or k[1, 1] <= 0:
@@ -176,6 +208,7 @@ class Radar:
     doppler: str = "cartesian"
 
     def __post_init__(self) -> None:
+        check_name(self.name)
         object.__setattr__(self, "ego_from_radar", check_pose(self.name, "ego_from_radar", self.ego_from_radar))
         if self.doppler not in DOPPLER_KINDS:
             raise CalibrationError(self.name, "doppler", self.doppler, "is not a known Doppler kind",
@@ -190,6 +223,7 @@ class Lidar:
     ego_from_lidar: np.ndarray
 
     def __post_init__(self) -> None:
+        check_name(self.name)
         object.__setattr__(self, "ego_from_lidar", check_pose(self.name, "ego_from_lidar", self.ego_from_lidar))
 
 
@@ -212,6 +246,8 @@ class Rig:
     lidars: Mapping[str, Lidar] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.isprintable() or not 0 < len(self.name) <= 200:
+            raise CalibrationError("rig", "name", self.name, "must be a printable string of 1 to 200 characters")
         object.__setattr__(self, "cameras", dict(self.cameras))
         object.__setattr__(self, "radars", dict(self.radars))
         object.__setattr__(self, "lidars", dict(self.lidars))
@@ -219,6 +255,7 @@ class Rig:
         seen: dict[str, str] = {}
         for kind, group in (("camera", self.cameras), ("radar", self.radars), ("lidar", self.lidars)):
             for key, sensor in group.items():
+                check_name(key)
                 if key != sensor.name:
                     raise CalibrationError(key, "name", sensor.name, f"does not match its {kind} key '{key}'")
                 if key in seen:

@@ -10,7 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
-from perception.cli.common import EXIT_OK, HelpFormatter, run
+from perception.cli.common import EXIT_OK, HelpFormatter, error_line, number, run
+from perception.outputs import OutputError, atomic_write, folder_output
 
 EXAMPLES = """examples:
   perception-export --checkpoint checkpoints/synthetic_tiny.pt --out exports/tiny
@@ -23,9 +24,14 @@ EXAMPLES = """examples:
       --rig my_vehicle.yaml --cameras-per-voxel 3     # a rig whose cameras overlap three-fold (see the warning)
 
 Writes OUT/model.onnx (opset 17, simplified with onnxslim, onnx.checker + shape inference + the op budget
-checked) and OUT/model.json (inputs/outputs with shapes and dtypes, classes, preprocessing config, hashes);
+checked; classes, camera channels and config hash also in the graph's metadata) and OUT/model.json
+(inputs/outputs with shapes and dtypes, classes, preprocessing config, the sha256 of each graph file and of the
+weights, checked by every runtime on load);
 with --int8 also OUT/model_int8.onnx (explicit Q/DQ on the convolutions, symmetric int8, calibrated on
 --calib-frames Frames of --dataroot/--version/--split).
+Everything is written into a staging folder beside OUT and renamed to OUT when complete: an interrupted export
+leaves an existing OUT as it was, and OUT never mixes two exports. An OUT holding files is refused unless
+--overwrite (which replaces the whole folder); an OUT in use by another export (.OUT.lock) is refused.
 The camera count, image size and batch are fixed at export; the calibration (img_from_ego) stays an input.
 exit codes: 0 ok; 1 invalid input (checkpoint, rig, budget violation, --int8 or --check-parity without --dataroot,
 parity outside tolerance); 2 bad arguments."""
@@ -36,22 +42,23 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="export folder")
+    p.add_argument("--overwrite", action="store_true", help="replace the export (the whole folder) in --out")
     p.add_argument("--config", help="export with this config instead of the one stored in the checkpoint: the "
                                     "network is rebuilt from it and loaded with the checkpoint's weights, which "
                                     "must fit (e.g. another input image_size or cameras_per_voxel; not another "
                                     "backbone or width: a clear error names the mismatched weights)")
     p.add_argument("--rig", help="rig YAML deciding the camera count (default: the config's rig)")
-    p.add_argument("--cameras-per-voxel", type=int, metavar="K",
+    p.add_argument("--cameras-per-voxel", type=number(int, min=0, max=64), metavar="K",
                    help="cameras the camera lift samples per voxel (model.camera.cameras_per_voxel; 0: every "
                         "camera). The weights do not depend on it: raise it for a rig whose cameras overlap more "
                         "(the export reports the rig's overlap)")
-    p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--opset", type=number(int, min=13, max=21), default=17)
+    p.add_argument("--batch", type=number(int, min=1, max=256), default=1)
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     p.add_argument("--int8", action="store_true", help="also write model_int8.onnx: explicit Q/DQ INT8, calibrated on "
                                                        "Frames of --dataroot/--version/--split")
-    p.add_argument("--calib-frames", type=int, default=16)
-    p.add_argument("--check-parity", type=int, default=0, metavar="N",
+    p.add_argument("--calib-frames", type=number(int, min=1), default=16)
+    p.add_argument("--check-parity", type=number(int, min=0), default=0, metavar="N",
                    help="after exporting, compare ONNX Runtime with PyTorch on N Frames of --dataroot/--version/"
                         "--split (decoded detections, stated tolerances; OUT/parity.json); exit 1 if they differ")
     p.add_argument("--dataroot")
@@ -79,27 +86,29 @@ def example_inputs(cfg, n_cameras: int, batch: int) -> dict[str, np.ndarray]:
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, batch: int = 1,
                       simplify: bool = True, rig_path: str | Path | None = None,
-                      cameras_per_voxel: int | None = None, config_path: str | Path | None = None) -> dict:
+                      cameras_per_voxel: int | None = None, config_path: str | Path | None = None,
+                      build_options: dict | None = None) -> dict:
     """Writes OUT/model.onnx and OUT/model.json; returns the metadata. ``config_path``: build the network from
     that config instead of the checkpoint's and load the checkpoint's weights into it (strict). ``cameras_per_voxel``
-    overrides model.camera.cameras_per_voxel (the same weights; only the lift's sampling changes)."""
+    overrides model.camera.cameras_per_voxel (the same weights; only the lift's sampling changes).
+    ``build_options``: keyword arguments of ``build_model`` (other forms of blocks, for before/after benchmarks)."""
     import onnx
     import torch
 
     from calibration.io import load_rig
     from export.budget import check_budget
-    from export.onnx import export_onnx
+    from export.onnx import export_onnx, stamp_metadata
     from perception.config import config_hash, config_to_dict, rig_path as cfg_rig_path
     from perception.coverage import rig_coverage
     from perception.model.decode import OUTPUT_NAMES
     from perception.model.network import INPUT_NAMES
-    from perception.pipeline import Pipeline
-    from perception.runtime.onnxruntime import MODEL_JSON_SCHEMA
+    from perception.pipeline import load_network
+    from perception.runtime.onnxruntime import MODEL_JSON_SCHEMA, file_sha256
+    from perception.train.checkpoint import weights_sha256
 
     overrides = [] if cameras_per_voxel is None else [f"model.camera.cameras_per_voxel={cameras_per_voxel}"]
-    pipe = Pipeline.from_checkpoint(checkpoint, config=config_path, overrides=overrides)
-    cfg = pipe.cfg
-    net = pipe.runner.net
+    net, cfg, stereo = load_network(checkpoint, config_path, overrides, **(build_options or {}))
+    net.eval()
     rig = load_rig(rig_path or cfg_rig_path(cfg))
     n_cams = len(rig.cameras)
     arrays = example_inputs(cfg, n_cams, batch)
@@ -111,7 +120,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, 
         import onnxslim
 
         model = onnxslim.slim(model)
-        onnx.save(model, str(path))
+    identity = {"classes": list(cfg.classes), "camera_channels": list(rig.cameras), "config_hash": config_hash(cfg)}
+    stamp_metadata(model, identity)
+    onnx.save(model, str(path))
     onnx.checker.check_model(model)
     model = onnx.shape_inference.infer_shapes(model)
     counts = check_budget(model)
@@ -121,10 +132,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, 
     meta = {
         "schema": MODEL_JSON_SCHEMA, "opset": opset, "batch": batch,
         "inputs": [{"name": k, "shape": list(arrays[k].shape), "dtype": str(arrays[k].dtype)} for k in INPUT_NAMES],
-        "outputs": outputs, "classes": list(cfg.classes), "camera_channels": list(rig.cameras),
-        "stereo_pairs": [list(p) for p in pipe.stereo_pairs], "config": config_to_dict(cfg),
-        "config_hash": config_hash(cfg),
+        "outputs": outputs, **identity,
+        "stereo_pairs": [list(p) for p in stereo], "config": config_to_dict(cfg),
         "checkpoint_sha256": hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16],
+        "weights_sha256": weights_sha256(net.state_dict()), "files": {"model.onnx": file_sha256(path)},
         "op_counts": counts,
     }
     if cfg.model.camera.enabled:
@@ -132,7 +143,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, 
         meta["lift_coverage"] = {"voxels_by_camera_count": list(cov.counts),
                                  "cameras_per_voxel": cov.cameras_per_voxel, "voxels_over": cov.voxels_over,
                                  "summary": cov.summary()}
-    (out / "model.json").write_text(json.dumps(meta, indent=1))
+    atomic_write(out / "model.json", json.dumps(meta, indent=1))
     return meta
 
 
@@ -140,7 +151,14 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if (args.int8 or args.check_parity) and not args.dataroot:
         raise CheckpointErrorArgs("--int8 and --check-parity need --dataroot (and --version/--split) for Frames")
-    meta = export_checkpoint(args.checkpoint, args.out, args.opset, args.batch, not args.no_simplify, args.rig,
+    with folder_output(args.out, args.overwrite, what="an export") as staging:
+        return _export(args, staging)
+
+
+def _export(args: argparse.Namespace, staging: Path) -> int:
+    """The whole export into ``staging``; folder_output renames it to --out when this returns (also after a parity
+    failure, whose parity.json explains the exit 1)."""
+    meta = export_checkpoint(args.checkpoint, staging, args.opset, args.batch, not args.no_simplify, args.rig,
                              args.cameras_per_voxel, args.config)
     ops = sum(meta["op_counts"].values())
     print(f"wrote {Path(args.out) / 'model.onnx'} (opset {meta['opset']}, {ops} nodes, {len(meta['op_counts'])} op "
@@ -158,9 +176,9 @@ def _main(argv: Sequence[str] | None) -> int:
         from perception.data.nuscenes import NuScenesFrames
 
         cfg = config_from_dict(meta["config"])
-        path = quantize_int8(args.out, NuScenesFrames(cfg, args.dataroot, args.version, args.split), args.calib_frames)
+        path = quantize_int8(staging, NuScenesFrames(cfg, args.dataroot, args.version, args.split), args.calib_frames)
         counts = check_budget(onnx.load(str(path)))
-        print(f"wrote {path}: {counts.get('QuantizeLinear', 0)} Q/DQ pairs (convolutions and skip-connection Adds), "
+        print(f"wrote {Path(args.out) / path.name}: {counts.get('QuantizeLinear', 0)} Q/DQ pairs (convolutions and skip-connection Adds), "
               f"calibrated on {args.calib_frames} Frames of {args.split}")
     if args.check_parity:
         from export.verify import detection_parity
@@ -170,13 +188,15 @@ def _main(argv: Sequence[str] | None) -> int:
         ref = Pipeline.from_checkpoint(args.checkpoint, score_threshold=0.0)
         frames = NuScenesFrames(ref.cfg, args.dataroot, args.version, args.split)
         n = min(args.check_parity, len(frames))
-        par = detection_parity(ref, Pipeline.from_onnx(args.out, score_threshold=0.0), (frames[i] for i in range(n)))
-        (Path(args.out) / "parity.json").write_text(json.dumps(par, indent=1))
+        par = detection_parity(ref, Pipeline.from_onnx(staging, score_threshold=0.0), (frames[i] for i in range(n)))
+        atomic_write(staging / "parity.json", json.dumps(par, indent=1))
         print(f"parity ONNX Runtime vs PyTorch on {par['frames']} Frames of {args.split}: max |d score| "
               f"{par['score']:.1e}, max |d box| {par['box']:.1e} m over {par['strong_detections']} confident "
               f"detections: {'ok' if par['ok'] else 'DIFFERENT'} (tolerances {par['tolerances']})")
         if not par["ok"]:
-            raise ParityError(f"ONNX Runtime differs from PyTorch beyond tolerance; see {Path(args.out) / 'parity.json'}")
+            print(error_line(ParityError(f"ONNX Runtime differs from PyTorch beyond tolerance; see "
+                                         f"{Path(args.out) / 'parity.json'}")), file=sys.stderr)
+            return 1  # the export is still published (its parity.json says why it failed)
     return EXIT_OK
 
 
@@ -192,7 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from export.budget import BudgetError
     from perception.train.checkpoint import CheckpointError
 
-    return run(_main, argv, (CheckpointError, BudgetError, CheckpointErrorArgs, ParityError))
+    from perception.runtime.onnxruntime import RuntimeConfigError
+
+    return run(_main, argv, (CheckpointError, BudgetError, CheckpointErrorArgs, ParityError, OutputError,
+                             RuntimeConfigError))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,23 @@ class RawGraph(nn.Module):
         return tuple(out[name] for name in RAW_OUTPUT_NAMES)
 
 
+def stamp_metadata(model, meta: dict) -> None:
+    """Write model.json's identity fields into the ONNX graph (metadata_props): classes, camera channels and
+    config hash travel inside the graph file, so a model.json from another export is detected on load
+    (``perception.runtime.onnxruntime.check_graph_metadata``)."""
+    import json
+
+    from perception.runtime.onnxruntime import GRAPH_META_KEYS
+
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in GRAPH_META_KEYS]
+    del model.metadata_props[:]
+    for key, value in kept:
+        model.metadata_props.add(key=key, value=value)
+    for key, field in GRAPH_META_KEYS.items():
+        value = meta[field]
+        model.metadata_props.add(key=key, value=value if isinstance(value, str) else json.dumps(value))
+
+
 def export_onnx(net: FusionNet, example: Sequence[Tensor], path: str | Path, opset: int = 17,
                 raw: bool = False) -> Path:
     """Export ``net`` (eval mode) with the example inputs (``INPUT_NAMES`` order) to ``path``; check it.

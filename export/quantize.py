@@ -26,6 +26,20 @@ from pathlib import Path
 from typing import Any
 
 
+def record_file_hash(folder: Path, name: str) -> None:
+    """Add ``name``'s sha256 to ``<folder>/model.json`` (``files``), which the runtimes check on load."""
+    import json
+
+    from perception.outputs import atomic_write
+    from perception.runtime.onnxruntime import file_sha256
+
+    path = folder / "model.json"
+    if path.exists():
+        meta = json.loads(path.read_text())
+        meta.setdefault("files", {})[name] = file_sha256(folder / name)
+        atomic_write(path, json.dumps(meta, indent=1))
+
+
 def quantize_int8(folder: str | Path, frames: Any, calib_frames: int = 16, out_name: str = "model_int8.onnx") -> Path:
     """Quantise ``<folder>/model.onnx`` with ``calib_frames`` Frames spread over ``frames`` (a NuScenesFrames).
     Writes ``<folder>/<out_name>`` (a Q/DQ pair per consumer) and returns its path."""
@@ -57,8 +71,12 @@ def quantize_int8(folder: str | Path, frames: Any, calib_frames: int = 16, out_n
                     calibrate_method=CalibrationMethod.MinMax,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
     model = dedicated_qdq_pairs(onnx.load(str(out)))
+    for prop in fp32.metadata_props:  # the graph's own record of classes / cameras / config (see export.onnx)
+        if prop.key not in {p.key for p in model.metadata_props}:
+            model.metadata_props.add(key=prop.key, value=prop.value)
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
+    record_file_hash(folder, out_name)
     return out
 
 

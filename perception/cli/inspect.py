@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Sequence
 
-from perception.cli.common import EXIT_OK, HelpFormatter, run
+from perception.cli.common import EXIT_OK, HelpFormatter, number, run
+from perception.outputs import atomic_file, check_file_target
 
 EXAMPLES = """examples:
   perception-inspect --config configs/synthetic_tiny.yaml --dataroot data/synth --version v1.0-synth \\
@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataroot", required=True, help="nuScenes-format root")
     p.add_argument("--version", required=True, help="version folder, e.g. v1.0-synth, v1.0-mini, v1.0-trainval")
     p.add_argument("--split", required=True, help="split name (devkit splits or splits.json of the root)")
-    p.add_argument("--index", type=int, required=True, help="sample index within the split")
+    p.add_argument("--index", type=number(int, min=0), required=True,
+                   help="sample index within the split (0 .. N-1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--out", required=True, help=".npz file to write")
     p.add_argument("--png", help="also draw the Frame: cameras with GT boxes and radar, and a BEV panel")
@@ -36,12 +37,21 @@ def _main(argv: Sequence[str] | None) -> int:
     from perception.config import load_config
     from perception.data.nuscenes import NuScenesFrames
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.out.endswith(".npz"):
+        parser.error(f"--out must name a .npz file; got '{args.out}'")
+    for path in (args.out, args.png):
+        if path:
+            check_file_target(path)  # before the work: a folder or a file-in-the-way is refused up front
     cfg = load_config(args.config, args.set)
     frames = NuScenesFrames(cfg, args.dataroot, args.version, args.split, train=False)
+    if args.index >= len(frames):
+        raise IndexError(f"--index {args.index} is out of range: split {args.split} has {len(frames)} samples "
+                         f"(0 .. {len(frames) - 1})")
     frame = frames[args.index]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    frame.save_npz(args.out)
+    with atomic_file(args.out) as tmp:
+        frame.save_npz(tmp)
     print(f"wrote {args.out}: sample {frame.sample_token} (index {args.index} of {len(frames)} in {args.split}), "
           f"{frame.num_cameras} cameras {tuple(frame.images.shape[1:3])}, {int(frame.radar_valid.sum())} radar points, "
           f"{len(frame.gt_boxes)} GT boxes")
@@ -50,7 +60,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.png:
         from perception.visualize import draw_frame
 
-        draw_frame(frame, args.png, f"{args.version}/{args.split}[{args.index}] {frame.sample_token}")
+        with atomic_file(args.png) as tmp:
+            draw_frame(frame, tmp, f"{args.version}/{args.split}[{args.index}] {frame.sample_token}")
         print(f"wrote {args.png}")
     return EXIT_OK
 

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from perception.cli.common import EXIT_OK, HelpFormatter, run
+from perception.cli.common import EXIT_OK, HelpFormatter, number, run, torch_device
+from perception.outputs import OutputError, folder_output
 
 EXAMPLES = """examples:
   perception-test --checkpoint checkpoints/synthetic_tiny.pt --dataroot data/synth --version v1.0-synth \\
@@ -18,9 +19,15 @@ EXAMPLES = """examples:
   torchrun --no-python --nproc_per_node 2 perception-test --checkpoint ckpt.pt ...   # sharded, same metrics
   perception-test --onnx exports/tiny ...            # ONNX Runtime (--precision int8: the Q/DQ graph)
   perception-test --engine engines/tiny_fp16 ...     # TensorRT engine from perception-engine build
+  perception-test --checkpoint ckpt.pt --dataroot data/nuscenes --version v1.0-test --split test \\
+      --out submission --results-only                # the submission JSON (checked by the devkit's loader)
 
 Writes OUT/results_nusc.json, metrics_summary.json and metrics_details.json (nuscenes-devkit), plots/ (devkit PR
-curves), trajectory_metrics.json, latency.json, report.md with pictures; prints one summary line.
+curves), trajectory_metrics.json, latency.json, report.md with pictures (BEV snapshots: boxes with heading,
+velocity and every forecast mode beside the GT); prints one summary line. With --results-only: results_nusc.json
+only. They are written into a staging folder beside OUT and renamed to OUT at the end (an interrupted run leaves
+an existing OUT intact); an OUT holding files is refused unless --overwrite, one in use by another run
+(.OUT.lock) is refused.
 exit codes: 0 ok; 1 invalid input (checkpoint, dataset, options); 2 bad arguments."""
 
 
@@ -39,15 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", required=True)
     p.add_argument("--split", required=True)
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
     p.add_argument("--config", help="config (required with --oracle; overrides the checkpoint's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--drop-sensors", default="", help="comma-separated channels masked in every frame")
-    p.add_argument("--calib-noise-deg", type=float, default=0.0, help="random extrinsic rotation error per sensor")
-    p.add_argument("--max-samples", type=int, help="score only the first N samples of the split")
-    p.add_argument("--seed", type=int, default=0, help="seed of the calibration noise")
-    p.add_argument("--device", help="torch device for --checkpoint (default: cuda:LOCAL_RANK if CUDA is available, "
+    p.add_argument("--calib-noise-deg", type=number(float, min=0.0, max=180.0), default=0.0, help="random extrinsic rotation error per sensor")
+    p.add_argument("--max-samples", type=number(int, min=1), help="score only the first N samples of the split")
+    p.add_argument("--seed", type=number(int, min=0), default=0, help="seed of the calibration noise")
+    p.add_argument("--device", type=torch_device, help="torch device for --checkpoint (default: cuda:LOCAL_RANK if CUDA is available, "
                                     "else cpu)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--results-only", action="store_true",
+                   help="for splits without annotations (v1.0-test): write OUT/results_nusc.json (the submission "
+                        "format, meta block included), checked with the devkit's loader; no evaluation")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (ours nor the devkit's)")
     return p
 
 
@@ -56,11 +67,20 @@ class BackendNotAvailable(ValueError):
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    import os
+
+    args = build_parser().parse_args(argv)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 alone writes (and claims) --out
+        return _score(args, args.out)
+    with folder_output(args.out, args.overwrite) as staging:
+        return _score(args, staging)
+
+
+def _score(args: argparse.Namespace, out: str | Path) -> int:
     from perception.config import config_from_dict, config_to_dict, load_config
     from perception.data.nuscenes import NuScenesFrames
     from perception.eval.benchmark import model_predictor, one_line, oracle_predictor, run_benchmark
 
-    args = build_parser().parse_args(argv)
     if args.engine and args.precision != "fp32":
         raise BackendNotAvailable("--precision applies to --onnx; an engine's precision is fixed when it is built "
                                   "(perception-engine build --precision ...; see engine.json)")
@@ -92,11 +112,15 @@ def _main(argv: Sequence[str] | None) -> int:
         frames = NuScenesFrames(cfg, args.dataroot, args.version, args.split)
         predict = model_predictor(pipe)
     drop = tuple(s.strip() for s in args.drop_sensors.split(",") if s.strip())
-    summary = run_benchmark(predict, frames, args.out, drop_sensors=drop, calib_noise_deg=args.calib_noise_deg,
-                            seed=args.seed, max_samples=args.max_samples, progress=not args.no_progress)
-    if summary is not None:
+    summary = run_benchmark(predict, frames, out, drop_sensors=drop, calib_noise_deg=args.calib_noise_deg,
+                            seed=args.seed, max_samples=args.max_samples, progress=not args.no_progress,
+                            results_only=args.results_only)
+    if summary is not None and args.results_only:
+        print(f"wrote {Path(args.out) / 'results_nusc.json'}: {summary['boxes']} boxes over {summary['samples']} "
+              "samples, accepted by the nuScenes devkit's loader (no evaluation: --results-only)")
+    elif summary is not None:
         print(one_line(summary))
-        (Path(args.out) / "summary.json").write_text(json.dumps({k: summary[k] for k in (
+        (Path(out) / "summary.json").write_text(json.dumps({k: summary[k] for k in (
             "nd_score", "mean_ap", "tp_errors")}, indent=1))
     return EXIT_OK
 
@@ -117,7 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from perception.runtime.onnxruntime import RuntimeConfigError
     from perception.train.checkpoint import CheckpointError
 
-    return run(_main, argv, (DatasetError, CheckpointError, BackendNotAvailable, RuntimeConfigError))
+    from perception.eval.detection import ResultsFormatError
+
+    return run(_main, argv, (DatasetError, CheckpointError, BackendNotAvailable, RuntimeConfigError, OutputError,
+                             ResultsFormatError))
 
 
 if __name__ == "__main__":

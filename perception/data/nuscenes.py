@@ -6,7 +6,8 @@ Works on real nuScenes (v1.0-trainval / v1.0-mini / v1.0-test with the devkit's 
 Per sample: ``t0`` is the sample timestamp (the LIDAR_TOP key frame); the rig comes from ``calibrated_sensor``;
 each camera keeps its own capture time and ego pose and is aligned to t0 by ``calibration/sync.py``; radar
 sweeps of every unit are taken from ``[t0 - window, t0 + tolerance]`` (offline is non-causal: nuScenes'
-key-frame radar sweeps straddle t0 by up to ~40 ms), newest first, each through its own ego pose.
+key-frame radar sweeps straddle t0 by up to ~40 ms), closest to t0 first (``perception.data.radar.select_sweeps``),
+each through its own ego pose. The Frame itself is built by ``perception.data.assemble.assemble_frame``, as in replay.
 
 Bad files never stop a run: an unreadable image masks that camera (image zeros, ``camera_valid`` False), an
 unreadable radar sweep is skipped, a NaN point is dropped; each is recorded in ``Frame.issues``. With
@@ -23,20 +24,13 @@ import numpy as np
 
 from calibration.io import load_rig
 from calibration.rig import CalibrationError, Camera, Radar, Rig
-from calibration.sync import PoseStream, camera_img_from_ego
+from calibration.sync import PoseStream
 from calibration.transforms import invert, make_transform, transform_points
 from perception.config import Config, DataConfig
+from perception.data.assemble import CameraShot, assemble_frame, stereo_indices
 from perception.data.frame import Frame
-from perception.data.io import RadarFilter, SensorFileError, read_image
-from perception.data.radar import SweepRef, accumulate
-from perception.data.transforms import (
-    ImageAug,
-    apply_bev,
-    modality_dropout,
-    preprocess_image,
-    random_bev,
-    random_image_aug,
-)
+from perception.data.io import RadarFilter
+from perception.data.radar import SweepRef, select_sweeps
 
 CAMERA_ORDER = ["CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"]
 
@@ -60,6 +54,20 @@ def split_scene_names(dataroot: str | Path, version: str, split: str) -> list[st
     if split not in splits:
         raise DatasetError(f"split '{split}' is not in {path}; it has {sorted(splits)}")
     return list(splits[split])
+
+
+def scene_sample_data(nusc, scene_token: str) -> list[dict]:
+    """Every sample_data row of the scene (key frames and sweeps), sorted by (timestamp, channel).
+
+    A sweep's ``sample_token`` is the key frame it belongs to, so membership of that sample in the scene
+    decides, whatever the prev/next chains look like."""
+    scene = nusc.get("scene", scene_token)
+    samples = {s["token"] for s in nusc.sample if s["scene_token"] == scene["token"]}
+    rows = [sd for sd in nusc.sample_data if sd["sample_token"] in samples]
+    if not rows:
+        raise ValueError(f"scene {scene_token} ('{scene['name']}') has no sample_data rows; "
+                         "check the sample and sample_data tables of this dataset version")
+    return sorted(rows, key=lambda sd: (sd["timestamp"], sd["channel"]))
 
 
 @dataclass
@@ -88,9 +96,7 @@ class NuScenesFrames:
             raise DatasetError(f"{self.dataroot / version} does not exist: check --dataroot and --version "
                                "(for the synthetic world: perception-synth --out DIR ...)")
         if nusc is None:
-            from nuscenes.nuscenes import NuScenes
-
-            nusc = NuScenes(version=version, dataroot=str(self.dataroot), verbose=False)
+            nusc = load_tables(self.dataroot, version)
         self.nusc = nusc
         names = split_scene_names(self.dataroot, version, split)
         by_name = {s["name"]: s for s in nusc.scene}
@@ -182,7 +188,6 @@ class NuScenesFrames:
         sample = self.nusc.get("sample", self.samples[index].token)
         t0 = int(sample["timestamp"])
         sds = self._sample_data(sample)
-        issues: list[str] = []
         # every sample_data has its own ego pose: the stream holds those of the sensors used here
         pose_rows: dict[int, dict] = {}
         cameras: dict[str, tuple[Camera, dict]] = {}
@@ -197,80 +202,45 @@ class NuScenesFrames:
         radars.sort(key=lambda r: r[0])
         sweeps: list[SweepRef] = []
         rcfg = self.dcfg.radar
-        lo, hi = t0 - int(rcfg.window_ms * 1000), t0 + int(rcfg.future_tolerance_ms * 1000)
+        window, future = int(rcfg.window_ms * 1000), int(rcfg.future_tolerance_ms * 1000)
         for idx, (_, radar, sd) in enumerate(radars):
-            chain = [sd]
-            nxt = sd
-            while nxt["next"]:
-                nxt = self.nusc.get("sample_data", nxt["next"])
-                if nxt["timestamp"] > hi:
-                    break
-                chain.append(nxt)
-            prv = sd
-            while prv["prev"]:
-                prv = self.nusc.get("sample_data", prv["prev"])
-                if prv["timestamp"] < lo:
-                    break
-                chain.append(prv)
-            chain = [c for c in chain if lo <= c["timestamp"] <= hi]
-            chain.sort(key=lambda c: abs(c["timestamp"] - t0))
-            for c in chain[:rcfg.sweeps]:
+            chain = self._sweep_chain(sd, t0 - window, t0 + future)
+            for k in select_sweeps([c["timestamp"] for c in chain], t0, window, future, rcfg.sweeps):
+                c = chain[k]
                 pose_rows[c["timestamp"]] = self.nusc.get("ego_pose", c["ego_pose_token"])
                 sweeps.append(SweepRef(radar, idx, f"{self.dataroot}/{c['filename']}", int(c["timestamp"])))
         poses = PoseStream.from_records(pose_rows.values(),
                                         max_extrapolation_us=int(self.dcfg.sync.max_extrapolation_ms * 1000))
-        global_from_ego = poses.at(t0)
-        sync = self.dcfg.sync.enabled
-        # cameras
         order = self._camera_order(list(cameras))
-        h, w = self.dcfg.image_size
-        images = np.zeros((len(order), h, w, 3), np.uint8)
-        img_from_ego = np.zeros((len(order), 4, 4), np.float32)
-        valid = np.ones(len(order), bool)
-        times = np.zeros(len(order), np.int64)
-        for i, ch in enumerate(order):
-            cam, sd = cameras[ch]
-            times[i] = sd["timestamp"]
-            m, _ = camera_img_from_ego(cam, t0, int(sd["timestamp"]), poses, enabled=sync)
-            aug = ImageAug()
-            if self.train and self.dcfg.augment.enabled:
-                a = self.dcfg.augment
-                aug = random_image_aug(rng, (cam.height, cam.width), (h, w), a.image_scale, a.image_crop_jitter,
-                                       a.image_flip)
-            try:
-                raw = read_image(self.dataroot / sd["filename"])
-                if raw.shape[:2] != (cam.height, cam.width):
-                    raise SensorFileError(self.dataroot / sd["filename"],
-                                          f"image is {raw.shape[1]}x{raw.shape[0]} but calibrated_sensor/sample_data "
-                                          f"say {cam.width}x{cam.height}")
-                raw = _undistort(raw, cam)
-            except SensorFileError as err:
-                issues.append(f"{err.path}: {err.problem}; camera {ch} masked")
-                raw = None
-                valid[i] = False
-            img, m_out = preprocess_image(raw if raw is not None else np.zeros((cam.height, cam.width, 3), np.uint8),
-                                          m, (h, w), aug)
-            images[i] = img
-            img_from_ego[i] = m_out
-        stereo = np.zeros((0, 2), np.int64)
+        shots = [CameraShot(ch, cameras[ch][0], self.dataroot / cameras[ch][1]["filename"],
+                            int(cameras[ch][1]["timestamp"])) for ch in order]
+        stereo = None
         if self.file_rig is not None and self.file_rig.stereo_pairs:
-            stereo = np.array([[order.index(p.left), order.index(p.right)] for p in self.file_rig.stereo_pairs
-                               if p.left in order and p.right in order], np.int64).reshape(-1, 2)
-        pts, r_valid, r_issues = accumulate(sweeps, t0, poses, self.radar_filter, rcfg.fields, rcfg.max_points, sync)
-        issues += r_issues
-        gt = self._targets(sample, global_from_ego)
-        frame = Frame(sample["token"], t0, global_from_ego, images, img_from_ego, np.array(order), valid, times,
-                      pts, np.array(rcfg.fields), r_valid, stereo, *gt, issues=issues)
-        if self.train:
-            a = self.dcfg.augment
-            if a.enabled:
-                frame = apply_bev(frame, random_bev(rng, a.bev_rotate_deg, a.bev_scale, a.bev_flip))
-            d = self.dcfg.dropout
-            frame = modality_dropout(frame, rng, d.camera_one, d.camera_all, d.radar_one, d.radar_all)
-        return frame
+            stereo = stereo_indices(self.file_rig.stereo_pairs, order)
+        gt = self._targets(sample, poses.at(t0))
+        return assemble_frame(self.dcfg, t0, poses, shots, sweeps, token=sample["token"], stereo_pairs=stereo,
+                              targets=gt, train=self.train, rng=rng)
+
+    def _sweep_chain(self, sd: dict, lo: int, hi: int) -> list[dict]:
+        """The radar's sample_data rows around key-frame row ``sd``: walked along ``next`` and ``prev`` until
+        outside ``[lo, hi]`` (µs); ``select_sweeps`` then chooses among them."""
+        chain = [sd]
+        nxt = sd
+        while nxt["next"]:
+            nxt = self.nusc.get("sample_data", nxt["next"])
+            if nxt["timestamp"] > hi:
+                break
+            chain.append(nxt)
+        prv = sd
+        while prv["prev"]:
+            prv = self.nusc.get("sample_data", prv["prev"])
+            if prv["timestamp"] < lo:
+                break
+            chain.append(prv)
+        return chain
 
     # -- targets ---------------------------------------------------------------
-    def _targets(self, sample: dict, global_from_ego: np.ndarray) -> tuple[np.ndarray, ...]:
+    def _targets(self, sample: dict, global_from_ego: np.ndarray) -> dict[str, np.ndarray]:
         from nuscenes.eval.detection.utils import category_to_detection_name
 
         ego_from_global = invert(global_from_ego)
@@ -307,28 +277,70 @@ class NuScenesFrames:
             futures.append(fut)
             fvalid.append(fv)
         g = len(boxes)
-        return (np.array(boxes, np.float32).reshape(g, 9), np.array(labels, np.int64), np.array(names, "<U32"),
-                np.array(attrs, "<U40"), np.array(tokens, "<U40"), np.array(futures, np.float32).reshape(g, steps, 2),
-                np.array(fvalid, bool).reshape(g, steps))
+        return {"gt_boxes": np.array(boxes, np.float32).reshape(g, 9), "gt_labels": np.array(labels, np.int64),
+                "gt_names": np.array(names, "<U32"), "gt_attributes": np.array(attrs, "<U40"),
+                "gt_instance_tokens": np.array(tokens, "<U40"),
+                "gt_future": np.array(futures, np.float32).reshape(g, steps, 2),
+                "gt_future_valid": np.array(fvalid, bool).reshape(g, steps)}
 
 
-_UNDISTORT_MAPS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+# -- untrusted tables: load errors and values that would otherwise give all-NaN Frames ----------------------------
 
 
-def _undistort(image: np.ndarray, cam: Camera) -> np.ndarray:
-    """Remove lens distortion (OpenCV models), keeping the same K, so that the pinhole img_from_ego holds."""
-    if cam.distortion is None or not any(cam.distortion.coeffs):
-        return image
-    import cv2
+def load_tables(dataroot: Path, version: str) -> Any:
+    """nuscenes-devkit's NuScenes over ``dataroot/version``, with an unreadable table (truncated JSON, a missing
+    field, a dangling token) a DatasetError naming the file, and the values Frames depend on checked
+    (``check_tables``)."""
+    from nuscenes.nuscenes import NuScenes
 
-    key = (cam.name, cam.width, cam.height, tuple(cam.intrinsics.ravel()), cam.distortion.model, cam.distortion.coeffs)
-    if key not in _UNDISTORT_MAPS:
-        k = np.asarray(cam.intrinsics, np.float64)
-        d = np.asarray(cam.distortion.coeffs, np.float64)
-        if cam.distortion.model == "fisheye":
-            maps = cv2.fisheye.initUndistortRectifyMap(k, d, np.eye(3), k, (cam.width, cam.height), cv2.CV_32FC1)
-        else:
-            maps = cv2.initUndistortRectifyMap(k, d, np.eye(3), k, (cam.width, cam.height), cv2.CV_32FC1)
-        _UNDISTORT_MAPS[key] = maps
-    mx, my = _UNDISTORT_MAPS[key]
-    return cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    try:
+        nusc = NuScenes(version=version, dataroot=str(dataroot), verbose=False)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+        raise DatasetError(f"{_bad_table(dataroot / version) or dataroot / version}: the tables cannot be loaded "
+                           f"({type(err).__name__}: {' '.join(str(err).split())[:200]}); re-copy or regenerate "
+                           "the dataset") from None
+    check_tables(nusc, dataroot / version)
+    return nusc
+
+
+def _bad_table(folder: Path) -> str:
+    """The first nuScenes table of ``folder`` that is not a JSON list of objects ('' when they all are)."""
+    tables = ("attribute", "calibrated_sensor", "category", "ego_pose", "instance", "log", "map", "sample",
+              "sample_annotation", "sample_data", "scene", "sensor", "visibility")
+    for path in (folder / f"{name}.json" for name in tables):
+        if not path.exists():
+            return f"{path} (missing)"
+        try:
+            rows = json.loads(path.read_bytes())
+        except ValueError as err:  # also UnicodeDecodeError
+            return f"{path} (not valid JSON: {err})"
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            return f"{path} (not a list of records)"
+    return ""
+
+
+def check_tables(nusc: Any, folder: Path) -> None:
+    """Refuse (DatasetError, naming table, token, field and value) what would silently become NaN in a Frame:
+    non-finite ego poses, non-finite or non-positive annotation sizes, non-finite annotation poses; and
+    sample_data filenames that leave the dataset root."""
+    checks = (("ego_pose", "translation", 3, False), ("ego_pose", "rotation", 4, False),
+              ("sample_annotation", "translation", 3, False), ("sample_annotation", "rotation", 4, False),
+              ("sample_annotation", "size", 3, True))
+    for table, key, n, positive in checks:
+        rows = getattr(nusc, table)
+        try:
+            values = np.array([r[key] for r in rows], dtype=np.float64).reshape(len(rows), n)
+            good = np.isfinite(values).all(axis=1) & ((values > 0).all(axis=1) if positive else True)
+        except (KeyError, TypeError, ValueError):
+            good, values = None, None
+        if good is None or not good.all():
+            i = 0 if good is None else int(np.argmin(good))
+            bad = rows[i].get(key) if isinstance(rows[i], dict) else rows[i]
+            want = "3 finite sizes > 0 (w, l, h in metres)" if positive else f"{n} finite numbers"
+            raise DatasetError(f"{folder / (table + '.json')}: token {rows[i].get('token', '?')}: field '{key}' is "
+                               f"{str(bad)[:120]}, expected {want}; fix or drop the record and re-copy the table")
+    for r in nusc.sample_data:
+        name = r.get("filename", "")
+        if not isinstance(name, str) or name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
+            raise DatasetError(f"{folder / 'sample_data.json'}: token {r.get('token', '?')}: filename {str(name)[:120]!r} "
+                               "leaves the dataset root; filenames are relative to the root, without '..'")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from calibration.rig import Camera
 from perception.data.frame import Frame
 
 
@@ -75,6 +76,28 @@ def preprocess_image(image: np.ndarray, img_from_ego: np.ndarray, out_hw: tuple[
     if aug.flip:
         out = out[:, ::-1].copy()
     return out, input_affine((h0, w0), out_hw, aug) @ img_from_ego
+
+
+_UNDISTORT_MAPS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def undistort(image: np.ndarray, cam: Camera) -> np.ndarray:
+    """Remove lens distortion (OpenCV models), keeping the same K, so that the pinhole img_from_ego holds."""
+    if cam.distortion is None or not any(cam.distortion.coeffs):
+        return image
+    import cv2
+
+    key = (cam.name, cam.width, cam.height, tuple(cam.intrinsics.ravel()), cam.distortion.model, cam.distortion.coeffs)
+    if key not in _UNDISTORT_MAPS:
+        k = np.asarray(cam.intrinsics, np.float64)
+        d = np.asarray(cam.distortion.coeffs, np.float64)
+        if cam.distortion.model == "fisheye":
+            maps = cv2.fisheye.initUndistortRectifyMap(k, d, np.eye(3), k, (cam.width, cam.height), cv2.CV_32FC1)
+        else:
+            maps = cv2.initUndistortRectifyMap(k, d, np.eye(3), k, (cam.width, cam.height), cv2.CV_32FC1)
+        _UNDISTORT_MAPS[key] = maps
+    mx, my = _UNDISTORT_MAPS[key]
+    return cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
 
 
 def random_image_aug(rng: np.random.Generator, image_hw: tuple[int, int], out_hw: tuple[int, int],

@@ -5,7 +5,8 @@ that image's stamp; it is emitted ``max_wait`` after the trigger *arrived* (the 
 time), using only messages that arrived by then:
 
 - each other camera: its image with the stamp closest to ``t0`` within ``camera_tolerance`` (else masked);
-- each radar: up to ``sweeps`` sweeps with stamps in ``[t0 - window, t0 + future_tolerance]``, closest first;
+- each radar: up to ``sweeps`` sweeps with stamps in ``[t0 - window, t0 + future_tolerance]``, closest first
+  (``perception.data.radar.select_sweeps``, the dataset's selection, among the sweeps that have arrived);
 - ego poses: every pose received so far (interpolated, extrapolated up to the config's limit).
 
 Messages are kept in per-sensor stores ordered by stamp; a message whose stamp is older than the newest stamp
@@ -24,6 +25,7 @@ import numpy as np
 
 from calibration.rig import CalibrationError, Camera, Distortion, Radar, Rig
 from calibration.sync import PoseStream, SyncError
+from perception.data.radar import select_sweeps
 from perception.replay.messages import DROP_REASONS, Message, ReplayInputError
 from perception.replay.topics import TopicMap
 
@@ -365,8 +367,9 @@ class Player:
             r, _ = self.radar(ch)
             if r is not None:
                 radar_calib[ch] = r
-            cands = sorted((m for m in self.sweeps.get(ch, []) if self._eligible(m, t0) and self._usable(m)),
-                           key=lambda m: abs(m.stamp_us - t0))[:c.radar_sweeps]
+            usable = [m for m in self.sweeps.get(ch, []) if self._eligible(m, t0) and self._usable(m)]
+            cands = [usable[k] for k in select_sweeps([m.stamp_us for m in usable], t0, c.radar_window_us,
+                                                      c.radar_future_us, c.radar_sweeps)]
             if not cands:
                 missing.append(ch)
             radars += cands

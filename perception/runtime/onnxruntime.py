@@ -1,8 +1,16 @@
 """ONNX Runtime runner: ``infer(inputs) -> outputs`` on numpy arrays; no torch import (runs where only
-onnxruntime is installed)."""
+onnxruntime is installed).
+
+An export folder is untrusted input, checked on load: ``model.json`` must parse and carry the fields the runtimes
+use; each graph file must match its sha256 in ``model.json`` (``files``), so a truncated copy or a graph from
+another export beside this ``model.json`` is refused; the graph's own metadata (classes, camera channels, config
+hash, written into the ONNX file by perception-export) must agree with ``model.json``; and the graph's input and
+output names and shapes must be the ones ``model.json`` lists."""
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +23,103 @@ class RuntimeConfigError(ValueError):
     """An export folder is unusable (names the file and what is wrong)."""
 
 
+# graph metadata_props written by perception-export, compared with model.json on load
+GRAPH_META_KEYS = {"perception.classes": "classes", "perception.camera_channels": "camera_channels",
+                   "perception.config_hash": "config_hash"}
+_FIELDS = {"inputs": list, "outputs": list, "config": dict, "stereo_pairs": list}
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def read_model_json(folder: str | Path) -> dict[str, Any]:
+    """``<folder>/model.json``, parsed and checked for the fields and types the runtimes rely on."""
     path = Path(folder) / "model.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: export with perception-export --out {folder}")
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RuntimeConfigError(f"{path}: not valid JSON ({err}); re-export with perception-export") from None
+    if not isinstance(meta, dict):
+        raise RuntimeConfigError(f"{path}: must be a JSON object, got {type(meta).__name__}; re-export")
     if meta.get("schema") != MODEL_JSON_SCHEMA:
         raise RuntimeConfigError(f"{path}: schema {meta.get('schema')!r}, expected {MODEL_JSON_SCHEMA!r}")
+    for key, kind in _FIELDS.items():
+        if not isinstance(meta.get(key), kind):
+            raise RuntimeConfigError(f"{path}: field '{key}' is {type(meta.get(key)).__name__}, expected "
+                                     f"{kind.__name__}; re-export with perception-export")
+    for group in ("inputs", "outputs"):
+        for i, spec in enumerate(meta[group]):
+            ok = (isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(spec.get("shape"), list)
+                  and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in spec["shape"])
+                  and isinstance(spec.get("dtype"), str))
+            if ok:
+                try:
+                    np.dtype(spec["dtype"])
+                except TypeError:
+                    ok = False
+            if not ok:
+                raise RuntimeConfigError(f"{path}: {group}[{i}] = {str(spec)[:120]} is not "
+                                         "{name, shape: [ints], dtype}; re-export with perception-export")
+    classes = meta.get("classes")
+    if classes is not None:
+        cfg_classes = meta["config"].get("classes")
+        if not isinstance(classes, list) or (cfg_classes is not None and list(cfg_classes) != classes):
+            raise RuntimeConfigError(f"{path}: 'classes' {str(classes)[:120]} disagrees with config.classes "
+                                     f"{str(cfg_classes)[:120]}; re-export with perception-export")
+    cams = meta.get("camera_channels")
+    images = next((i for i in meta["inputs"] if i["name"] == "images"), None)
+    if cams is not None and images is not None and len(images["shape"]) > 1 and len(cams) != images["shape"][1]:
+        raise RuntimeConfigError(f"{path}: {len(cams)} camera_channels {cams} but input 'images' has "
+                                 f"{images['shape'][1]} cameras; re-export with perception-export")
     return meta
+
+
+def check_graph_file(meta: dict[str, Any], folder: str | Path, model_file: str) -> Path:
+    """The graph file exists and matches its sha256 in model.json (``files``); one without a recorded hash (an
+    export older than the hashes) is used with a warning."""
+    path = Path(folder) / model_file
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    want = (meta.get("files") or {}).get(model_file)
+    if want is None:
+        print(f"warning: {Path(folder) / 'model.json'} records no sha256 for {model_file} (an export older than the "
+              "hashes): it cannot be checked against this model.json; re-export to add it", file=sys.stderr)
+    elif file_sha256(path) != want:
+        raise RuntimeConfigError(f"{path}: sha256 differs from the one in {Path(folder) / 'model.json'}: the graph is "
+                                 "truncated, corrupted, or from another export; re-export the whole folder "
+                                 "(perception-export --out)")
+    return path
+
+
+def check_graph_metadata(meta: dict[str, Any], folder: str | Path, model_file: str, graph_meta: dict[str, str],
+                         inputs: dict[str, list], outputs: list[str]) -> None:
+    """model.json against the graph: the metadata perception-export wrote into it (classes, camera channels,
+    config hash) and the input/output names and shapes."""
+    src = Path(folder) / model_file
+    for key, field in GRAPH_META_KEYS.items():
+        if key in graph_meta and field in meta:
+            have = json.loads(graph_meta[key]) if field != "config_hash" else graph_meta[key]
+            if have != meta[field]:
+                raise RuntimeConfigError(f"{Path(folder) / 'model.json'}: '{field}' {str(meta[field])[:120]} "
+                                         f"disagrees with the graph {src} ({str(have)[:120]}): this model.json "
+                                         "belongs to another export; re-export the whole folder")
+    want_in = {i["name"]: i["shape"] for i in meta["inputs"]}
+    if set(inputs) != set(want_in) or any(
+            len(shape) != len(want_in[n]) or any(isinstance(d, int) and d != w for d, w in zip(shape, want_in[n]))
+            for n, shape in inputs.items()):
+        raise RuntimeConfigError(f"{src}: graph inputs {inputs} differ from {Path(folder) / 'model.json'} "
+                                 f"{want_in}; re-export the whole folder")
+    want_out = [o["name"] for o in meta["outputs"]]
+    if sorted(outputs) != sorted(want_out):
+        raise RuntimeConfigError(f"{src}: graph outputs {outputs} differ from {Path(folder) / 'model.json'} "
+                                 f"{want_out}; re-export the whole folder")
 
 
 def check_inputs(meta: dict[str, Any], folder: str | Path, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -53,14 +150,20 @@ class OnnxRunner:
 
         self.folder = Path(folder)
         self.meta = read_model_json(folder)
-        path = self.folder / model_file
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist")
+        path = check_graph_file(self.meta, folder, model_file)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types for every unreadable graph
+            text = " ".join(str(err).split())[:300]
+            raise RuntimeConfigError(f"{path}: not a loadable ONNX graph ({type(err).__name__}: {text}); re-export "
+                                     "with perception-export") from None
+        check_graph_metadata(self.meta, folder, model_file, self.session.get_modelmeta().custom_metadata_map,
+                             {i.name: i.shape for i in self.session.get_inputs()},
+                             [o.name for o in self.session.get_outputs()])
         self.inputs = {i["name"]: i for i in self.meta["inputs"]}
         self.output_names = [o["name"] for o in self.meta["outputs"]]
 

@@ -1,9 +1,17 @@
 """Checkpoints: the model weights with everything needed to rebuild the network (the resolved config and the
 rig's stereo topology), written atomically and read with ``torch.load(weights_only=True)`` (a checkpoint is
-untrusted input: no pickle beyond tensors and plain containers)."""
+untrusted input: no pickle beyond tensors and plain containers).
+
+Every checkpoint carries ``weights_sha256``, a hash of its weights (names, dtypes, shapes, bytes), and
+``config_hash``; both are checked on load, and NaN or infinite weights are refused, so a flipped byte, a truncated
+copy or an edited config is a clear error instead of a model that loads and scores nonsense. Checkpoints written
+before the hash existed load with a warning (their weights are still checked to be finite)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,14 +27,44 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be used with this code (names the file and the mismatch)."""
 
 
+def weights_sha256(state: dict[str, Any]) -> str:
+    """sha256 over the state dict in key order: each tensor's name, dtype, shape and bytes (CPU, contiguous)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name]
+        if not isinstance(t, torch.Tensor):
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def stored_config_sha256(config: dict[str, Any]) -> str:
+    """sha256 of the config dict as stored (canonical JSON), independent of later config-schema changes (unlike
+    ``config_hash``, which hashes the config as this code resolves it)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_finite(state: dict[str, Any], path: str | Path) -> None:
+    """Refuse NaN or infinite floating-point weights (a diverged run, a corrupted file)."""
+    bad = [name for name, t in state.items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]}); the run diverged "
+                              "or the file is corrupted: use an earlier checkpoint")
+
+
 def save_checkpoint(path: str | Path, model: torch.nn.Module, cfg: Config, stereo_pairs: tuple = (),
                     extra: dict[str, Any] | None = None) -> Path:
     """Write atomically: a temporary file in the same folder, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"schema": SCHEMA, "config": config_to_dict(cfg), "config_hash": config_hash(cfg),
-               "stereo_pairs": [list(map(int, p)) for p in stereo_pairs], "model": model.state_dict(),
-               **(extra or {})}
+    state = model.state_dict()
+    config = config_to_dict(cfg)
+    payload = {"schema": SCHEMA, "config": config, "config_hash": config_hash(cfg),
+               "stereo_pairs": [list(map(int, p)) for p in stereo_pairs], "model": state,
+               **(extra or {}), "weights_sha256": weights_sha256(state), "config_sha256": stored_config_sha256(config)}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
@@ -50,6 +88,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("schema") != SCHEMA:
         raise CheckpointError(f"{path}: schema {payload.get('schema') if isinstance(payload, dict) else None!r}, "
                               f"expected {SCHEMA!r}")
+    state = payload.get("model")
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise CheckpointError(f"{path}: 'model' is not a state dict of tensors; not a checkpoint of this project")
+    if not isinstance(payload.get("config"), dict):
+        raise CheckpointError(f"{path}: 'config' is missing or not a mapping; not a checkpoint of this project")
+    stored = payload.get("weights_sha256")
+    if stored is None:
+        print(f"warning: {path} carries no weights hash (written before perception-checkpoint hashes); its weights "
+              "cannot be checked for corruption", file=sys.stderr)
+    elif stored != weights_sha256(state):
+        raise CheckpointError(f"{path}: the weights do not match their hash (weights_sha256 {str(stored)[:16]}...): "
+                              "the file is corrupted or was edited; copy it again from its source")
+    check_finite(state, path)
+    stored_cfg = payload.get("config_sha256")
+    if stored_cfg is not None and stored_cfg != stored_config_sha256(payload["config"]):
+        raise CheckpointError(f"{path}: its config (classes, model section) does not match its config_sha256: the "
+                              "file was edited or corrupted after training; use the original checkpoint")
     payload["config"] = config_from_dict(payload["config"], source=str(path))
     return payload
 

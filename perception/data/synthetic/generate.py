@@ -39,6 +39,7 @@ from perception.data.synthetic import world as W
 from perception.data.synthetic.lidar import points_in_boxes, simulate_lidar
 from perception.data.synthetic.radar import simulate_radar
 from perception.data.synthetic.render import CameraRenderer, make_textures
+from perception.outputs import confined
 
 VERSION = "v1.0-synth"
 GENERATOR_VERSION = "synth/2"  # 2: the radar recalibrated to nuScenes statistics (issue 20)
@@ -341,7 +342,7 @@ def _write_scene(opts: SynthOptions, si: int, rig: Rig, tables: _Tables, cs_toke
             cam: Camera = rig.cameras[channel]
             rel = f"{folder}/{channel}/{log_name}__{channel}__{t}.jpg"
             img, _ = renderers[channel].render(snap(t), ego @ cam.ego_from_camera, scene.sun, rng)
-            _save_jpeg(out / rel, img, opts.jpeg_quality)
+            _save_jpeg(confined(out, rel), img, opts.jpeg_quality)
             w, h, fmt = cam.width, cam.height, "jpg"
         elif channel in rig.radars:
             rel = f"{folder}/{channel}/{log_name}__{channel}__{t}.pcd"
@@ -350,7 +351,7 @@ def _write_scene(opts: SynthOptions, si: int, rig: Rig, tables: _Tables, cs_toke
             lever = g_from_r[:2, 3] - ego[:2, 3]
             v_sensor = v_ego + yaw_rate * np.array([-lever[1], lever[0]])
             pts = simulate_radar(snap(t), g_from_r, v_sensor, rng)
-            write_radar_pcd(out / rel, pts)
+            write_radar_pcd(confined(out, rel), pts)
             if is_key:
                 key_radar[k].append(transform_points(g_from_r, pts[:, :3].astype(np.float64)))
             w, h, fmt = 0, 0, "pcd"
@@ -358,8 +359,8 @@ def _write_scene(opts: SynthOptions, si: int, rig: Rig, tables: _Tables, cs_toke
             rel = f"{folder}/{channel}/{log_name}__{channel}__{t}.pcd.bin"
             g_from_l = ego @ rig.lidars[channel].ego_from_lidar
             sweep = simulate_lidar(snap(t), g_from_l, rng)
-            (out / rel).parent.mkdir(parents=True, exist_ok=True)
-            sweep.points.tofile(out / rel)
+            confined(out, rel).parent.mkdir(parents=True, exist_ok=True)
+            sweep.points.tofile(confined(out, rel))
             lidar_hits[k] = (transform_points(g_from_l, sweep.points[:, :3].astype(np.float64)), sweep.actor_hits,
                              sweep.actor_rays)
             if bar is not None:

@@ -15,7 +15,8 @@ pickle ``{"metainfo": {"categories": {name: index}, ...}, "data_list": [entry, .
 
 The Frame (perception/data/frame.py) is in ego@t0: ``img_from_ego = K @ lidar2cam @ inv(lidar2ego)`` (with
 ``data.sync.enabled``; the same time alignment ``calibration.sync.camera_img_from_ego`` makes from the pose
-stream), then the shared ``preprocess_image``; boxes carried lidar -> ego by ``lidar2ego``.
+stream), then the shared assembler ``perception.data.assemble.assemble_frame``; boxes carried lidar -> ego by
+``lidar2ego``.
 
 What the format does not carry, and the Frame therefore lacks: radar (nuScenes v1.1 infos have none: the radar
 inputs are empty and masked, ``radar_valid`` all False), future trajectories (``gt_future_valid`` all False, so
@@ -35,17 +36,10 @@ from calibration.io import read_mmdet3d_info
 from calibration.rig import CalibrationError, Camera, check_pose
 from calibration.transforms import intrinsics_to_4x4, invert, make_transform
 from perception.config import Config
+from perception.data.assemble import CameraShot, assemble_frame, still_poses
 from perception.data.frame import Frame
 from perception.data.io import SensorFileError, read_image
 from perception.data.nuscenes import CAMERA_ORDER
-from perception.data.transforms import (
-    ImageAug,
-    apply_bev,
-    modality_dropout,
-    preprocess_image,
-    random_bev,
-    random_image_aug,
-)
 from perception.integrations.mmdet3d.boxes import transform_boxes, wrap_angle
 
 # metainfo.categories of mmdet3d's nuScenes infos (its NuScenesDataset.METAINFO order, not this project's)
@@ -135,12 +129,8 @@ def frame_from_info(entry: Mapping[str, Any], metainfo: Mapping[str, Any], cfg: 
             issues.append(f"{err.path}: {err.problem}; camera {ch} masked")
             raws[ch] = None
     sizes = [r.shape[:2] for r in raws.values() if r is not None]
-    h, w = dcfg.image_size
-    images = np.zeros((len(order), h, w, 3), np.uint8)
-    img_from_ego = np.zeros((len(order), 4, 4), np.float32)
-    valid = np.ones(len(order), bool)
-    times = np.zeros(len(order), np.int64)
-    for i, ch in enumerate(order):
+    shots = []
+    for ch in order:
         img = entry["images"][ch]
         k = _matrix(src, f"images.{ch}.cam2img", img["cam2img"], (3, 3))
         # nuScenes rigs share one image size; (2 cx, 2 cy) only when no image of the entry could be read
@@ -150,7 +140,6 @@ def frame_from_info(entry: Mapping[str, Any], metainfo: Mapping[str, Any], cfg: 
             cam = Camera(ch, int(w0), int(h0), k, _matrix(src, f"images.{ch}.cam2ego", img["cam2ego"], (4, 4)))
         except CalibrationError as err:
             raise CalibrationError(err.sensor, err.field, err.value, err.problem, err.hint, src) from None
-        times[i] = round(float(img.get("timestamp", entry["timestamp"])) * 1e6)
         if dcfg.sync.enabled and "lidar2cam" in img:
             cam_from_lidar = check_pose(ch, "lidar2cam", _matrix(src, f"images.{ch}.lidar2cam", img["lidar2cam"],
                                                                  (4, 4)))
@@ -160,20 +149,7 @@ def frame_from_info(entry: Mapping[str, Any], metainfo: Mapping[str, Any], cfg: 
                 issues.append(f"{src}: images.{ch}.lidar2cam is missing: static projection, the ego motion to the "
                               "capture time is ignored")
             m = cam.img_from_ego
-        aug = ImageAug()
-        if train and dcfg.augment.enabled:
-            a = dcfg.augment
-            aug = random_image_aug(rng, (cam.height, cam.width), (h, w), a.image_scale, a.image_crop_jitter,
-                                   a.image_flip)
-        raw = raws[ch]
-        if raw is None:
-            valid[i] = False
-            raw = np.zeros((cam.height, cam.width, 3), np.uint8)
-        images[i], img_from_ego[i] = preprocess_image(raw, m, (h, w), aug)
-    # -- radar: not in the format (empty, masked)
-    fields = np.array(dcfg.radar.fields)
-    radar = np.zeros((dcfg.radar.max_points, len(fields)), np.float32)
-    radar_valid = np.zeros(dcfg.radar.max_points, bool)
+        shots.append(CameraShot(ch, cam, raws[ch], round(float(img.get("timestamp", entry["timestamp"])) * 1e6), m))
     # -- GT: detection classes of the config only, as NuScenesFrames keeps them
     names_by_index = _category_names(metainfo)
     classes = list(cfg.classes)
@@ -185,18 +161,13 @@ def frame_from_info(entry: Mapping[str, Any], metainfo: Mapping[str, Any], cfg: 
     boxes = info_boxes_to_frame(bbox, vel, ego_from_lidar)
     names = [names_by_index[int(inst["bbox_label_3d"])] for inst in keep]
     steps = dcfg.future_steps
-    frame = Frame(str(entry["token"]), t0, global_from_ego, images, img_from_ego, np.array(order), valid, times,
-                  radar, fields, radar_valid, np.zeros((0, 2), np.int64),
-                  boxes.astype(np.float32), np.array([classes.index(n) for n in names], np.int64),
-                  np.array(names, "<U32"), np.full(g, "", "<U40"), np.full(g, "", "<U40"),
-                  np.zeros((g, steps, 2), np.float32), np.zeros((g, steps), bool), issues=issues)
-    if train:
-        a = dcfg.augment
-        if a.enabled:
-            frame = apply_bev(frame, random_bev(rng, a.bev_rotate_deg, a.bev_scale, a.bev_flip))
-        d = dcfg.dropout
-        frame = modality_dropout(frame, rng, d.camera_one, d.camera_all, d.radar_one, d.radar_all)
-    return frame
+    targets = {"gt_boxes": boxes.astype(np.float32), "gt_labels": np.array([classes.index(n) for n in names], np.int64),
+               "gt_names": np.array(names, "<U32"), "gt_attributes": np.full(g, "", "<U40"),
+               "gt_instance_tokens": np.full(g, "", "<U40"), "gt_future": np.zeros((g, steps, 2), np.float32),
+               "gt_future_valid": np.zeros((g, steps), bool)}
+    # radar: not in the format (no sweeps: empty, masked); the projections are given, so one still pose suffices
+    return assemble_frame(dcfg, t0, still_poses(global_from_ego), shots, (), token=str(entry["token"]),
+                          targets=targets, issues=issues, train=train, rng=rng)
 
 
 class InfoFrames:
