@@ -4,6 +4,7 @@ files, RCS per class, radial velocity error and the radar state fields. Writes s
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Sequence
 
 from perception.cli.common import EXIT_OK, HelpFormatter, run
@@ -19,8 +20,9 @@ ambig_state 3); class ranges of detection_cvpr_2019, distance from the LIDAR_TOP
 num_radar_pts recount = returns inside the box, all radars, key-frame sweep, no filtering.
 Real nuScenes for comparison: about 197 returns per key frame (v1.0-mini), 61.2 % of in-range boxes without a
 radar return (v1.0-trainval val). See docs/stats.md.
-exit codes: 0 ok; 1 invalid input (a missing or malformed table or point file: the message names it);
-2 bad arguments."""
+OUT is written whole or not at all (staged, then renamed); an OUT holding files is refused unless --overwrite.
+exit codes: 0 ok; 1 invalid input (a missing or malformed table or point file, an occupied OUT: the message names
+it); 2 bad arguments."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,22 +34,27 @@ def build_parser() -> argparse.ArgumentParser:
                                    "official ones: train, val, mini_val, ...); default: every scene")
     p.add_argument("--out", required=True, help="folder to write stats.json, stats.md and the PNG plots into")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an existing OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
 def _main(argv: Sequence[str] | None) -> int:
     from perception.eval.stats import measure, write_report
+    from perception.outputs import check_folder_target, folder_output
 
     args = build_parser().parse_args(argv)
+    check_folder_target(args.out)  # before the work: a file at OUT is refused at once
     progress = None
     if not args.no_progress:
         from tqdm import tqdm
 
         def progress(total: int):  # noqa: ANN202 - a tqdm factory
             return tqdm(total=total, desc="stats", unit="sample")
-    stats = measure(args.dataroot, args.version, args.split, progress)
-    paths = write_report(stats, args.out, plots=not args.no_plots)
+    with folder_output(args.out, args.overwrite, "statistics") as staging:
+        stats = measure(args.dataroot, args.version, args.split, progress)
+        written = write_report(stats, staging, plots=not args.no_plots)
+    paths = [Path(args.out) / p.name for p in written]
     r = stats["returns_per_key_frame"]["filtered"]
     nr = stats["no_radar"]["overall"]
     rc = stats["num_radar_pts_recount"]
@@ -61,9 +68,9 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from perception.eval.stats import StatsError
+    from perception.data.nuscenes import DatasetError
 
-    return run(_main, argv, (StatsError,))
+    return run(_main, argv, (DatasetError,))
 
 
 if __name__ == "__main__":

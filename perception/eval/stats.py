@@ -14,33 +14,27 @@ The figures that decide whether a radar is realistic, all measured the nuScenes 
 - the distributions of the sensor's state fields (``dyn_prop``, ``ambig_state``, ``invalid_state``, ``pdh0``,
   ``x_rms``, ``y_rms``, ``vx_rms``, ``vy_rms``) over all key-frame returns.
 
-Tables are read as JSON (no devkit object is built, so a half-written root fails with a message naming the file,
-the field and the value); the devkit supplies the conventions (class ranges, category names, filters, splits).
+Tables load through ``perception.data.nuscenes.load_tables`` (nuscenes-devkit's ``NuScenes``, with a broken table
+a DatasetError naming the file and the field); the devkit supplies the conventions (class ranges, category names,
+filters, splits, annotation velocities).
 """
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from calibration.transforms import make_transform
-from perception.data.io import RadarFilter, read_radar_pcd
+from calibration.transforms import make_transform, quaternions_to_matrices
+from perception.data.io import RadarFilter, SensorFileError, read_radar_pcd
+from perception.data.nuscenes import DatasetError, load_tables, split_scene_names
+from perception.outputs import confined
 
 SCHEMA = "perception-stats/1"
 DISTANCE_BANDS = ((0.0, 20.0), (20.0, 30.0), (30.0, 40.0), (40.0, 50.0))
 STATE_FIELDS = ("dyn_prop", "ambig_state", "invalid_state", "pdh0", "x_rms", "y_rms", "vx_rms", "vy_rms")
-# Annotation velocity from its neighbours, as the devkit's NuScenes.box_velocity (max_time_diff 1.5 s).
-MAX_VELOCITY_DT_S = 1.5
-TABLES = ("sample", "sample_data", "sample_annotation", "calibrated_sensor", "sensor", "ego_pose", "instance",
-          "category", "scene")
-
-
-class StatsError(ValueError):
-    """A root cannot be measured. The message names the file, the field and the value."""
 
 
 def devkit_conventions() -> tuple[dict[str, float], RadarFilter, Callable[[str], str | None]]:
@@ -55,92 +49,6 @@ def devkit_conventions() -> tuple[dict[str, float], RadarFilter, Callable[[str],
                        tuple(int(v) for v in RadarPointCloud.invalid_states),
                        tuple(int(v) for v in RadarPointCloud.ambig_states))
     return ranges, filt, category_to_detection_name
-
-
-# ---------------------------------------------------------------------------
-# Tables
-# ---------------------------------------------------------------------------
-
-
-def _load_table(vdir: Path, name: str) -> list[dict]:
-    path = vdir / f"{name}.json"
-    try:
-        rows = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise StatsError(f"{path}: table missing; is --version the folder of the tables under --dataroot?") from None
-    except json.JSONDecodeError as err:
-        raise StatsError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); re-copy or re-export it") from None
-    if not isinstance(rows, list):
-        raise StatsError(f"{path}: expected a JSON list of rows, found {type(rows).__name__}")
-    return rows
-
-
-def _field(rows: list[dict], table: str, vdir: Path, field: str) -> list:
-    out = []
-    for i, r in enumerate(rows):
-        if not isinstance(r, dict) or field not in r:
-            raise StatsError(f"{vdir / (table + '.json')}: row {i} (token {r.get('token', '?') if isinstance(r, dict) else '?'}) "
-                             f"has no field '{field}'")
-        out.append(r[field])
-    return out
-
-
-@dataclass
-class Tables:
-    vdir: Path
-    rows: dict[str, list[dict]]
-
-    def index(self, table: str) -> dict[str, dict]:
-        return {r["token"]: r for r in self.rows[table]}
-
-    def lookup(self, index: dict[str, dict], target: str, row: dict, table: str, field: str) -> dict:
-        """``index[row[field]]``, or a StatsError naming the referring table, row, field and value."""
-        try:
-            return index[row[field]]
-        except KeyError:
-            raise StatsError(f"{self.vdir / (table + '.json')}: {table} {row.get('token', '?')} field {field}="
-                             f"{row[field]!r} is not in {target}.json") from None
-
-
-def load_tables(dataroot: str | Path, version: str) -> Tables:
-    vdir = Path(dataroot) / version
-    if not vdir.is_dir():
-        raise StatsError(f"{vdir}: no such folder; --dataroot is the root holding '{version}/' with the tables")
-    rows = {name: _load_table(vdir, name) for name in TABLES}
-    for table, fields in (("sample_annotation", ("token", "sample_token", "instance_token", "translation", "size",
-                                                 "rotation", "num_lidar_pts", "num_radar_pts", "prev", "next")),
-                          ("sample_data", ("token", "sample_token", "ego_pose_token", "calibrated_sensor_token",
-                                           "is_key_frame", "filename", "timestamp")),
-                          ("ego_pose", ("token", "translation", "rotation")),
-                          ("calibrated_sensor", ("token", "sensor_token", "translation", "rotation")),
-                          ("sensor", ("token", "channel", "modality")), ("sample", ("token", "scene_token")),
-                          ("instance", ("token", "category_token")), ("category", ("token", "name")),
-                          ("scene", ("token", "name"))):
-        for f in fields:
-            _field(rows[table], table, vdir, f)
-    return Tables(vdir, rows)
-
-
-def split_scene_names(tables: Tables, split: str | None) -> set[str] | None:
-    """Scene names of ``split`` (None: every scene): the root's own splits.json first (nuscenes-devkit >= 1.2
-    custom splits, e.g. synth_val), then the devkit's official splits (train, val, mini_val, ...)."""
-    if split is None:
-        return None
-    custom = tables.vdir / "splits.json"
-    known: dict[str, list[str]] = {}
-    if custom.exists():
-        try:
-            known.update(json.loads(custom.read_text()))
-        except json.JSONDecodeError as err:
-            raise StatsError(f"{custom}: not valid JSON ({err.msg} at line {err.lineno})") from None
-    if split not in known:
-        from nuscenes.utils.splits import create_splits_scenes
-
-        known.update(create_splits_scenes())
-    if split not in known:
-        raise StatsError(f"--split '{split}' is neither in {custom} nor an official nuScenes split; "
-                         f"known: {', '.join(sorted(known))}")
-    return set(known[split])
 
 
 # ---------------------------------------------------------------------------
@@ -172,12 +80,6 @@ def inside_boxes(points: np.ndarray, centres: np.ndarray, sizes_wlh: np.ndarray,
     return np.all(np.abs(local) <= half, axis=2)
 
 
-def quaternions_wxyz_to_matrices(q: np.ndarray) -> np.ndarray:
-    from calibration.transforms import quaternions_to_matrices
-
-    return quaternions_to_matrices(np.asarray(q, float).reshape(-1, 4))
-
-
 # ---------------------------------------------------------------------------
 # Measuring
 # ---------------------------------------------------------------------------
@@ -202,32 +104,6 @@ class _Acc:
     ret_fields: dict[str, list[np.ndarray]]
 
 
-def annotation_velocities(tables: Tables) -> dict[str, np.ndarray]:
-    """Annotation token -> (3,) global velocity m/s from the prev/next annotations (nuscenes-devkit
-    ``box_velocity``: centre difference over both neighbours, one-sided at the ends, NaN beyond 1.5 s or alone)."""
-    anns = tables.index("sample_annotation")
-    ts = {s["token"]: s.get("timestamp") for s in tables.rows["sample"]}
-    nan = np.full(3, np.nan)
-    out = {}
-    for tok, a in anns.items():
-        has_prev, has_next = bool(a["prev"]) and a["prev"] in anns, bool(a["next"]) and a["next"] in anns
-        if not (has_prev or has_next):
-            out[tok] = nan
-            continue
-        first = anns[a["prev"]] if has_prev else a
-        last = anns[a["next"]] if has_next else a
-        t0, t1 = ts.get(first["sample_token"]), ts.get(last["sample_token"])
-        if t0 is None or t1 is None:
-            out[tok] = nan
-            continue
-        dt = (t1 - t0) * 1e-6
-        if dt <= 0 or dt > MAX_VELOCITY_DT_S * (2 if has_prev and has_next else 1):
-            out[tok] = nan
-            continue
-        out[tok] = (np.asarray(last["translation"], float) - np.asarray(first["translation"], float)) / dt
-    return out
-
-
 def measure(dataroot: str | Path, version: str, split: str | None = None, progress: Callable[[int], Any] | None = None,
             radar_filter: RadarFilter | None = None) -> dict:
     """All figures of a root as a JSON-ready dict (``"schema": "perception-stats/1"``).
@@ -235,63 +111,54 @@ def measure(dataroot: str | Path, version: str, split: str | None = None, progre
     ranges, default_filter, to_detection = devkit_conventions()
     radar_filter = radar_filter or default_filter
     root = Path(dataroot)
-    tables = load_tables(root, version)
-    scenes = split_scene_names(tables, split)
-    scene_name = {s["token"]: s["name"] for s in tables.rows["scene"]}
-    samples = [s for s in tables.rows["sample"]
-               if scenes is None or scene_name.get(s["scene_token"]) in scenes]
+    if not (root / version).is_dir():
+        raise DatasetError(f"{root / version}: no such folder; --dataroot is the root holding '{version}/' with the "
+                           "tables, --version the name of that folder (v1.0-mini, v1.0-trainval, v1.0-synth, ...)")
+    nusc = load_tables(root, version)
+    scenes = set(split_scene_names(root, version, split)) if split else None
+    samples = [s for s in nusc.sample if scenes is None or nusc.get("scene", s["scene_token"])["name"] in scenes]
     if not samples:
-        raise StatsError(f"{tables.vdir / 'sample.json'}: no sample in split '{split}'")
-    sensors = tables.index("sensor")
-    cs = tables.index("calibrated_sensor")
-    poses = tables.index("ego_pose")
-    cat_name = {c["token"]: c["name"] for c in tables.rows["category"]}
-    inst_cls = {i["token"]: to_detection(cat_name.get(i["category_token"], "")) for i in tables.rows["instance"]}
+        raise DatasetError(f"{root / version / 'sample.json'}: no sample in "
+                           + (f"split '{split}' (its scenes: {sorted(scenes)[:5]})" if split else "the table"))
     classes = list(ranges)
-    key_sd: dict[str, list[dict]] = defaultdict(list)
-    for sd in tables.rows["sample_data"]:
-        if sd["is_key_frame"]:
-            key_sd[sd["sample_token"]].append(sd)
-    anns_of: dict[str, list[dict]] = defaultdict(list)
-    for a in tables.rows["sample_annotation"]:
-        anns_of[a["sample_token"]].append(a)
-    velocity = annotation_velocities(tables)
     acc = _Acc([], [], [], [], [], [], [], [], [], [], [], [], {f: [] for f in STATE_FIELDS})
     bar = progress(len(samples)) if progress else None
     n_radars = set()
     for s in samples:
         radar_sds, lidar_pose = [], None
-        for sd in key_sd[s["token"]]:
-            row = tables.lookup(cs, "calibrated_sensor", sd, "sample_data", "calibrated_sensor_token")
-            sensor = tables.lookup(sensors, "sensor", row, "calibrated_sensor", "sensor_token")
-            if sensor["modality"] == "radar":
-                radar_sds.append((sd, row, sensor["channel"]))
-            elif sensor["channel"] == "LIDAR_TOP":
-                lidar_pose = tables.lookup(poses, "ego_pose", sd, "sample_data", "ego_pose_token")
+        for channel, sd_token in s["data"].items():
+            sd = nusc.get("sample_data", sd_token)
+            cal = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+            modality = nusc.get("sensor", cal["sensor_token"])["modality"]
+            if modality == "radar":
+                radar_sds.append((sd, cal, channel))
+            elif channel == "LIDAR_TOP":
+                lidar_pose = nusc.get("ego_pose", sd["ego_pose_token"])
         if lidar_pose is None:
-            raise StatsError(f"{tables.vdir / 'sample_data.json'}: sample {s['token']} has no LIDAR_TOP key frame; "
-                             "the devkit measures box distances from its ego pose")
-        anns = anns_of[s["token"]]
+            raise DatasetError(f"{root / version / 'sample_data.json'}: sample {s['token']} has no LIDAR_TOP key "
+                               "frame; the devkit measures box distances from its ego pose")
+        anns = [nusc.get("sample_annotation", t) for t in s["anns"]]
         centres = np.array([a["translation"] for a in anns], float).reshape(-1, 3)
         sizes = np.array([a["size"] for a in anns], float).reshape(-1, 3)
-        rots = quaternions_wxyz_to_matrices(np.array([a["rotation"] for a in anns], float).reshape(-1, 4))
-        cls = [inst_cls.get(a["instance_token"]) for a in anns]
+        rots = quaternions_to_matrices(np.array([a["rotation"] for a in anns], float).reshape(-1, 4))
+        cls = [to_detection(a["category_name"]) for a in anns]
         cls_idx = np.array([classes.index(c) if c in classes else -1 for c in cls], np.int64)
-        vel = np.array([velocity[a["token"]] for a in anns], float).reshape(-1, 3)
+        vel = np.array([nusc.box_velocity(a["token"]) for a in anns], float).reshape(-1, 3)
         recount = np.zeros(len(anns), np.int64)
         n_filtered = n_raw = 0
         for sd, cal, channel in radar_sds:
             n_radars.add(channel)
-            cloud = read_radar_pcd(root / sd["filename"])
+            path = confined(root, sd["filename"])
+            cloud = read_radar_pcd(path)
             missing = [f for f in ("x", "y", "z", "rcs", "vx_comp", "vy_comp") if f not in cloud.fields]
             if missing:
-                raise StatsError(f"{root / sd['filename']}: radar {channel} file lacks field(s) {missing}")
+                raise SensorFileError(path, f"radar {channel} file lacks field(s) {missing}",
+                                      "nuScenes radar files have 18 fields")
             keep = radar_filter.mask(cloud)
             n_filtered += int(keep.sum())
             n_raw += len(cloud)
-            finite = np.all(np.isfinite(cloud.xyz), axis=1)
-            cloud = cloud.select(finite)
-            g_from_r = pose_matrix(tables.lookup(poses, "ego_pose", sd, "sample_data", "ego_pose_token")) @ pose_matrix(cal)
+            cloud = cloud.select(np.all(np.isfinite(cloud.xyz), axis=1))
+            g_from_r = pose_matrix(nusc.get("ego_pose", sd["ego_pose_token"])) @ pose_matrix(cal)
             pts = cloud.xyz.astype(np.float64) @ g_from_r[:3, :3].T + g_from_r[:3, 3]  # (N, 3) global
             inside = inside_boxes(pts, centres, sizes, rots)  # (A, N)
             recount += inside.sum(1)
@@ -460,20 +327,15 @@ def to_markdown(stats: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def write_report(stats: dict, out: str | Path, plots: bool = True) -> list[Path]:
-    """Write stats.json, stats.md and (``plots``) PNG figures under ``out``; returns the written paths."""
+    """Write stats.json, stats.md and (``plots``) PNG figures into the folder ``out`` (the CLI passes a staging
+    folder that ``perception.outputs.folder_output`` publishes whole); returns the written paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     public = {k: v for k, v in stats.items() if not k.startswith("_")}
     paths = [out / "stats.json", out / "stats.md"]
-    _write_atomic(paths[0], (json.dumps(public, indent=1) + "\n").encode())
-    _write_atomic(paths[1], to_markdown(stats).encode())
+    paths[0].write_text(json.dumps(public, indent=1) + "\n")
+    paths[1].write_text(to_markdown(stats))
     if plots:
         paths += _plots(stats, out)
     return paths
@@ -488,13 +350,10 @@ def _plots(stats: dict, out: Path) -> list[Path]:
     written = []
 
     def save(fig, name: str) -> None:
-        path = out / name
-        tmp = out / (name + ".tmp.png")
         fig.tight_layout()
-        fig.savefig(tmp, dpi=110)
+        fig.savefig(out / name, dpi=110)
         plt.close(fig)
-        tmp.replace(path)
-        written.append(path)
+        written.append(out / name)
 
     values = stats["returns_per_key_frame"]["values_filtered"]
     fig, ax = plt.subplots(figsize=(6, 3.5))

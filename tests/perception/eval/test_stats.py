@@ -115,12 +115,19 @@ def test_cli_writes_report_and_fails_clearly(tiny_root, tmp_path, capsys):
     assert {p.name for p in out.glob("*.png")} == {"returns_per_key_frame.png", "radar_pts_vs_distance.png",
                                                    "no_return_by_class.png", "state_fields.png"}
     capsys.readouterr()
-    assert stats_main(["--dataroot", str(tiny_root), "--version", "v9-none", "--out", str(out)]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: StatsError:") and "v9-none" in err and "Traceback" not in err
-    assert stats_main(["--dataroot", str(tiny_root), "--version", "v1.0-fixture", "--split", "nope", "--out",
-                       str(out)]) == 1
-    assert "--split 'nope'" in capsys.readouterr().err
+    # an occupied OUT is refused before any work, --overwrite replaces it
+    assert stats_main(["--dataroot", str(tiny_root), "--version", "v1.0-fixture", "--out", str(out)]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert stats_main(["--dataroot", str(tiny_root), "--version", "v1.0-fixture", "--out", str(out), "--overwrite",
+                       "--no-plots", "--no-progress"]) == 0
+    assert not list(out.glob("*.png"))
+    capsys.readouterr()
+    for args, words in ((["--version", "v9-none"], ["DatasetError", "v9-none"]),
+                        (["--version", "v1.0-fixture", "--split", "nope"], ["DatasetError", "split 'nope'"])):
+        assert stats_main(["--dataroot", str(tiny_root), "--out", str(tmp_path / "x")] + args) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+        assert all(w in err for w in words), err
     with pytest.raises(SystemExit) as e:
         stats_main(["--version", "v1.0-fixture"])
     assert e.value.code == 2
