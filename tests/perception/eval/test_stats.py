@@ -182,3 +182,24 @@ def test_real_files(realdata):
     for path in sorted((realdata / "nuscenes_radar").glob("*.pcd")):
         ours = int(filt.mask(read_radar_pcd(path)).sum())
         assert ours == RadarPointCloud.from_file(str(path)).nbr_points() and 60 < ours < 80
+
+
+def test_truncated_radar_file_and_escaping_path_are_named(tiny_root, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(tiny_root, root)
+    vdir = root / "v1.0-fixture"
+    sds = json.loads((vdir / "sample_data.json").read_text())
+    radar = next(sd for sd in sds if "RADAR_FRONT" in sd["filename"])
+    path = root / radar["filename"]
+    path.write_bytes(path.read_bytes()[:-40])
+    assert stats_main(["--dataroot", str(root), "--version", "v1.0-fixture", "--out", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert "SensorFileError" in err and radar["filename"].split("/")[-1] in err and "truncated" in err
+    radar["filename"] = "../../etc/passwd"
+    (vdir / "sample_data.json").write_text(json.dumps(sds))
+    assert stats_main(["--dataroot", str(root), "--version", "v1.0-fixture", "--out", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert "leaves the dataset root" in err or "not inside" in err, err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
