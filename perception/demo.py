@@ -83,12 +83,13 @@ def _synth(root: Path) -> str:
     import json
 
     from perception.cli import synth
+    from perception.data.synthetic.generate import GENERATOR_VERSION
 
     meta = root / "v1.0-synth" / "generator.json"
     if meta.exists():
         m = json.loads(meta.read_text())
-        if (m.get("scenes"), m.get("samples_per_scene"), m.get("seed"), m.get("keyframes_only")) == \
-                (DEMO_SCENES, DEMO_SAMPLES, DEMO_SEED, False) and (root / "bags").is_dir():
+        if (m.get("scenes"), m.get("samples_per_scene"), m.get("seed"), m.get("keyframes_only"), m.get("generator")) == \
+                (DEMO_SCENES, DEMO_SAMPLES, DEMO_SEED, False, GENERATOR_VERSION) and (root / "bags").is_dir():
             return f"reused {root}"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):

@@ -44,7 +44,7 @@ from perception.data.synthetic.render import CameraRenderer, make_textures
 from perception.outputs import confined
 
 VERSION = "v1.0-synth"
-GENERATOR_VERSION = "synth/1"
+GENERATOR_VERSION = "synth/2"  # 2: the radar recalibrated to nuScenes statistics (issue 20)
 KEYFRAME_US = 500_000
 CAMERA_PERIOD_US = 83_333  # 12 Hz
 RADAR_PERIOD_US = 76_923  # 13 Hz

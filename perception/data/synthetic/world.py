@@ -40,9 +40,10 @@ SIZE_LWH = {"car": (4.62, 1.95, 1.73), "truck": (6.93, 2.51, 2.84), "bus": (11.2
             "traffic_cone": (0.41, 0.41, 1.07), "barrier": (0.50, 2.53, 0.98)}
 SIZE_SPREAD = {"car": 0.08, "truck": 0.20, "bus": 0.10, "trailer": 0.15, "construction_vehicle": 0.15,
                "pedestrian": 0.08, "motorcycle": 0.08, "bicycle": 0.08, "traffic_cone": 0.10, "barrier": 0.10}
-# Radar cross-section (dBsm), mean over aspect; side-on views add SIDE_RCS_GAIN_DB.
+# Radar cross-section at 77 GHz (dBsm), mean over aspect; side-on views add SIDE_RCS_GAIN_DB. Published
+# automotive measurements: car 5-15, pedestrian -10 to -5, bicycle -5 to 0, plastic traffic cone -20 to -10.
 RCS_DBSM = {"car": 10.0, "truck": 18.0, "bus": 20.0, "trailer": 18.0, "construction_vehicle": 17.0,
-            "pedestrian": -6.0, "motorcycle": 2.0, "bicycle": -1.0, "traffic_cone": -8.0, "barrier": 3.0,
+            "pedestrian": -8.0, "motorcycle": 0.0, "bicycle": -5.0, "traffic_cone": -15.0, "barrier": 0.0,
             "building": 22.0, "pole": 6.0}
 SIDE_RCS_GAIN_DB = 4.0
 # detection_cvpr_2019 evaluation range per class (the devkit drops GT and predictions beyond it)

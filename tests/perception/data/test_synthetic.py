@@ -11,7 +11,7 @@ from perception.cli.synth import main as synth_main
 from perception.data.io import read_radar_pcd
 from perception.data.synthetic import world as W
 from perception.data.synthetic.generate import VERSION, SynthOptions, generate
-from perception.data.synthetic.radar import SIGMA_AZIMUTH_DEG, SIGMA_DOPPLER, SIGMA_RANGE, simulate_radar
+from perception.data.synthetic.radar import KIND_OBJECT, SIGMA_AZIMUTH_DEG, SIGMA_DOPPLER, SIGMA_RANGE, simulate_radar
 from perception.data.synthetic.render import CameraRenderer, make_textures
 
 REPO = Path(__file__).resolve().parents[3]
@@ -153,8 +153,8 @@ def test_radar_returns_on_box_surfaces_with_doppler(nuscenes_rig):
             v_ego, _ = scene.ego_velocity(t)
             for radar in nuscenes_rig.radars.values():
                 g_from_r = ego @ radar.ego_from_radar
-                pts = simulate_radar(snap, g_from_r, v_ego, np.random.default_rng([seed, step]))
-                obj = pts[:, 15] == 1  # pdh0 1: returns from objects (clutter and ghosts are flagged higher)
+                pts, kind, _ = simulate_radar(snap, g_from_r, v_ego, np.random.default_rng([seed, step]), with_kind=True)
+                obj = kind == KIND_OBJECT  # the simulator's ground truth (never written: the fields do not say it)
                 xy_g = transform_points(g_from_r, pts[obj, :3].astype(np.float64))[:, :2]
                 d, idx = _nearest_actor(xy_g, snap.actor_boxes)
                 near = d < 3.0  # returns of actors (buildings and poles are further from any actor box)
