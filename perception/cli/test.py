@@ -21,7 +21,8 @@ EXAMPLES = """examples:
   perception-test --engine engines/tiny_fp16 ...     # TensorRT engine from perception-engine build
 
 Writes OUT/results_nusc.json, metrics_summary.json and metrics_details.json (nuscenes-devkit), plots/ (devkit PR
-curves), trajectory_metrics.json, latency.json, report.md with pictures; prints one summary line. They are written
+curves), trajectory_metrics.json, latency.json, depth_metrics.json (with --checkpoint on data with lidar: camera
+depth AbsRel and delta<1.25 against lidar, all and inside GT boxes), report.md with pictures; prints one summary line. They are written
 into a staging folder beside OUT and renamed to OUT at the end (an interrupted run leaves an existing OUT intact);
 an OUT holding files is refused unless --overwrite, one in use by another run (.OUT.lock) is refused.
 exit codes: 0 ok; 1 invalid input (checkpoint, dataset, options); 2 bad arguments."""
@@ -110,7 +111,7 @@ def _score(args: argparse.Namespace, out: str | Path) -> int:
     if summary is not None:
         print(one_line(summary))
         (Path(out) / "summary.json").write_text(json.dumps({k: summary[k] for k in (
-            "nd_score", "mean_ap", "tp_errors")}, indent=1))
+            "nd_score", "mean_ap", "tp_errors", "depth")}, indent=1))
     return EXIT_OK
 
 

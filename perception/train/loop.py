@@ -21,6 +21,7 @@ import torch
 from perception.config import Config, config_hash, dump_config
 
 LOSS_NAMES = ("heatmap", "regression", "trajectory", "mode")
+AUX_LOSS_NAMES = ("depth", "perspective_heatmap", "perspective_regression")  # when train.depth_loss / perspective
 
 
 @dataclass
@@ -84,8 +85,10 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
     from perception.data.nuscenes import NuScenesFrames
     from perception.model.decode import BevGrid
     from perception.model.network import INPUT_NAMES, build_model
+    from perception.train.camera_aux import TrainNet, camera_aux_losses
     from perception.train.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
     from perception.train.losses import detection_losses
+    from perception.train.recipe import WeightEma, sync_batchnorm
     from perception.train.targets import build_targets
 
     dist_info = init_distributed()
@@ -98,12 +101,15 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
         (out / "config.resolved.yaml").write_text(dump_config(cfg))
     frames = NuScenesFrames(cfg, dataroot, version, tc.split, train=True, seed=tc.seed)
     stereo = tuple(tuple(int(v) for v in p) for p in frames.load(0).stereo_pairs)
-    net = build_model(cfg, stereo).to(dev)
+    # the network, with the training-only camera supervision around it (camera_aux.TrainNet: saved apart)
+    train_net = TrainNet(sync_batchnorm(build_model(cfg, stereo), dist_info.world, dev), cfg).to(dev)
+    model = train_net.net  # the FusionNet: what model.pt holds and what is evaluated (or its EMA)
+    net = train_net
     if dist_info.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None,
+        net = torch.nn.parallel.DistributedDataParallel(train_net, device_ids=[dev.index] if dev.type == "cuda" else None,
                                                         find_unused_parameters=True)
-    model = net.module if hasattr(net, "module") else net
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    ema = WeightEma(model, tc.ema.decay) if tc.ema.enabled else None
+    opt = torch.optim.AdamW(train_net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.steps, pct_start=0.3,
                                                 div_factor=10.0, final_div_factor=100.0)
     use_amp = tc.amp and dev.type == "cuda"
@@ -115,6 +121,9 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
     if resume and (out / "last.pt").exists():
         ck = load_checkpoint(out / "last.pt")
         load_weights(model, ck["model"], out / "last.pt")
+        train_net.load_aux_state_dict(ck.get("aux", {}))
+        if ema is not None:
+            ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         step = int(ck["step"])
@@ -123,6 +132,10 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
         if ck.get("config_hash") != hashes["config_hash"]:
             raise CheckpointError(f"{out / 'last.pt'} was trained with another config (hash {ck.get('config_hash')} vs "
                              f"{hashes['config_hash']}); resume with the same config or start a new run")
+    if tc.cbgs.enabled:
+        from perception.data.cbgs import ResampledFrames, cbgs_indices, split_sample_classes
+
+        frames = ResampledFrames(frames, cbgs_indices(split_sample_classes(frames), cfg.num_classes, tc.seed))
     bs = cfg.data.loader.batch_size
     per_epoch = len(frames) // (bs * dist_info.world)
     if per_epoch < 1:
@@ -162,19 +175,22 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
                                     batch["gt_future_valid"], grid, len(cfg.classes))
             inputs = [batch[k].to(dev, non_blocking=True) for k in INPUT_NAMES]
             with torch.autocast(dev.type, enabled=use_amp):
-                outputs = net(*inputs)
+                outputs, extras = net(*inputs)
             losses = detection_losses({k: v.float() for k, v in outputs.items()}, _to(targets, dev))
+            losses.update(camera_aux_losses(extras, batch, cfg))
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"step {step}: loss is {loss.item()} ({ {k: v.item() for k, v in losses.items()} })")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            gnorm = torch.nn.utils.clip_grad_norm_(train_net.parameters(), tc.grad_clip)
             scaler.step(opt)
             scaler.update()
             sched.step()
             step += 1
+            if ema is not None:
+                ema.update(model, step)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -190,9 +206,10 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
             timed_out = (tc.max_minutes > 0 and (time.time() - t_start) / 60 >= tc.max_minutes) or \
                 (stop_after is not None and step >= stop_after)
             if dist_info.main and (step % tc.checkpoint_every == 0 or step == tc.steps or timed_out):
-                _save_state(out / "last.pt", model, cfg, stereo, opt, sched, step, hashes, minutes())
+                _save_state(out / "last.pt", model, cfg, stereo, opt, sched, step, hashes, minutes(),
+                            _aux_state(train_net, ema))
             if evaluate and tc.eval_every and step % tc.eval_every == 0 and dist_info.main and step < tc.steps:
-                _evaluate(model, cfg, dataroot, version, out / f"eval_step{step}", writer, step, stereo)
+                _evaluate(ema.module if ema else model, cfg, dataroot, version, out / f"eval_step{step}", writer, step, stereo)
                 net.train()
             if step >= tc.steps or timed_out:
                 stop = True
@@ -203,9 +220,10 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
     total = minutes()
     summary: dict[str, Any] = {"steps": step, "minutes": total, "minutes_this_run": total - prior_minutes, **hashes}
     if dist_info.main:
-        save_checkpoint(out / "model.pt", model, cfg, stereo, {**hashes, "steps": step})
+        final = ema.module if ema is not None else model  # train.ema: the averaged weights are the model
+        save_checkpoint(out / "model.pt", final, cfg, stereo, {**hashes, "steps": step, "ema": ema is not None})
         if evaluate:
-            summary["metrics"] = _evaluate(model, cfg, dataroot, version, out / "eval", writer, step, stereo)
+            summary["metrics"] = _evaluate(final, cfg, dataroot, version, out / "eval", writer, step, stereo)
         plot_history(history, out / "training_curve.png")
         writer.close()
     if dist_info.world > 1:
@@ -243,12 +261,23 @@ def _set_rng(state: dict) -> None:
                      state["python_gauss"]))
 
 
-def _save_state(path: Path, model, cfg, stereo, opt, sched, step: int, hashes: dict, minutes: float) -> None:
+def _aux_state(train_net, ema) -> dict:
+    """What ``last.pt`` carries beside the network for an exact resume: the training-only heads (``aux``) and the
+    weight EMA (``ema``)."""
+    out = {"aux": train_net.aux_state_dict()}
+    if ema is not None:
+        out["ema"] = ema.state_dict()
+    return out
+
+
+def _save_state(path: Path, model, cfg, stereo, opt, sched, step: int, hashes: dict, minutes: float,
+                extra: dict | None = None) -> None:
     """``minutes``: training time up to this step, over every run resumed into this one."""
     from perception.train.checkpoint import save_checkpoint
 
     save_checkpoint(path, model, cfg, stereo, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                               "step": step, "rng": _rng_state(), "minutes": minutes, **hashes})
+                                               "step": step, "rng": _rng_state(), "minutes": minutes, **hashes,
+                                               **(extra or {})})
 
 
 def _evaluate(model, cfg, dataroot, version, out_dir: Path, writer, step: int, stereo) -> dict:
@@ -285,8 +314,9 @@ def plot_history(history: Path, out_png: Path) -> None:
         return
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    for key in ("loss",) + LOSS_NAMES:
-        ax.plot(steps, [r[key] for r in rows], label=key, lw=1.5 if key == "loss" else 1.0)
+    for key in ("loss",) + LOSS_NAMES + AUX_LOSS_NAMES:
+        if key in rows[0]:
+            ax.plot(steps, [r[key] for r in rows], label=key, lw=1.5 if key == "loss" else 1.0)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")

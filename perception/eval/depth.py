@@ -1,0 +1,117 @@
+"""Camera depth quality against lidar: AbsRel and delta < 1.25 at the depth head's cells, all and inside GT boxes.
+
+Protocol (what ``perception-test`` reports where the data has lidar and the model runs in PyTorch):
+
+- the target of a cell of the depth head's grid (stride 16) is the nearest lidar return projecting into it
+  through the frame's ``img_from_ego`` (``perception.train.depth_targets.depth_targets``, the training targets);
+  "inside GT boxes" uses only the returns inside a GT box (3D, ego@t0);
+- cells whose target lies outside the head's bins ``[min_depth, max_depth)`` and masked cameras are not scored;
+- the prediction is the mean of the cell's depth distribution (bin centres);
+- AbsRel = mean |pred - gt| / gt and delta1 = fraction with max(pred / gt, gt / pred) < 1.25, over all scored
+  cells of the split (cells, not frames, are averaged).
+
+The exported graph has no depth output, so ONNX Runtime / TensorRT runs report no depth metric.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from perception.data.frame import Frame
+from perception.model.lift import DepthBins
+from perception.train.depth_targets import depth_targets, expected_depth
+
+GROUPS = ("all", "in_boxes")
+
+
+def points_in_boxes_mask(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """points (L, 3) and boxes (G, >= 7) [x y z w l h yaw] in one frame. Returns (L,) bool: inside any box."""
+    inside = np.zeros(len(points), bool)
+    for x, y, z, w, l, h, yaw in boxes[:, :7].astype(np.float64):
+        rel = points.astype(np.float64) - (x, y, z)
+        c, s = np.cos(yaw), np.sin(yaw)
+        along = c * rel[:, 0] + s * rel[:, 1]
+        across = -s * rel[:, 0] + c * rel[:, 1]
+        inside |= (np.abs(along) <= l / 2) & (np.abs(across) <= w / 2) & (np.abs(rel[:, 2]) <= h / 2)
+    return inside
+
+
+def frame_depth_targets(frame: Frame, feat_hw: tuple[int, int]) -> dict[str, np.ndarray]:
+    """The frame's lidar targets (N, Hf, Wf) per group (0 = no target): ``all`` returns and ``in_boxes`` only."""
+    image_hw = frame.images.shape[1:3]
+    m = torch.from_numpy(frame.img_from_ego)[None]
+    valid = torch.from_numpy(frame.camera_valid)[None]
+    out = {}
+    for group, sel in (("all", np.ones(len(frame.lidar_points), bool)),
+                       ("in_boxes", points_in_boxes_mask(frame.lidar_points, frame.gt_boxes))):
+        pts = torch.from_numpy(frame.lidar_points[sel])[None]
+        out[group] = depth_targets(pts, torch.ones(pts.shape[:2], dtype=torch.bool), m, valid, image_hw,
+                                   feat_hw)[0].numpy()
+    return out
+
+
+def depth_error_sums(pred: np.ndarray, target: np.ndarray, bins: DepthBins) -> dict[str, float]:
+    """pred, target (..., Hf, Wf) metres (target 0 = none). Sums over the scored cells: ``cells``, ``abs_rel``
+    (sum of |pred - gt| / gt) and ``delta1`` (count of max ratio < 1.25)."""
+    ok = (target >= bins.min_depth) & (target < bins.max_depth)
+    p, t = pred[ok].astype(np.float64), target[ok].astype(np.float64)
+    ratio = np.maximum(p / t, t / np.maximum(p, 1e-6))
+    return {"cells": float(ok.sum()), "abs_rel": float((np.abs(p - t) / t).sum()), "delta1": float((ratio < 1.25).sum())}
+
+
+class DepthMeter:
+    """Accumulates ``depth_error_sums`` over frames; ``summary()`` gives AbsRel and delta1 per group."""
+
+    def __init__(self, bins: DepthBins):
+        self.bins = bins
+        self.sums = {g: {"cells": 0.0, "abs_rel": 0.0, "delta1": 0.0} for g in GROUPS}
+        self.frames = 0
+
+    def frame_sums(self, pred: np.ndarray, frame: Frame) -> dict[str, dict[str, float]]:
+        """pred: (N, Hf, Wf) predicted depth of the frame's cameras. The frame's sums per group (not added)."""
+        targets = frame_depth_targets(frame, pred.shape[-2:])
+        return {g: depth_error_sums(pred, targets[g], self.bins) for g in GROUPS}
+
+    def add(self, sums: dict[str, dict[str, float]]) -> None:
+        self.frames += 1
+        for g in GROUPS:
+            for k in self.sums[g]:
+                self.sums[g][k] += sums[g][k]
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"frames": self.frames, "protocol": "nearest lidar return per stride-16 cell, "
+                               "targets in the depth bins' range, prediction = mean of the distribution"}
+        for g in GROUPS:
+            s = self.sums[g]
+            n = s["cells"]
+            out[g] = {"abs_rel": s["abs_rel"] / n if n else None, "delta1": s["delta1"] / n if n else None,
+                      "cells": int(n)}
+        return out
+
+
+class DepthProbe:
+    """Records the camera depth head's distribution of the last forward of ``net`` (a FusionNet in PyTorch),
+    as the mean depth (B, N, Hf, Wf) on the CPU: a forward hook, so the detection run itself is the depth run."""
+
+    def __init__(self, net: Any, bins: DepthBins):
+        self.bins = bins
+        self.last: np.ndarray | None = None
+        self.handle = net.camera.depth.register_forward_hook(self._hook)
+
+    def _hook(self, module: Any, inputs: Any, output: Any) -> None:
+        self.last = expected_depth(output[0].detach().float(), self.bins).cpu().numpy()
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+def depth_line(depth: dict[str, Any]) -> str:
+    """One line: AbsRel and delta1, all and inside boxes."""
+    def fmt(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    a, b = depth["all"], depth["in_boxes"]
+    return (f"depth AbsRel {fmt(a['abs_rel'])} d<1.25 {fmt(a['delta1'])} ({a['cells']} cells); in GT boxes "
+            f"AbsRel {fmt(b['abs_rel'])} d<1.25 {fmt(b['delta1'])} ({b['cells']} cells)")
