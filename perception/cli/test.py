@@ -109,6 +109,10 @@ def _score(args: argparse.Namespace, out: str | Path) -> int:
     summary = run_benchmark(predict, frames, out, drop_sensors=drop, calib_noise_deg=args.calib_noise_deg,
                             seed=args.seed, max_samples=args.max_samples, progress=not args.no_progress)
     if summary is not None:
+        if summary.get("depth"):
+            from perception.eval.depth import depth_line
+
+            print(depth_line(summary["depth"]))
         print(one_line(summary))
         (Path(out) / "summary.json").write_text(json.dumps({k: summary[k] for k in (
             "nd_score", "mean_ap", "tp_errors", "depth")}, indent=1))

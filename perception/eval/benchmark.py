@@ -230,12 +230,7 @@ def run_benchmark(predict: Callable[[Frame], Prediction], frames: Any, out_dir: 
 
 def one_line(summary: dict) -> str:
     car = summary["trajectory"]["model"]["car"]
-    line = f"{summary_line(summary)} minADE6(car) {car['minADE_6']:.3f}"
-    if summary.get("depth"):
-        from perception.eval.depth import depth_line
-
-        line += f"\n{depth_line(summary['depth'])}"
-    return line
+    return f"{summary_line(summary)} minADE6(car) {car['minADE_6']:.3f}"
 
 
 def _report(out: Path, summary: dict, traj: dict, lat: dict, snaps: list, setup: dict,
