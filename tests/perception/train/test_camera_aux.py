@@ -17,7 +17,7 @@ from perception.train.camera_aux import TrainNet, camera_aux_losses
 from perception.train.perspective_targets import build_perspective_targets
 from perception.train.recipe import WeightEma, sync_batchnorm
 from small_model import small_config
-from test_depth_targets import FEAT_HW, IMAGE_HW, forward_camera
+from hand_camera import FEAT_HW, IMAGE_HW, forward_camera
 
 AUX_ON = ("train.perspective.enabled=true", "train.depth_loss.enabled=true")
 

@@ -13,20 +13,8 @@ from perception.eval.depth import points_in_boxes_mask
 from perception.model.lift import DepthBins
 from perception.train.depth_targets import depth_bin_targets, depth_loss, depth_targets, expected_depth
 from perception.visualize import box_corners
+from hand_camera import FEAT_HW, IMAGE_HW, forward_camera
 from small_model import small_config
-
-IMAGE_HW, FEAT_HW = (64, 176), (4, 11)  # stride 16
-
-
-def forward_camera(f: float = 100.0) -> np.ndarray:
-    """(4, 4) img_from_ego of a camera at the ego origin looking along +x (u right = -y, v down = -z), principal
-    point at the image centre."""
-    k = np.array([[f, 0, (IMAGE_HW[1] - 1) / 2], [0, f, (IMAGE_HW[0] - 1) / 2], [0, 0, 1]])
-    r = np.array([[0, -1, 0], [0, 0, -1], [1, 0, 0]], np.float64)
-    m = np.eye(4)
-    m[:3, :3] = k @ r
-    return m.astype(np.float32)
-
 
 def test_nearest_return_per_cell_on_a_hand_built_camera():
     m = torch.from_numpy(np.stack([forward_camera(), forward_camera()]))[None]  # (1, 2, 4, 4)
