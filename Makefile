@@ -43,7 +43,7 @@ MM_VENV := .venv-mmdet3d
 MM_BIN := $(MM_VENV)/bin
 MM_STAMP := $(MM_VENV)/.installed
 MM_PIP := $(MM_BIN)/python -m pip install --disable-pip-version-check --no-input -q
-MM_TESTS ?= tests/integrations
+MM_TESTS ?= tests/perception/integrations
 
 install-mmdet3d: $(MM_STAMP)
 

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
           f"Command: `python -m benchmarks.bench_data` (synthetic root of 2 scenes x 10 key frames at 800x450, "
           f"~{radar['points_per_sample']:.0f} radar returns per sample after filters, medians of {args.repeats} "
           "repeats, 2 cores).\n\n" + table(["what", "figure", "target", ""], rows)
-          + "\n\nFor scale: the tiny config trains at ~0.33 s/sample (DEVELOPERS.md), i.e. ~3 frames/s, so "
+          + "\n\nFor scale: the tiny config trains at ~0.33 s/sample (the project's reference figure; docs/training.md), i.e. ~3 frames/s, so "
             "the loader is not the bottleneck.")
     publish("data", results, md)
     return 0

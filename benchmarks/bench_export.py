@@ -26,11 +26,12 @@ a model; the memory table gives raw peaks and peaks minus that baseline. Childre
 PyTorch on the CPU up a lot) unless ``--no-glibc-tunables``.
 
 Unless ``--no-before``, the same network is also exported with the camera lift and the radar-in-image splat in
-their defining forms (``perception.model.network.defining_forms``: all C channels and all D depth bins sampled
-per voxel, a dense Gaussian splat), i.e. as exported before the lift was folded, and those FP32 and INT8 graphs
-are timed in a second pass beside eager (same protocol; at ``--reference-threads`` when given, else at
-``--threads``): the before/after of that change in the same run. ``--profile`` adds op-type self times per
-backend (torch.profiler; ONNX Runtime's own profiler) to the JSON.
+their defining forms (``tests/reference/model.py``'s ``lift_voxels`` and ``radar_image_features_dense`` passed
+to ``build_model``: all C channels and all D depth bins sampled per voxel, a dense Gaussian splat), i.e. as
+exported before the lift was folded, and those FP32 and INT8 graphs are timed in a second pass beside eager
+(same protocol; at ``--reference-threads`` when given, else at ``--threads``): the before/after of that change
+in the same run. ``--profile`` adds op-type self times per backend (torch.profiler; ONNX Runtime's own profiler)
+to the JSON.
 
 Also: parameters and FLOPs per config (``torch.utils.flop_counter.FlopCounterMode`` on one ``detect``: FLOPs =
 2 x multiply-accumulates, convolutions / matmuls / linear layers only), beside CRN's and RCBEVDet's published
@@ -187,7 +188,7 @@ def prepare(name: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     from perception.config import load_config
     from perception.data.batch import PillarSpec, input_arrays
     from perception.data.nuscenes import NuScenesFrames
-    from perception.model.network import INPUT_NAMES, build_model, defining_forms
+    from perception.model.network import INPUT_NAMES, build_model
     from perception.train.checkpoint import save_checkpoint
 
     cfg = load_config(REPO / "configs" / f"{name}.yaml")
@@ -206,8 +207,10 @@ def prepare(name: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     int8_counts = check_budget(onnx.load(str(int8_path)))
     kinds = ("ort_fp32", "ort_int8")
     if args.before:  # the same weights through the defining forms of the lift and the radar splat
-        with defining_forms():
-            export_checkpoint(work / "model.pt", work / "onnx_before", simplify=not args.no_simplify)
+        from tests.reference.model import lift_voxels, radar_image_features_dense
+
+        export_checkpoint(work / "model.pt", work / "onnx_before", simplify=not args.no_simplify,
+                          build_options={"lift_voxels": lift_voxels, "radar_splat": radar_image_features_dense})
         quantize_int8(work / "onnx_before", calib, args.calib_frames, MODEL_FILES["ort_int8_before"][1])
         kinds += BEFORE_KINDS
     frame = NuScenesFrames(cfg, args.dataroot, args.version, args.timing_split)[0]
@@ -488,7 +491,7 @@ def _before_table(results: dict[str, Any]) -> str:
     if not rows:
         return ""
     return ("\n\nBefore / after folding the camera lift and separating the radar splat (same weights, same function; "
-            "*before* = the graphs exported under `perception.model.network.defining_forms()`, timed in a second "
+            "*before* = the graphs exported under the defining forms of `tests/reference/model.py`, timed in a second "
             "pass beside eager at the thread count shown; *after* = the pass above at that thread count; eager "
             "runs the current forms in both passes, so its two medians show how much the machine drifted between "
             "them). Lift ms: the ONNX Runtime profile's self time of every node under `/camera/lift/` (sampling, "
@@ -499,36 +502,26 @@ def _before_table(results: dict[str, Any]) -> str:
 
 
 def _findings(results: dict[str, Any], args: argparse.Namespace) -> str:
-    """The paragraph under the tables: what the profiles show, what was changed, with this run's numbers."""
+    """The measured facts under the tables, as numbers of this run only; what they mean, what was changed to get
+    them and what is left is prose in docs/export_performance.md."""
     cfgs = results["configs"]
-    parts = []
-    loads = [f"{n}: {r['measure']['load_average_1min'][0]:.1f}-{r['measure']['load_average_1min'][1]:.1f}"
+    host = results.get("cpu")
+    loads = [f"`{n}` {r['measure']['load_average_1min'][0]:.1f}-{r['measure']['load_average_1min'][1]:.1f}"
              for n, r in cfgs.items()]
     contended = any(max(r["measure"]["load_average_1min"]) > CONTENDED_LOAD for r in cfgs.values())
-    host = results.get("cpu")
-    text = ("**Conditions.** " + (f"CPU: {host['model']} (family {host['family']}, model {host['model_number']}; "
-                                  f"{', '.join(host['isa'])}). " if host else "")
-            + "Load average (1 min) around each config's timing, on this 2-core machine shared with "
-            "other jobs: " + "; ".join(loads) + ". " + (
-                "Contention slows eager PyTorch's 2-thread OpenMP team far more than ONNX Runtime's thread pool (a "
-                "team waits at every op for its descheduled thread), so the 2-thread ratios above overstate ONNX "
-                "Runtime's lead" if contended else "The machine was quiet enough for the 2-thread ratios"))
+    lines = [("- CPU: " + (f"{host['model']} (family {host['family']}, model {host['model_number']}; "
+                           f"{', '.join(host['isa'])})" if host else "not recorded")),
+             "- Load average (1 min) around each config's timing: " + "; ".join(loads)
+             + (" (contended: the 2-thread ratios overstate ONNX Runtime's lead)" if contended else "")]
     ref = {n: r["measure_reference"] for n, r in cfgs.items() if r.get("measure_reference")}
     if ref:
         n_ref = getattr(args, "reference_threads", 0)
-        text += (": eager took " + ", ".join(f"{cfgs[n]['measure']['median_ms']['eager']:.0f} ms at {args.threads} "
-                                             f"vs {m['median_ms']['eager']:.0f} ms at {n_ref} thread(s) (`{n}`)"
-                                             for n, m in ref.items()) + " in this run")
+        lines.append("- Eager at " + ", ".join(f"{args.threads} vs {n_ref} thread(s): "
+                                               f"{cfgs[n]['measure']['median_ms']['eager']:.0f} vs "
+                                               f"{m['median_ms']['eager']:.0f} ms (`{n}`)" for n, m in ref.items()))
         short = [f"`{n}` {LABELS[k]} {m['speedup'][k]:.2f}x" for n, m in ref.items() for k, g in TARGETS.items()
                  if m["speedup"][k] < g]
-        text += (f". Judged by the {n_ref}-thread reference, " + (
-            "every target is reached" if not short else "these stay below target: " + ", ".join(short)) + "")
-    parts.append(text + ". `export.json` keeps every time and the ratio of the minima. The ratios depend on the "
-                 "host as much as on the graph: the previous session's host (2-core AMD EPYC, CPU flags not recorded) "
-                 "measured the previous commit at R18 FP32 1.36x / INT8 1.80x with ORT's FP32 convolutions at 0.72 "
-                 "of eager's convolution + BatchNorm + ReLU time; on this session's host the same commit measured "
-                 "1.16x / 1.94x in a one-off A/B (not re-measured here), and the convolution ratio is in the profile "
-                 "paragraph below. Since this run the CPU model and ISA extensions are recorded with the results.")
+        lines.append(f"- Below target at {n_ref} thread(s): " + (", ".join(short) if short else "none"))
     changed = []
     for n, r in cfgs.items():
         b, a = r.get("measure_before"), _after_pass(r)
@@ -537,148 +530,39 @@ def _findings(results: dict[str, Any], args: argparse.Namespace) -> str:
             changed.append(f"`{n}` ORT FP32 {bm['ort_fp32_before']:.0f} -> {am['ort_fp32']:.0f} ms, INT8 "
                            f"{bm['ort_int8_before']:.0f} -> {am['ort_int8']:.0f} ms ({b['threads']} thread(s))")
     if changed:
-        parts.append(
-            "**Changed: the camera lift and the radar splat (perception/model/lift.py, camera/depth.py).** Four "
-            "exact rewrites of the same function, so trained checkpoints keep working (the shipped one gives the "
-            "same head maps to ~1e-6 of their range; `tests/perception/model/test_network.py` checks the default "
-            "forms against `defining_forms()`). (1) The lift's 1x1 reduce convolution acts per voxel and bilinear "
-            "sampling is linear, so each height's slice of that convolution is applied to the image features "
-            "before sampling (a C -> Z x C_out 1x1 convolution on the small feature map) and every height samples "
-            "only its own C_out channels: 128 instead of 256 channels per voxel at R18/R50 (64 either way in the "
-            "tiny config, where the gain is the BEV-sized reduce convolution that disappears). (2) The depth "
-            "distribution is stacked along the image height with a zero row between bins and read only at the "
-            "two bins the interpolation uses (a two-channel map, lower bin / upper bin, sampled at one point per "
-            "voxel), instead of sampling all D channels (112 at R18/R50, 48 tiny) and gathering two. (3) The "
-            "radar-in-image Gaussian is separable: exponentials over rows and over columns and one matrix product "
-            "per camera instead of a dense (Hf Wf x P) Gaussian. (4) Each voxel samples only the (up to) "
-            "`model.camera.cameras_per_voxel` = 2 cameras that see it, read from an atlas of all six side by side, "
-            "instead of all six (exact for a ring whose neighbours overlap pairwise; third pass, below). "
-            "Before -> after, this run: " + "; ".join(changed)
-            + ". TensorRT: the stacked depth map has (D + 1) (Hf + 1) rows (1921 at R18) and the camera atlas "
-            "N (Wf + 1) columns (270), so their sampling grids must stay FP32 (FP16 would be a row off); "
-            "`perception-engine build` pins every GridSample fed by the calibration to FP32 (docs/deploy.md).")
-    parts.append(
-        "**Changed in the second pass: the depth lookup's layout and the skip connections in INT8.** (a) The "
-        "stacked depth map was first sampled as one channel at two points per voxel; ONNX Runtime's GridSample "
-        "computes every sampling point's corners serially once per sample and spreads only channels over its "
-        "threads, so that lookup never used the second core. It is now a two-channel map (a zero bin, then the "
-        "bins; the bins, then a zero bin) read at one point per voxel, the lower bin in channel 0 and the upper "
-        "one in channel 1: the same function (graph outputs of the two exports equal to 8e-6 on R18). (b) "
-        "`export/quantize.py` quantises the ResNet blocks' and the BEV decoder's skip-connection Adds as well as "
-        "the convolutions (ORT: integer QLinearAdd instead of a float round trip with layout Transposes around "
-        "it; TensorRT: its recommended residual placement); INT8 NDS 0.5336 vs 0.5300 before "
-        "(`bench_export_accuracy`). One-off A/B on `nuscenes_r18_256x704` against the previous commit's export of "
-        "the same checkpoint (2 threads, 21 interleaved runs in one process, paired median ratio new / old; "
-        "not re-measured by this benchmark, the machine's speed drifted by up to 20 % over the session): ORT FP32 "
-        "0.98; ORT INT8 0.96 from (a) alone, 0.94 with (b).")
-    parts.append(
-        "**Changed in the third pass: each voxel samples only the cameras that see it.** In a 6-camera ring a voxel "
-        "is seen by one camera, two in the seams, yet every camera was sampled at every voxel. The projection and "
-        "visibility test still run for all cameras (coordinates only); a TopK over a score unique among the "
-        "visible cameras picks up to K = `model.camera.cameras_per_voxel` per voxel (2 in these configs, exact "
-        "for the nuScenes ring: no voxel is seen by 3), and features and depth are read from an atlas of the "
-        "cameras side by side (a zero column after each camera reproduces zeros padding): 3x fewer feature "
-        "samples, depth lookups and products. The voxel projection became one (3 x 4) @ (4 x Q) product per "
-        "camera. One-off A/B against the previous commit's export of the same weights (2 threads, each backend "
-        "in its own process, interleaved, median of 15 runs tiny / 7 R18; not re-measured by this benchmark): "
-        "`synthetic_tiny` eager 110 -> 91 ms, ORT FP32 81 -> 72, INT8 66 -> 57; `nuscenes_r18_256x704` eager "
-        "1163 -> 1089, FP32 999 -> 932, INT8 598 -> 514. Eager gains about as much as ONNX Runtime, so the "
-        "speed-up ratios move little (tiny INT8 1.66x -> 1.59x, R18 INT8 1.94x -> 2.12x in that A/B); the "
-        "absolute latency is what a deployment gains. Not taken: LeakyRelu(alpha = 0) for each ReLU between a "
-        "DequantizeLinear and a QuantizeLinear, which ONNX Runtime fuses into an integer QLinearLeakyRelu "
-        "(bit-identical outputs) but which was no faster (paired ratio R18 INT8 1.006, tiny 0.994).")
-    parts.append(
-        "**Earlier change: Q/DQ placement (export/quantize.py).** On x86 ONNX Runtime runs int8 convolutions only "
-        "for a Q -> DQ pair with a single consumer; onnxruntime.quantization shares one pair among all consumers "
-        "of a tensor, so convolutions after a shared pair stayed float and dequantised their weights on every run. "
-        "Every consumer now gets its own pair (same arithmetic; TensorRT sees the same scales); INT8 NDS 0.5309 vs "
-        "0.5305 before. Figures of the run that made that change (this benchmark, 2 threads, machine loaded ~5, "
-        "kept from that run, not re-measured here): `synthetic_tiny` 24 / 54 -> 52 / 54 convolutions fused, "
-        "443 -> 339 ms; `nuscenes_r18_256x704` 28 / 62 -> 60 / 62, 2760 -> 2076 ms; `nuscenes_r50_256x704` "
-        "52 / 95 -> 93 / 95, 3543 -> 2444 ms. (Not taken: `session.qdqisint8allowed=1` fuses every convolution, "
-        "but its int8 x int8 kernels were 2.3x *slower* than FP32 in a one-off R18 check; uint8 activations "
-        "are asymmetric, which TensorRT does not take.)")
+        lines.append("- Defining-form lift and radar splat (before) -> current forms (after): " + "; ".join(changed))
     prof = {n: r["profile"] for n, r in cfgs.items() if "profile" in r}
+    conv_keys = ("aten::mkldnn_convolution", "aten::_slow_conv2d_forward", "aten::native_batch_norm",
+                 "aten::clamp_min_", "aten::clamp_min", "aten::relu_", "aten::relu")
+    plumbing = ("Cast", "Reshape", "Squeeze", "Unsqueeze", "Gather", "Slice", "Concat", "Split", "Expand",
+                "Shape", "Where", "Equal", "And", "Not", "Less", "Greater", "LessOrEqual", "GreaterOrEqual")
     if prof:
-        conv_keys = ("aten::mkldnn_convolution", "aten::_slow_conv2d_forward", "aten::native_batch_norm",
-                     "aten::clamp_min_", "aten::clamp_min", "aten::relu_", "aten::relu")
-        plumbing = ("Cast", "Reshape", "Squeeze", "Unsqueeze", "Gather", "Slice", "Concat", "Split", "Expand",
-                    "Shape", "Where", "Equal", "And", "Not", "Less", "Greater", "LessOrEqual", "GreaterOrEqual")
-        items = []
+        pt = next((r.get("profile_threads") for r in cfgs.values() if r.get("profile_threads")), args.threads)
         for n, p in prof.items():
             f32, i8, eager = p["ort_fp32"], p["ort_int8"], p["eager"]
             e_conv = sum(eager.get(k, 0.0) for k in conv_keys)
             plumb = sum(f32["op_ms"].get(k, 0.0) for k in plumbing)
-            items.append(
-                f"`{n}`: convolutions {f32['op_ms'].get('Conv', 0.0):.0f} ms in ORT FP32 vs {e_conv:.0f} ms of "
-                f"convolution + BatchNorm + ReLU in eager, {i8['op_ms'].get('QLinearConv', 0.0):.0f} ms as "
-                f"QLinearConv in INT8; GridSample {f32['op_ms'].get('GridSample', 0.0):.0f} vs "
-                f"{eager.get('aten::grid_sampler_2d', 0.0):.0f} ms; the camera lift (everything under /camera/lift/) "
-                f"{f32['lift_sampling_ms']:.0f} ms = "
-                f"{100 * f32['lift_sampling_ms'] / f32['kernel_ms']:.0f} % of ORT FP32 and "
-                f"{100 * i8['lift_sampling_ms'] / i8['kernel_ms']:.0f} % of INT8 kernel time; shape and index ops "
-                f"(Cast, Reshape, (Un)Squeeze, Gather, Slice, Concat, Where, comparisons) "
-                f"{100 * plumb / f32['kernel_ms']:.1f} %")
-        pt = next((r.get("profile_threads") for r in cfgs.values() if r.get("profile_threads")), args.threads)
-        parts.append(
-            f"**Where the time goes (`--profile`: torch.profiler and ONNX Runtime's profiler, {pt} thread(s), "
-            "3 runs after 3 warm-up runs, each backend in its own process, self time per op type).** "
-            + "; ".join(items) + ". ORT FP32's edge over eager is in the convolutions: BatchNorm folded into them "
-            "at export, ReLU fused and the NCHWc blocked layout kept across layers by ORT (eager runs BatchNorm "
-            "and ReLU as separate ops, reorders around each oneDNN convolution and, at 1 thread, sends 1x1 "
-            "convolutions to its im2col + GEMM path); the rest is the same float work in kernels of the same "
-            "class (GridSample, the lift's products, the attention's matmuls). INT8 cuts the convolutions "
-            "~3-4x but not the camera lift, which no backend quantises: per camera slot (K = 2) and height the "
-            "C_out-channel projected features are grid-sampled at all H x W cells, weighted by the depth "
-            "probability and summed over slots and heights (at 256x704 with a 128x128x8 grid, 2 x 8 x 128 x 16384 "
-            "floats = 134 MB per intermediate): memory-bound, and a large share of the INT8 graph (Amdahl), as is "
-            "the fusion's deformable sampling (float in every backend). Checked "
-            "and already lean: the session runs at `ORT_ENABLE_ALL`; the BEV voxel centres are already constants "
-            "and the projection depends on the run-time `img_from_ego`, so there is nothing more to fold; the "
-            "shape/index chains are the small share above; the float ops left between integer convolutions "
-            "(DQ -> ReLU -> Q, layout Transposes) follow from symmetric int8 (a ReLU cannot fold into a Q whose "
-            "zero point is 0).")
-    parts.append(
-        "**Left (they change the function, hence need retraining, or give something up).** (1) Lift fewer "
-        "channels than the BEV width: a C_out below 128 at R18/R50 (BEVDepth/CRN lift 80) changes the network. "
-        "(2) Fewer deformable heads or points in the fusion: its four GridSamples (two layers x camera / radar BEV) "
-        "now take more of the R18 INT8 graph than the whole camera lift, and ONNX Runtime's GridSample spreads only "
-        "channels over its threads, so the attention's few-channel (16 per head) samples use the second core "
-        "poorly; fewer, wider heads would change the network. (3) Sparse queries: attending from the radar-occupied "
-        "and high-score cells only (a TopK of queries) instead of all H x W would cut the fusion several-fold, "
-        "a different network again.")
+            lines.append(
+                f"- Profile `{n}` ({pt} thread(s), self time): ORT FP32 Conv {f32['op_ms'].get('Conv', 0.0):.0f} ms "
+                f"vs eager conv + BatchNorm + ReLU {e_conv:.0f} ms, INT8 QLinearConv "
+                f"{i8['op_ms'].get('QLinearConv', 0.0):.0f} ms; GridSample {f32['op_ms'].get('GridSample', 0.0):.0f} "
+                f"vs {eager.get('aten::grid_sampler_2d', 0.0):.0f} ms; camera lift {f32['lift_sampling_ms']:.0f} ms "
+                f"= {100 * f32['lift_sampling_ms'] / f32['kernel_ms']:.0f} % of ORT FP32, "
+                f"{100 * i8['lift_sampling_ms'] / i8['kernel_ms']:.0f} % of INT8 kernel time; float sampling "
+                f"(lift + fusion GridSamples) {100 * _float_sampling_ms(i8) / i8['kernel_ms']:.0f} % of INT8; shape "
+                f"and index ops {100 * plumb / f32['kernel_ms']:.1f} % of FP32")
     missed = [f"`{n}` {LABELS[k]}" for n, r in cfgs.items() for k, goal in TARGETS.items()
               if r["measure"]["speedup"][k] < goal]
-    if missed:
-        text = "Targets missed in this run: " + ", ".join(missed) + "; they stay marked *not met*."
-        scaling = []
-        for n, r in cfgs.items():
-            ref = r.get("measure_reference")
-            if ref and ref.get("threads", 1) != r["measure"].get("threads", args.threads):
-                one, two = ref["median_ms"], r["measure"]["median_ms"]
-                scaling.append(f"`{n}` eager x{one['eager'] / two['eager']:.2f}, ORT FP32 "
-                               f"x{one['ort_fp32'] / two['ort_fp32']:.2f}, INT8 x{one['ort_int8'] / two['ort_int8']:.2f}")
-        if scaling:
-            text += (" Part of the gap is parallel scaling: from the reference thread count to "
-                     f"{args.threads} threads the medians improve by " + "; ".join(scaling) + ", so ONNX Runtime "
-                     "gains less from the second core than eager PyTorch does (its 1-thread ratios are in the "
-                     "reference table).")
-        if prof:
-            conv = []
-            for n, p in prof.items():
-                e_conv = sum(p["eager"].get(k, 0.0) for k in conv_keys)
-                if e_conv:
-                    conv.append(f"`{n}` {p['ort_fp32']['op_ms'].get('Conv', 0.0) / e_conv:.2f}")
-            text += (" The rest is the float work both backends share: ORT's FP32 convolution time over eager's "
-                     "convolution + BatchNorm + ReLU time is " + ", ".join(conv) + " (profile above), and the "
-                     "sampling, products and matmuls around them run in kernels of the same class in both, so "
-                     "the FP32 ratio is bounded by the convolutions' share; INT8 is held back by the float "
-                     "sampling and elementwise work that no backend quantises (the camera lift plus the deformable "
-                     "attention's GridSamples, share of the INT8 graph's kernel time: " + ", ".join(
-                         f"`{n}` {100 * _float_sampling_ms(p['ort_int8']) / p['ort_int8']['kernel_ms']:.0f} %"
-                         for n, p in prof.items()) + ").")
-        parts.append(text)
-    return "\n\n".join(parts)
+    lines.append("- Targets missed in this run (they stay marked *not met*): " + (", ".join(missed) or "none"))
+    for n, r in cfgs.items():
+        one = r.get("measure_reference")
+        if one and one.get("threads", 1) != r["measure"].get("threads", args.threads):
+            a, b = one["median_ms"], r["measure"]["median_ms"]
+            lines.append(f"- Parallel scaling `{n}`, {one.get('threads', 1)} -> {args.threads} threads: eager "
+                         f"x{a['eager'] / b['eager']:.2f}, ORT FP32 x{a['ort_fp32'] / b['ort_fp32']:.2f}, "
+                         f"INT8 x{a['ort_int8'] / b['ort_int8']:.2f}")
+    return ("**Measured in this run** (what the figures mean, what was changed to reach them and what is left: "
+            "[export_performance.md](export_performance.md)):\n\n" + "\n".join(lines))
 
 
 def _float_sampling_ms(p: dict[str, Any]) -> float:

@@ -1,7 +1,7 @@
 """Network cost on 2 CPU cores: forward+backward per training sample, per stage, and parameter counts.
 
     python -m benchmarks.bench_model                      # the tiny config, batch 2, 5 timed repeats
-    GLIBC_TUNABLES=... python -m benchmarks.bench_model   # as training runs (see DEVELOPERS.md / docs/model.md)
+    GLIBC_TUNABLES=... python -m benchmarks.bench_model   # as training runs (see docs/training.md / docs/model.md)
 
 Each stage's inputs are captured from one full forward pass; the stage is then timed alone (forward, and
 forward+backward of a random projection of its output), median of the repeats. The whole network's
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(batch {args.batch}, median of {args.repeats}, {tunables}, 2 cores, training mode). Each stage timed "
           "alone on its captured inputs; ms per sample.\n\n"
           + table(["stage", "forward (ms/sample)", "forward + backward (ms/sample)"], rows)
-          + "\n\nTarget from DEVELOPERS.md: the reference tiny design trains at ~0.33 s/sample with the allocator fix "
+          + "\n\nTarget (the project's reference figure): the tiny design trains at ~0.33 s/sample with the allocator fix "
             "(about 5.5k samples in 30 minutes).\n\nParameters of the shipped configs:\n\n"
           + table(["config", "parameters", "published anchors"], prow))
     publish(f"model_{args.config}", {"stages": times, "params": params, "batch": args.batch}, md)

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     from perception.cli.test import main as test_main
 
     rc = test_main(["--checkpoint", args.checkpoint, "--dataroot", args.dataroot, "--version", args.version,
-                    "--split", args.split, "--out", args.out, "--no-progress"])
+                    "--split", args.split, "--out", args.out, "--overwrite", "--no-progress"])
     if rc != 0:
         raise SystemExit(f"perception-test failed with {rc}")
     out = Path(args.out)

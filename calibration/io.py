@@ -245,6 +245,10 @@ def load_rig(path: str | Path) -> Rig:
     except yaml.YAMLError as err:
         raise CalibrationError("rig", "(yaml)", str(path), f"is not valid YAML: {err}".replace("\n", " "),
                                source=str(path)) from None
+    except RecursionError:
+        raise CalibrationError("rig", "(yaml)", str(path), "nests lists or mappings too deeply to be a rig",
+                               "a rig is a few levels deep: name, cameras/radars/lidars, their fields",
+                               source=str(path)) from None
     except CalibrationError as err:
         raise CalibrationError(err.sensor, err.field, err.value, err.problem, err.hint, str(path)) from None
     return rig_from_dict(data, source=str(path))
@@ -263,6 +267,9 @@ def save_rig(rig: Rig, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)  # not mkstemp's 0600
     try:
         with os.fdopen(fd, "w") as f:
             f.write(dump_rig(rig))

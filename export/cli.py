@@ -86,10 +86,12 @@ def example_inputs(cfg, n_cameras: int, batch: int) -> dict[str, np.ndarray]:
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, batch: int = 1,
                       simplify: bool = True, rig_path: str | Path | None = None,
-                      cameras_per_voxel: int | None = None, config_path: str | Path | None = None) -> dict:
+                      cameras_per_voxel: int | None = None, config_path: str | Path | None = None,
+                      build_options: dict | None = None) -> dict:
     """Writes OUT/model.onnx and OUT/model.json; returns the metadata. ``config_path``: build the network from
     that config instead of the checkpoint's and load the checkpoint's weights into it (strict). ``cameras_per_voxel``
-    overrides model.camera.cameras_per_voxel (the same weights; only the lift's sampling changes)."""
+    overrides model.camera.cameras_per_voxel (the same weights; only the lift's sampling changes).
+    ``build_options``: keyword arguments of ``build_model`` (other forms of blocks, for before/after benchmarks)."""
     import onnx
     import torch
 
@@ -100,14 +102,13 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, 
     from perception.coverage import rig_coverage
     from perception.model.decode import OUTPUT_NAMES
     from perception.model.network import INPUT_NAMES
-    from perception.pipeline import Pipeline
+    from perception.pipeline import load_network
     from perception.runtime.onnxruntime import MODEL_JSON_SCHEMA, file_sha256
     from perception.train.checkpoint import weights_sha256
 
     overrides = [] if cameras_per_voxel is None else [f"model.camera.cameras_per_voxel={cameras_per_voxel}"]
-    pipe = Pipeline.from_checkpoint(checkpoint, config=config_path, overrides=overrides)
-    cfg = pipe.cfg
-    net = pipe.runner.net
+    net, cfg, stereo = load_network(checkpoint, config_path, overrides, **(build_options or {}))
+    net.eval()
     rig = load_rig(rig_path or cfg_rig_path(cfg))
     n_cams = len(rig.cameras)
     arrays = example_inputs(cfg, n_cams, batch)
@@ -132,7 +133,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, 
         "schema": MODEL_JSON_SCHEMA, "opset": opset, "batch": batch,
         "inputs": [{"name": k, "shape": list(arrays[k].shape), "dtype": str(arrays[k].dtype)} for k in INPUT_NAMES],
         "outputs": outputs, **identity,
-        "stereo_pairs": [list(p) for p in pipe.stereo_pairs], "config": config_to_dict(cfg),
+        "stereo_pairs": [list(p) for p in stereo], "config": config_to_dict(cfg),
         "checkpoint_sha256": hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16],
         "weights_sha256": weights_sha256(net.state_dict()), "files": {"model.onnx": file_sha256(path)},
         "op_counts": counts,

@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Callable, Sequence
 
+from perception.cli.args import number
+
 EXAMPLES = """examples:
   perception-engine build --onnx exports/tiny --precision fp16 --out engines/tiny_fp16
   perception-engine build --onnx exports/tiny --precision int8 --out engines/tiny_int8   # model_int8.onnx (Q/DQ)
@@ -44,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--onnx", required=True, help="export folder (model.onnx, model.json, model_int8.onnx for int8)")
     b.add_argument("--out", required=True, help="engine folder")
     b.add_argument("--precision", choices=["fp16", "int8", "fp32"], default="fp16")
-    b.add_argument("--workspace-gb", type=float, default=2.0, help="builder workspace memory-pool limit (GiB)")
+    b.add_argument("--workspace-gb", type=number(float, min=0.0, min_exclusive=True, max=1024.0), default=2.0,
+                   help="builder workspace memory-pool limit (GiB)")
     b.add_argument("--fp16-geometry", action="store_true",
                    help="let the builder run the calibration-dependent geometry in FP16 too (unsafe: the lift's depth "
                         "lookup addresses rows of a map with (D + 1) x (Hf + 1) rows, which FP16 cannot; "
@@ -64,8 +67,11 @@ def _main(argv: Sequence[str] | None) -> int:
         print(json.dumps(read_engine_json(args.folder), indent=1))
         return EXIT_OK
     from export.tensorrt import build_engine
+    from perception.outputs import check_folder_target, output_lock
 
-    meta = build_engine(args.onnx, args.out, args.precision, args.workspace_gb, not args.fp16_geometry, args.verbose)
+    with output_lock(check_folder_target(args.out)):  # two builds into one folder would mix their files
+        meta = build_engine(args.onnx, args.out, args.precision, args.workspace_gb, not args.fp16_geometry,
+                            args.verbose)
     pinned = len(meta["fp32_geometry"]["layers"])
     print(f"wrote {args.out}/model.engine ({meta['precision']}, TensorRT {meta['tensorrt_version']}, "
           f"{meta['device']['name']}, {pinned} geometry layers pinned to FP32), engine.json and model.json")
@@ -79,16 +85,17 @@ def _run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None
     try:
         return main(argv)
     except errors as err:
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"error: {type(err).__name__}: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_INPUT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from export.tensorrt import EngineBuildError
     from perception.runtime.onnxruntime import RuntimeConfigError
+    from perception.outputs import OutputError
     from perception.runtime.tensorrt import TensorRTNotAvailable
 
-    return _run(_main, argv, (TensorRTNotAvailable, EngineBuildError, RuntimeConfigError, FileNotFoundError))
+    return _run(_main, argv, (TensorRTNotAvailable, EngineBuildError, RuntimeConfigError, OutputError, OSError))
 
 
 if __name__ == "__main__":

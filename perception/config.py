@@ -39,6 +39,10 @@ class ConfigError(ValueError):
 # ---------------------------------------------------------------------------
 
 
+# the BEV grid's (H, W) must be divisible by this: perception/model/bev_decoder.py halves and restores the grid
+BEV_STRIDE = 2
+
+
 @dataclass(frozen=True)
 class GridConfig:
     """The BEV grid in ego@t0: x forward, y left, z up; metres."""
@@ -60,6 +64,11 @@ class GridConfig:
             if abs(cells - round(cells)) > 1e-6:
                 raise ConfigError(f"grid.{name}: extent {hi - lo} m is not a whole number of "
                                   f"{self.resolution} m cells ({cells:.3f})")
+            if round(cells) % BEV_STRIDE:
+                raise ConfigError(f"grid.{name}: {round(cells)} cells of {self.resolution} m over [{lo}, {hi}]; the "
+                                  f"BEV decoder's stride-{BEV_STRIDE} context branch needs a multiple of {BEV_STRIDE}: "
+                                  f"widen or narrow the range by one cell ({self.resolution} m) or change the "
+                                  "resolution")
 
     @property
     def bev_shape(self) -> tuple[int, int]:
@@ -81,6 +90,11 @@ class SyncConfig:
 
 
 RADAR_POINT_FIELDS = ("x", "y", "z", "rcs", "vx", "vy", "dt", "sensor")
+# The radar encoder's per-point features, one source for the pillariser (perception/data/batch.py), the network
+# (perception/model/network.py) and its input scales (perception/model/radar/encoder.py): these Frame radar fields,
+# then the point's offset from its pillar's centre, which the pillariser appends.
+PILLAR_POINT_FIELDS = ("x", "y", "z", "rcs", "vx", "vy", "dt")
+PILLAR_FEATURES = PILLAR_POINT_FIELDS + ("dx", "dy")
 
 
 @dataclass(frozen=True)

@@ -95,18 +95,24 @@ def rig_coverage(cfg: Any, rig: Any) -> Coverage:
 
 
 class CoverageCheck:
-    """Warns once per camera set (names) when a rig's overlap exceeds the model's cameras_per_voxel."""
+    """Warns once per camera set (names and which are masked) when a rig's overlap exceeds the model's
+    cameras_per_voxel. Masked cameras (``camera_valid`` False; their matrix is a placeholder such as the identity)
+    see nothing and are not counted."""
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
-        self.seen: set[tuple[str, ...]] = set()
+        self.seen: set[tuple] = set()
 
-    def __call__(self, cameras: tuple[str, ...], img_from_ego: np.ndarray) -> Coverage | None:
+    def __call__(self, cameras: tuple[str, ...], img_from_ego: np.ndarray,
+                 camera_valid: np.ndarray | None = None) -> Coverage | None:
         k = self.cfg.model.camera.cameras_per_voxel
-        if not self.cfg.model.camera.enabled or k <= 0 or k >= len(img_from_ego) or cameras in self.seen:
+        valid = np.ones(len(img_from_ego), bool) if camera_valid is None else np.asarray(camera_valid, bool)
+        key = (tuple(cameras), tuple(bool(v) for v in valid))
+        if not self.cfg.model.camera.enabled or k <= 0 or k >= int(valid.sum()) or key in self.seen:
             return None
-        self.seen.add(cameras)
-        cov = coverage(self.cfg, img_from_ego)
+        self.seen.add(key)
+        cov = coverage(self.cfg, img_from_ego, valid)
         if cov.voxels_over:
-            log.warning("rig with cameras %s: %s", ", ".join(cameras), cov.summary())
+            used = [c for c, v in zip(cameras, valid) if v]
+            log.warning("rig with cameras %s: %s", ", ".join(used), cov.summary())
         return cov

@@ -107,7 +107,7 @@ def _evaluate_checkpoint(ckpt: Path, root: Path, out: Path) -> str:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = test.main(["--checkpoint", str(ckpt), "--dataroot", str(root), "--version", "v1.0-synth",
-                        "--split", "synth_val", "--out", str(out), "--no-progress"])
+                        "--split", "synth_val", "--out", str(out), "--overwrite", "--no-progress"])
     if rc != 0:
         raise RuntimeError(f"perception-test exited with {rc} (its error is printed above)")
     line = buf.getvalue().strip().splitlines()[-1]
@@ -129,7 +129,7 @@ def _export(ckpt: Path, root: Path, out: Path) -> str:
         and (out / "parity.json").exists()
     if not reused:
         cmd = [sys.executable, "-m", "export.cli", "--checkpoint", str(ckpt), "--out", str(out), "--dataroot",
-               str(root), "--version", "v1.0-synth", "--split", "synth_val", "--check-parity", "3"]
+               str(root), "--version", "v1.0-synth", "--split", "synth_val", "--check-parity", "3", "--overwrite"]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         print(proc.stdout.rstrip())
         if proc.returncode != 0:

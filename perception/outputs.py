@@ -26,6 +26,12 @@ class OutputError(ValueError):
     run, or one holding another run's results without --overwrite. The message says which and what to do."""
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def lock_path(out: str | Path) -> Path:
     out = Path(out)
     return out.parent / f".{out.name}.lock"
@@ -113,6 +119,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.tmp-", suffix=path.suffix)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would otherwise become the output's mode
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -174,6 +181,7 @@ def folder_output(out: str | Path, overwrite: bool = False, what: str = "results
             raise OutputError(f"--out {out} already holds {what} ({shown}); pass --overwrite to replace them or "
                               "choose another --out")
         staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would otherwise become the output folder's mode
         try:
             yield staging
         except BaseException:

@@ -1,16 +1,22 @@
 """One ``infer(frame) -> Detections`` for every backend, sharing the data pipeline's preprocessing.
 
-``Pipeline.from_checkpoint(path)`` runs the PyTorch network; ``from_onnx(export_dir)`` runs perception-export's
-graph with ONNX Runtime and ``from_engine(engine_dir)`` a perception-engine TensorRT engine. All three use the
-same input arrays (``perception.data.batch.input_arrays``: the same pillarisation and tensors) and the same
-post-processing below. The ONNX Runtime and TensorRT runners import no torch (the config travels in
-model.json); the post-processing's attribute rule still comes from ``perception.model.decode``, which does.
+Frame -> ``perception.data.batch.input_arrays`` (the same pillarisation and tensors for every backend) -> a
+``Runner`` (input arrays by ``perception.model.network.INPUT_NAMES`` -> decoded output arrays by
+``perception.model.decode.OUTPUT_NAMES``) -> ``postprocess`` -> ``Detections``. Runners:
+
+- ``TorchRunner``: the PyTorch network (``Pipeline.from_checkpoint(path)``, or ``Pipeline.from_module(net, cfg,
+  stereo)`` for a network already in memory, e.g. during training);
+- ``ArrayRunner`` over ``perception.runtime``'s ``OnnxRunner`` (``from_onnx(export_dir)``) or ``TensorRTRunner``
+  (``from_engine(engine_dir)``); these import no torch (the config travels in model.json).
+
+``load_network(checkpoint, config, overrides)`` is the one way to rebuild a checkpoint's network (export, tests,
+``from_checkpoint``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -78,10 +84,50 @@ def postprocess(raw: dict[str, np.ndarray], frame: Frame, class_names: tuple[str
                       np.asarray(raw["trajectories"][index])[keep], np.asarray(raw["mode_probs"][index])[keep])
 
 
-class Pipeline:
-    """Frame in, Detections out. Build with ``from_checkpoint``, ``from_onnx`` or ``from_engine``."""
+class Runner(Protocol):
+    """What a Pipeline runs: network input arrays (``INPUT_NAMES``, batch first) -> decoded outputs
+    (``OUTPUT_NAMES``: boxes, scores, labels, trajectories, mode_probs), numpy in and out."""
 
-    def __init__(self, cfg: Config, runner: Any, stereo_pairs: tuple = (), score_threshold: float = 0.05):
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class LoadedNetwork(NamedTuple):
+    """A checkpoint's network rebuilt: ``net`` (FusionNet, weights loaded, in training mode as built), its
+    ``cfg`` and the ``stereo_pairs`` it was built for."""
+
+    net: Any
+    cfg: Config
+    stereo_pairs: tuple[tuple[int, int], ...]
+
+
+def load_network(checkpoint: str | Path, config: str | Path | None = None, overrides: Sequence[str] = (),
+                 **build_options: Any) -> LoadedNetwork:
+    """The network of ``checkpoint``'s config, or of ``config`` (a YAML) when given, with ``overrides`` (KEY=VALUE,
+    as ``--set``) applied, loaded with the checkpoint's weights (strict: weights that do not fit the network are a
+    CheckpointError naming them). The checkpoint is read once. ``build_options`` go to ``build_model`` (other
+    forms of blocks with the same weights, e.g. the defining lift of ``tests/reference/model.py``)."""
+    from perception.config import config_from_dict, config_to_dict, load_config
+    from perception.model.network import build_model
+    from perception.train.checkpoint import load_checkpoint, load_weights
+
+    ckpt = load_checkpoint(checkpoint)
+    if config is not None:
+        cfg = load_config(config, overrides)
+    elif overrides:
+        cfg = config_from_dict(config_to_dict(ckpt["config"]), overrides, source=str(checkpoint))
+    else:
+        cfg = ckpt["config"]
+    stereo = tuple(tuple(int(i) for i in p) for p in ckpt.get("stereo_pairs", []))
+    net = build_model(cfg, stereo, **build_options)
+    load_weights(net, ckpt["model"], checkpoint if config is None else f"{checkpoint} (into the network of {config})")
+    return LoadedNetwork(net, cfg, stereo)
+
+
+class Pipeline:
+    """Frame in, Detections out. Build with ``from_checkpoint``, ``from_module``, ``from_onnx`` or ``from_engine``
+    (or directly from a config and any ``Runner``)."""
+
+    def __init__(self, cfg: Config, runner: Runner, stereo_pairs: tuple = (), score_threshold: float = 0.05):
         self.cfg = cfg
         self.runner = runner
         self.stereo_pairs = tuple(tuple(p) for p in stereo_pairs)
@@ -92,27 +138,16 @@ class Pipeline:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", score_threshold: float = 0.05,
                         config: str | Path | None = None, overrides: Sequence[str] = ()) -> "Pipeline":
-        """The network of the checkpoint's config, or of ``config`` (a YAML) when given, with ``overrides``
-        (KEY=VALUE, as ``--set``) applied, loaded with the checkpoint's weights (strict: weights that do not fit
-        the network are a CheckpointError naming them)."""
-        import torch
+        """``load_network(path, config, overrides)`` in eval mode on ``device``."""
+        net, cfg, stereo = load_network(path, config, overrides)
+        return cls.from_module(net.eval().to(device), cfg, stereo, score_threshold)
 
-        from perception.config import config_from_dict, config_to_dict, load_config
-        from perception.model.network import build_model
-        from perception.train.checkpoint import load_checkpoint, load_weights
-
-        ckpt = load_checkpoint(path)
-        if config is not None:
-            cfg = load_config(config, overrides)
-        elif overrides:
-            cfg = config_from_dict(config_to_dict(ckpt["config"]), overrides, source=str(path))
-        else:
-            cfg = ckpt["config"]
-        stereo = tuple(tuple(p) for p in ckpt.get("stereo_pairs", []))
-        net = build_model(cfg, stereo)
-        load_weights(net, ckpt["model"], path if config is None else f"{path} (into the network of {config})")
-        net.eval().to(device)
-        return cls(cfg, _TorchRunner(net, torch.device(device)), stereo, score_threshold)
+    @classmethod
+    def from_module(cls, net: Any, cfg: Config, stereo_pairs: Sequence[Sequence[int]] = (),
+                    score_threshold: float = 0.05) -> "Pipeline":
+        """A network in memory (a FusionNet built by ``build_model(cfg, stereo_pairs)``), run as it is: on the
+        device of its parameters, in its current train/eval mode (call ``net.eval()`` for inference)."""
+        return cls(cfg, TorchRunner(net), stereo_pairs, score_threshold)
 
     @classmethod
     def from_onnx(cls, folder: str | Path, score_threshold: float = 0.05, threads: int | None = None,
@@ -124,7 +159,7 @@ class Pipeline:
 
         runner = OnnxRunner(folder, model_file=model_file, threads=threads)
         cfg = config_from_dict(runner.meta["config"], source=str(Path(folder) / "model.json"))
-        return cls(cfg, _ArrayRunner(runner), tuple(tuple(p) for p in runner.meta["stereo_pairs"]), score_threshold)
+        return cls(cfg, ArrayRunner(runner), tuple(tuple(p) for p in runner.meta["stereo_pairs"]), score_threshold)
 
     @classmethod
     def from_engine(cls, folder: str | Path, score_threshold: float = 0.05) -> "Pipeline":
@@ -135,7 +170,7 @@ class Pipeline:
 
         runner = TensorRTRunner(folder)
         cfg = config_from_dict(runner.meta["config"], source=str(Path(folder) / "model.json"))
-        return cls(cfg, _ArrayRunner(runner), tuple(tuple(p) for p in runner.meta["stereo_pairs"]), score_threshold)
+        return cls(cfg, ArrayRunner(runner), tuple(tuple(p) for p in runner.meta["stereo_pairs"]), score_threshold)
 
     def infer(self, frame: Frame) -> Detections:
         import time
@@ -143,7 +178,7 @@ class Pipeline:
         from perception.data.batch import PillarSpec, input_arrays
 
         t = time.perf_counter()
-        self.coverage_check(tuple(str(c) for c in frame.camera_channels), frame.img_from_ego)
+        self.coverage_check(tuple(str(c) for c in frame.camera_channels), frame.img_from_ego, frame.camera_valid)
         batch = input_arrays([frame], PillarSpec.from_config(self.cfg))
         t_pre = time.perf_counter()
         raw = self.runner(batch)
@@ -153,22 +188,25 @@ class Pipeline:
         return det
 
 
-class _TorchRunner:
-    def __init__(self, net: Any, device: Any):
-        self.net, self.device = net, device
+class TorchRunner:
+    """A PyTorch FusionNet as a ``Runner`` (``net.detect`` under ``no_grad`` on the device of its parameters)."""
+
+    def __init__(self, net: Any):
+        self.net = net
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         import torch
 
         from perception.model.network import INPUT_NAMES
 
+        device = next(self.net.parameters()).device
         with torch.no_grad():
-            out = self.net.detect(*[torch.as_tensor(batch[k]).to(self.device) for k in INPUT_NAMES])
+            out = self.net.detect(*[torch.as_tensor(batch[k]).to(device) for k in INPUT_NAMES])
         return {k: v.cpu().numpy() for k, v in out.items()}
 
 
-class _ArrayRunner:
-    """Adapts a torch-free runtime (``infer(arrays) -> arrays``) to the pipeline."""
+class ArrayRunner:
+    """A torch-free runtime (``OnnxRunner``, ``TensorRTRunner``: ``infer(arrays) -> arrays``) as a ``Runner``."""
 
     def __init__(self, runtime: Any):
         self.runtime = runtime

@@ -34,6 +34,10 @@ EXAMPLES = {
     "overlay": [
         "perception-calib overlay --rig vod.yaml --image CAM_FRONT=image_2/00549.jpg \\\n"
         "      --points velodyne/00549.bin --points-format vod-radar --out overlay.png",
+        "perception-calib overlay --rig vod.yaml --image CAM_FRONT=image_2/00549.jpg --points velodyne/00549.bin \\\n"
+        "      --points-format vod-radar --color-by doppler --labels label_2/00549.json --out doppler.png",
+        "perception-calib overlay --rig rig.yaml --image CAM_FRONT=f.jpg --image CAM_BACK=b.jpg --points top.pcd.bin \\\n"
+        "      --frame sensor:LIDAR_TOP --info nuscenes_infos_val.pkl --index 0 --out mosaic.png   # + GT boxes",
         "perception-calib overlay --rig rig.yaml --image CAM_FRONT=front.jpg --points sweep.pcd \\\n"
         "      --frame sensor:RADAR_FRONT --out overlay.png",
     ],
@@ -86,10 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--points", required=True, help=".npy (N, 3) ego-frame points")
     pr.add_argument("--out", required=True, help=".npy (N, 3) output")
 
-    o = sub.add_parser("overlay", help="draw points over a camera image, coloured by depth",
+    o = sub.add_parser("overlay", help="draw points (and GT boxes) over one or several camera images",
                        formatter_class=HelpFormatter, epilog=_examples("overlay"))
     o.add_argument("--rig", required=True)
-    o.add_argument("--image", required=True, metavar="CHANNEL=PATH", help="camera channel and its image")
+    o.add_argument("--image", required=True, action="append", metavar="CHANNEL=PATH",
+                   help="camera channel and its image; repeat for a mosaic (up to 3 per row, 800 px wide each)")
     o.add_argument("--points", required=True, help="radar .pcd, lidar .pcd.bin, View-of-Delft .bin or .npy")
     o.add_argument("--points-format", default="auto",
                    choices=["auto", "nuscenes-radar", "nuscenes-lidar", "vod-radar", "kitti-lidar", "npy"],
@@ -98,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frame the points are in: the ego frame, or a sensor of the rig (its mount is applied)")
     o.add_argument("--radar-filter", default="none", choices=["none", "devkit"],
                    help="nuScenes radar PCD only: keep every return, or apply the devkit's default state filters")
+    o.add_argument("--color-by", default="depth", choices=["depth", "doppler", "rcs"],
+                   help="point colour: depth from the camera; radial Doppler (compensated: VoD v_r_compensated, "
+                        "nuScenes vx_comp/vy_comp along the line of sight; + moving away); radar cross-section")
+    o.add_argument("--info", metavar="FILE.pkl", help="draw the GT boxes of this mmdet3d v1.1 info file's entry --index "
+                                                      "(boxes in the lidar frame, carried to ego by its lidar2ego)")
+    o.add_argument("--index", type=int, default=0, help="entry of --info")
+    o.add_argument("--labels", metavar="FILE.json", help="draw the GT boxes of a View-of-Delft label_2 JSON (in the "
+                                                         "radar frame after VoD's 180 degree x flip; carried to ego by "
+                                                         "the rig's first radar)")
     o.add_argument("--out", required=True, help="PNG to write")
     return p
 
@@ -178,14 +192,12 @@ def _cmd_project(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_overlay(args: argparse.Namespace) -> int:
-    from perception.visualize import overlay_points
-
-    rig = load_rig(args.rig)
-    if "=" not in args.image:
-        raise CalibrationError("overlay", "--image", args.image, "must be CHANNEL=PATH, e.g. CAM_FRONT=front.jpg")
-    channel, _, img_path = args.image.partition("=")
-    cam = _camera(rig, channel, args.rig)
+def _overlay_camera(rig: Rig, rig_path: str, spec: str) -> tuple[str, np.ndarray, Camera]:
+    """'CHANNEL=PATH' -> (channel, image, camera scaled to the image's size when it has the rig's aspect)."""
+    if "=" not in spec:
+        raise CalibrationError("overlay", "--image", spec, "must be CHANNEL=PATH, e.g. CAM_FRONT=front.jpg")
+    channel, _, img_path = spec.partition("=")
+    cam = _camera(rig, channel, rig_path)
     image = read_image(img_path)
     h, w = image.shape[:2]
     if (w, h) != (cam.width, cam.height):
@@ -197,9 +209,62 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
         cam = cam.scaled(scale)
         print(f"note: {img_path} is {w}x{h}; the rig's {channel} is for {rig.cameras[channel].width}x"
               f"{rig.cameras[channel].height}: intrinsics scaled by {scale:g}")
+    return channel, image, cam
+
+
+def _point_values(cloud, colour_by: str, path: str) -> np.ndarray | None:
+    """What colours each point (None: the depth). Doppler is the compensated radial speed in the sensor frame."""
+    if colour_by == "depth":
+        return None
+    if colour_by == "rcs":
+        if "rcs" not in cloud.fields:
+            raise SensorFileError(path, f"--color-by rcs needs an 'rcs' field; the points have {list(cloud.fields)}")
+        return cloud.column("rcs").astype(np.float64)
+    for radial in ("v_r_compensated", "v_r"):
+        if radial in cloud.fields:
+            return cloud.column(radial).astype(np.float64)
+    if {"vx_comp", "vy_comp"} <= set(cloud.fields):
+        xy = cloud.columns(("x", "y")).astype(np.float64)
+        v = cloud.columns(("vx_comp", "vy_comp")).astype(np.float64)
+        return np.sum(xy * v, axis=1) / np.maximum(np.linalg.norm(xy, axis=1), 1e-6)
+    raise SensorFileError(path, f"--color-by doppler needs radar velocities (v_r_compensated, or vx_comp/vy_comp); "
+                                f"the points have {list(cloud.fields)}")
+
+
+def _overlay_boxes(args: argparse.Namespace, rig: Rig) -> tuple[list[str], np.ndarray | None]:
+    """GT boxes in ego from --info or --labels (names, (G, 8, 3) corners), or ([], None)."""
+    from perception.labels import read_info_gt, read_vod_labels
+    from perception.visualize import box_corners
+
+    if args.info and args.labels:
+        raise CalibrationError("overlay", "--info/--labels", None, "give one source of GT boxes, not both")
+    if args.info:
+        names, boxes = read_info_gt(args.info, args.index)
+    elif args.labels:
+        names, boxes = read_vod_labels(args.labels)
+        if rig.radars:
+            mount = next(iter(rig.radars.values())).ego_from_radar
+            boxes = boxes.copy()
+            boxes[:, :3] = transform_points(mount, boxes[:, :3])
+            boxes[:, 6] += np.arctan2(mount[1, 0], mount[0, 0])
+    else:
+        return [], None
+    return names, box_corners(boxes) if len(boxes) else np.zeros((0, 8, 3))
+
+
+def _cmd_overlay(args: argparse.Namespace) -> int:
+    from perception.integrations.mmdet3d.infos import InfoError
+    from perception.visualize import OverlayPanel, overlay_mosaic
+
+    rig = load_rig(args.rig)
+    cams = [_overlay_camera(rig, args.rig, spec) for spec in args.image]
+    channels = [c for c, _, _ in cams]
+    if len(set(channels)) != len(channels):
+        raise CalibrationError("overlay", "--image", channels, "names a camera twice; give each channel once")
     cloud = read_points(args.points, args.points_format)
     if "dyn_prop" in cloud.fields:
         cloud = (DEVKIT_DEFAULT if args.radar_filter == "devkit" else KEEP_ALL).apply(cloud)
+    values = _point_values(cloud, args.color_by, args.points)
     xyz = cloud.xyz.astype(np.float64)
     if args.frame != "ego":
         if not args.frame.startswith("sensor:"):
@@ -209,11 +274,19 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
             xyz = transform_points(rig.sensor_pose(sensor), xyz)
         except KeyError as err:
             raise CalibrationError(sensor, "--frame", args.frame, str(err).strip("'\"")) from None
-    uvd = project_points(cam.img_from_ego, xyz)
-    title = f"{channel}: {Path(args.points).name} ({args.frame})"
+    try:
+        names, corners = _overlay_boxes(args, rig)
+    except InfoError as err:
+        raise CalibrationError("overlay", "--info", args.info, str(err)) from None
+    panels = [OverlayPanel(image, project_points(cam.img_from_ego, xyz), f"{channel}: {Path(args.points).name} "
+                           f"({args.frame})", values, cam.img_from_ego, corners, names)
+              for channel, image, cam in cams]
     with atomic_file(args.out) as tmp:
-        n = overlay_points(image, uvd, tmp, title)
-    print(f"wrote {args.out}: {n} of {len(xyz)} points inside the image")
+        n = overlay_mosaic(panels, tmp, args.color_by)
+    boxes = f"; {len(names)} GT boxes" if corners is not None else ""
+    where = (f"{n} of {len(xyz)} points inside the image" if len(cams) == 1 else
+             f"{n} projections of {len(xyz)} points inside the {len(cams)} images")
+    print(f"wrote {args.out}: {where} (coloured by {args.color_by}){boxes}")
     return EXIT_OK
 
 

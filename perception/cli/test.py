@@ -19,12 +19,16 @@ EXAMPLES = """examples:
   torchrun --no-python --nproc_per_node 2 perception-test --checkpoint ckpt.pt ...   # sharded, same metrics
   perception-test --onnx exports/tiny ...            # ONNX Runtime (--precision int8: the Q/DQ graph)
   perception-test --engine engines/tiny_fp16 ...     # TensorRT engine from perception-engine build
+  perception-test --checkpoint ckpt.pt --dataroot data/nuscenes --version v1.0-test --split test \\
+      --out submission --results-only                # the submission JSON (checked by the devkit's loader)
 
 Writes OUT/results_nusc.json, metrics_summary.json and metrics_details.json (nuscenes-devkit), plots/ (devkit PR
 curves), trajectory_metrics.json, latency.json, depth_metrics.json (with --checkpoint on data with lidar: camera
-depth AbsRel and delta<1.25 against lidar, all and inside GT boxes), report.md with pictures; prints one summary line. They are written
-into a staging folder beside OUT and renamed to OUT at the end (an interrupted run leaves an existing OUT intact);
-an OUT holding files is refused unless --overwrite, one in use by another run (.OUT.lock) is refused.
+depth AbsRel and delta<1.25 against lidar, all and inside GT boxes), report.md with pictures (BEV snapshots: boxes
+with heading, velocity and every forecast mode beside the GT); prints one summary line (after a depth line when
+measured). With --results-only: results_nusc.json only. They are written into a staging folder beside OUT and
+renamed to OUT at the end (an interrupted run leaves an existing OUT intact); an OUT holding files is refused
+unless --overwrite, one in use by another run (.OUT.lock) is refused.
 exit codes: 0 ok; 1 invalid input (checkpoint, dataset, options); 2 bad arguments."""
 
 
@@ -52,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=number(int, min=0), default=0, help="seed of the calibration noise")
     p.add_argument("--device", type=torch_device, help="torch device for --checkpoint (default: cuda:LOCAL_RANK if CUDA is available, "
                                     "else cpu)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--results-only", action="store_true",
+                   help="for splits without annotations (v1.0-test): write OUT/results_nusc.json (the submission "
+                        "format, meta block included), checked with the devkit's loader; no evaluation")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (ours nor the devkit's)")
     return p
 
 
@@ -107,8 +114,12 @@ def _score(args: argparse.Namespace, out: str | Path) -> int:
         predict = model_predictor(pipe)
     drop = tuple(s.strip() for s in args.drop_sensors.split(",") if s.strip())
     summary = run_benchmark(predict, frames, out, drop_sensors=drop, calib_noise_deg=args.calib_noise_deg,
-                            seed=args.seed, max_samples=args.max_samples, progress=not args.no_progress)
-    if summary is not None:
+                            seed=args.seed, max_samples=args.max_samples, progress=not args.no_progress,
+                            results_only=args.results_only)
+    if summary is not None and args.results_only:
+        print(f"wrote {Path(args.out) / 'results_nusc.json'}: {summary['boxes']} boxes over {summary['samples']} "
+              "samples, accepted by the nuScenes devkit's loader (no evaluation: --results-only)")
+    elif summary is not None:
         if summary.get("depth"):
             from perception.eval.depth import depth_line
 
@@ -135,7 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from perception.runtime.onnxruntime import RuntimeConfigError
     from perception.train.checkpoint import CheckpointError
 
-    return run(_main, argv, (DatasetError, CheckpointError, BackendNotAvailable, RuntimeConfigError, OutputError))
+    from perception.eval.detection import ResultsFormatError
+
+    return run(_main, argv, (DatasetError, CheckpointError, BackendNotAvailable, RuntimeConfigError, OutputError,
+                             ResultsFormatError))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ EXAMPLES = """examples:
   torchrun --nproc_per_node 8 -m perception.cli.train configs/nuscenes_r50_256x704.yaml \\
       --dataroot data/nuscenes --version v1.0-trainval --out runs/r50
 
-An --out that already holds a run is refused unless --resume (continue it from last.pt; refused, touching nothing,
+An --out that already holds a run's weights is refused unless --resume (continue it from last.pt; refused, touching nothing,
 when last.pt is unreadable or from another config) or --overwrite (delete it and start again); a run folder in use
 by another perception-train (its lock file .OUT.lock) is refused.
 The run folder holds config.resolved.yaml, history.jsonl, tb/ (tensorboard --logdir RUN/tb), last.pt (resumable),
@@ -89,8 +89,9 @@ def _nothing():
 
 
 def _claim_run_folder(out: Path, cfg, resume: bool, overwrite: bool) -> None:
-    """Before anything is written: refuse a folder holding a run unless --resume (whose last.pt must load and
-    match the config) or --overwrite (which empties it). A refusal leaves OUT exactly as it was."""
+    """Before anything is written: refuse a folder holding a run with weights (last.pt or model.pt) unless --resume
+    (whose last.pt must load and match the config) or --overwrite (which empties it). A refusal leaves OUT exactly
+    as it was."""
     import shutil
 
     from perception.config import config_hash
@@ -106,8 +107,11 @@ def _claim_run_folder(out: Path, cfg, resume: bool, overwrite: bool) -> None:
             else:
                 p.unlink()
         return
+    weights = [n for n in ("model.pt", "last.pt") if (out / n).exists()]
+    if not resume and not weights:
+        return  # a run stopped before its first checkpoint: nothing to lose, start again (as before)
     if not resume:
-        finished = (out / "model.pt").exists()
+        finished = "model.pt" in weights
         raise OutputError(f"--out {out} already holds a {'finished' if finished else 'started'} run ("
                           f"{', '.join(held[:4])}{' ...' if len(held) > 4 else ''}); pass --resume to continue it, "
                           "--overwrite to delete it and start again, or choose another --out")

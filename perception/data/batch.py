@@ -10,9 +10,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from perception.config import PILLAR_POINT_FIELDS
 from perception.data.frame import Frame
 
-PILLAR_FIELDS = ("x", "y", "z", "rcs", "vx", "vy", "dt")  # the pillariser appends dx, dy
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,8 @@ def pillar_arrays(frames: Sequence[Frame], spec: PillarSpec) -> dict[str, np.nda
     out: dict[str, list[np.ndarray]] = {"pillar_features": [], "pillar_point_mask": [], "pillar_cells": [],
                                         "pillar_mask": []}
     for f in frames:
-        cols = [list(f.radar_fields).index(name) for name in PILLAR_FIELDS]
-        p = pillarize(np.ascontiguousarray(f.radar_points[:, cols]), f.radar_valid, PILLAR_FIELDS, grid,
+        cols = [list(f.radar_fields).index(name) for name in PILLAR_POINT_FIELDS]
+        p = pillarize(np.ascontiguousarray(f.radar_points[:, cols]), f.radar_valid, PILLAR_POINT_FIELDS, grid,
                       spec.max_pillars, spec.max_points)
         out["pillar_features"].append(p.features)
         out["pillar_point_mask"].append(p.point_mask)

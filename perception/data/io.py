@@ -127,7 +127,20 @@ def read_radar_records(path: str | Path) -> np.ndarray:
     rows = [ln.split() for ln in lines if ln.strip()]
     if len(rows) < n_points or any(len(r) != len(dtype.names) for r in rows[:n_points]):
         raise SensorFileError(path, f"ascii PCD has {len(rows)} rows, expected {n_points} of {len(dtype.names)} values")
-    return np.array([tuple(r) for r in rows[:n_points]], dtype=[(f, "<f8") for f in dtype.names])
+    try:
+        return np.array([tuple(float(v) for v in r) for r in rows[:n_points]], dtype=[(f, "<f8") for f in dtype.names])
+    except ValueError:
+        line, value = next((i, v) for i, r in enumerate(rows[:n_points]) for v in r if not _is_float(v))
+        raise SensorFileError(path, f"ascii PCD data row {line + 1} holds '{value[:40]}', not a number",
+                              "re-export the file") from None
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 _HEADER_CACHE: dict[bytes, tuple[np.dtype, int, int, str]] = {}

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from perception.data.batch import PILLAR_FIELDS, PillarSpec, pillar_arrays  # noqa: F401 (re-exported)
+from perception.data.batch import PillarSpec, pillar_arrays  # noqa: F401 (re-exported)
 from perception.data.frame import Frame
 
 

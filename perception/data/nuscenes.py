@@ -57,6 +57,20 @@ def split_scene_names(dataroot: str | Path, version: str, split: str) -> list[st
     return list(splits[split])
 
 
+def scene_sample_data(nusc, scene_token: str) -> list[dict]:
+    """Every sample_data row of the scene (key frames and sweeps), sorted by (timestamp, channel).
+
+    A sweep's ``sample_token`` is the key frame it belongs to, so membership of that sample in the scene
+    decides, whatever the prev/next chains look like."""
+    scene = nusc.get("scene", scene_token)
+    samples = {s["token"] for s in nusc.sample if s["scene_token"] == scene["token"]}
+    rows = [sd for sd in nusc.sample_data if sd["sample_token"] in samples]
+    if not rows:
+        raise ValueError(f"scene {scene_token} ('{scene['name']}') has no sample_data rows; "
+                         "check the sample and sample_data tables of this dataset version")
+    return sorted(rows, key=lambda sd: (sd["timestamp"], sd["channel"]))
+
+
 @dataclass
 class _SampleIndex:
     token: str
@@ -83,9 +97,7 @@ class NuScenesFrames:
             raise DatasetError(f"{self.dataroot / version} does not exist: check --dataroot and --version "
                                "(for the synthetic world: perception-synth --out DIR ...)")
         if nusc is None:
-            from nuscenes.nuscenes import NuScenes
-
-            nusc = NuScenes(version=version, dataroot=str(self.dataroot), verbose=False)
+            nusc = load_tables(self.dataroot, version)
         self.nusc = nusc
         names = split_scene_names(self.dataroot, version, split)
         by_name = {s["name"]: s for s in nusc.scene}
@@ -276,3 +288,64 @@ class NuScenesFrames:
                 "gt_future": np.array(futures, np.float32).reshape(g, steps, 2),
                 "gt_future_valid": np.array(fvalid, bool).reshape(g, steps)}
 
+
+# -- untrusted tables: load errors and values that would otherwise give all-NaN Frames ----------------------------
+
+
+def load_tables(dataroot: Path, version: str) -> Any:
+    """nuscenes-devkit's NuScenes over ``dataroot/version``, with an unreadable table (truncated JSON, a missing
+    field, a dangling token) a DatasetError naming the file, and the values Frames depend on checked
+    (``check_tables``)."""
+    from nuscenes.nuscenes import NuScenes
+
+    try:
+        nusc = NuScenes(version=version, dataroot=str(dataroot), verbose=False)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+        raise DatasetError(f"{_bad_table(dataroot / version) or dataroot / version}: the tables cannot be loaded "
+                           f"({type(err).__name__}: {' '.join(str(err).split())[:200]}); re-copy or regenerate "
+                           "the dataset") from None
+    check_tables(nusc, dataroot / version)
+    return nusc
+
+
+def _bad_table(folder: Path) -> str:
+    """The first nuScenes table of ``folder`` that is not a JSON list of objects ('' when they all are)."""
+    tables = ("attribute", "calibrated_sensor", "category", "ego_pose", "instance", "log", "map", "sample",
+              "sample_annotation", "sample_data", "scene", "sensor", "visibility")
+    for path in (folder / f"{name}.json" for name in tables):
+        if not path.exists():
+            return f"{path} (missing)"
+        try:
+            rows = json.loads(path.read_bytes())
+        except ValueError as err:  # also UnicodeDecodeError
+            return f"{path} (not valid JSON: {err})"
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            return f"{path} (not a list of records)"
+    return ""
+
+
+def check_tables(nusc: Any, folder: Path) -> None:
+    """Refuse (DatasetError, naming table, token, field and value) what would silently become NaN in a Frame:
+    non-finite ego poses, non-finite or non-positive annotation sizes, non-finite annotation poses; and
+    sample_data filenames that leave the dataset root."""
+    checks = (("ego_pose", "translation", 3, False), ("ego_pose", "rotation", 4, False),
+              ("sample_annotation", "translation", 3, False), ("sample_annotation", "rotation", 4, False),
+              ("sample_annotation", "size", 3, True))
+    for table, key, n, positive in checks:
+        rows = getattr(nusc, table)
+        try:
+            values = np.array([r[key] for r in rows], dtype=np.float64).reshape(len(rows), n)
+            good = np.isfinite(values).all(axis=1) & ((values > 0).all(axis=1) if positive else True)
+        except (KeyError, TypeError, ValueError):
+            good, values = None, None
+        if good is None or not good.all():
+            i = 0 if good is None else int(np.argmin(good))
+            bad = rows[i].get(key) if isinstance(rows[i], dict) else rows[i]
+            want = "3 finite sizes > 0 (w, l, h in metres)" if positive else f"{n} finite numbers"
+            raise DatasetError(f"{folder / (table + '.json')}: token {rows[i].get('token', '?')}: field '{key}' is "
+                               f"{str(bad)[:120]}, expected {want}; fix or drop the record and re-copy the table")
+    for r in nusc.sample_data:
+        name = r.get("filename", "")
+        if not isinstance(name, str) or name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
+            raise DatasetError(f"{folder / 'sample_data.json'}: token {r.get('token', '?')}: filename {str(name)[:120]!r} "
+                               "leaves the dataset root; filenames are relative to the root, without '..'")

@@ -1,7 +1,9 @@
-"""Multi-sweep radar accumulation into ego@t0 (pillarisation lives in ``radar_pillars`` and is re-exported).
+"""Radar sweeps: which ones a frame uses (``select_sweeps``) and their accumulation into ego@t0 (``accumulate``;
+pillarisation lives in ``radar_pillars``).
 
-Each sweep is read, filtered by its state fields, and carried into ego@t0 through its own ego pose
-(``calibration.sync.radar_sweep_to_ego``: positions transformed, velocity vectors rotated, ``dt`` kept). The
+Each sweep is read, filtered by its state fields, and carried into ego@t0 through its own ego pose (what
+``calibration.sync.radar_sweep_to_ego`` does per sweep: positions transformed, velocity vectors rotated, ``dt``
+kept; ``tests/reference/data.py::accumulate_reference`` is that loop). The
 sweeps of all units are stacked with the closest-in-time points first, then truncated or padded to P_max.
 """
 from __future__ import annotations
@@ -13,10 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from calibration.rig import Radar
-from calibration.sync import PoseStream, radar_sweep_to_ego
+from calibration.sync import PoseStream
 from calibration.transforms import invert
-from perception.data.io import PointCloud, RadarFilter, SensorFileError, read_radar_pcd, read_radar_records
-from perception.data.radar_pillars import PillarGrid, Pillars, pillarize, pillarize_reference  # noqa: F401
+from perception.data.io import RadarFilter, SensorFileError, read_radar_records
 
 
 @dataclass(frozen=True)
@@ -44,24 +45,13 @@ def select_sweeps(stamps: Sequence[int], t0: int, window_us: int, future_us: int
     return inside[:max(int(count), 0)]
 
 
-def doppler_of(cloud: PointCloud, radar: Radar) -> np.ndarray:
-    """The compensated Doppler a sync needs: (N, 2) vx_comp, vy_comp (cartesian) or (N,) radial speed."""
-    if radar.doppler == "cartesian":
-        return cloud.columns(("vx_comp", "vy_comp"))
-    for name in ("v_r_compensated", "vr_comp", "v_r"):
-        if name in cloud.fields:
-            return cloud.column(name)
-    raise SensorFileError("(radar)", f"radar {radar.name} is radial but the cloud has no radial velocity field "
-                                     f"(fields: {list(cloud.fields)})")
-
-
 def accumulate(sweeps: list[SweepRef], t0: int, poses: PoseStream, radar_filter: RadarFilter, fields: tuple[str, ...],
                max_points: int, sync: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read, filter and synchronise ``sweeps`` into ego@t0 (vectorised over all sweeps).
 
     Returns points (max_points, F) float32 in ``fields`` order, valid (max_points,) bool, and issues: one
     "file: reason" line per sweep that could not be used (that sweep is skipped; the others are kept) or that
-    had non-finite points (dropped). Equal to ``accumulate_reference`` (tested).
+    had non-finite points (dropped). Equal to ``tests/reference/data.py::accumulate_reference`` (tested).
     """
     recs: list[np.ndarray] = []
     used: list[SweepRef] = []
@@ -159,39 +149,3 @@ def _columns(recs: list[np.ndarray], used: list[SweepRef]) -> dict[str, np.ndarr
     return {k: (v[0] if len(v) == 1 else np.concatenate(v)) for k, v in parts.items()}
 
 
-def accumulate_reference(sweeps: list[SweepRef], t0: int, poses: PoseStream, radar_filter: RadarFilter,
-                         fields: tuple[str, ...], max_points: int, sync: bool = True
-                         ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The slow, obviously correct version of ``accumulate``: one sweep at a time through
-    ``read_radar_pcd``, ``RadarFilter`` and ``calibration.sync.radar_sweep_to_ego``."""
-    blocks: list[np.ndarray] = []
-    issues: list[str] = []
-    for ref in sweeps:
-        try:
-            raw = read_radar_pcd(ref.path)
-            bad = ~np.all(np.isfinite(raw.xyz), axis=1)
-            if bad.any():
-                issues.append(f"{ref.path}: {int(bad.sum())} of {len(raw)} points have NaN/inf positions; "
-                              f"dropped, radar {ref.radar.name}")
-            cloud = radar_filter.apply(raw)
-            sweep = radar_sweep_to_ego(ref.radar, cloud.xyz, doppler_of(cloud, ref.radar), t0, ref.timestamp, poses,
-                                       enabled=sync)
-        except SensorFileError as err:
-            issues.append(f"{ref.path}: {err.problem}; radar {ref.radar.name} sweep skipped")
-            continue
-        n = len(cloud)
-        cols = {"x": sweep.xyz[:, 0], "y": sweep.xyz[:, 1], "z": sweep.xyz[:, 2],
-                "rcs": cloud.column("rcs") if "rcs" in cloud.fields else np.zeros(n, np.float32),
-                "vx": sweep.velocity[:, 0], "vy": sweep.velocity[:, 1], "dt": sweep.dt,
-                "sensor": np.full(n, ref.index, np.float32)}
-        blocks.append(np.stack([cols[f] for f in fields], axis=1).astype(np.float32))
-    pts = np.concatenate(blocks) if blocks else np.zeros((0, len(fields)), np.float32)
-    if len(pts):
-        # closest in time first (a stable sort keeps the per-sweep order), then keep P_max
-        order = np.argsort(np.abs(pts[:, fields.index("dt")]), kind="stable")
-        pts = pts[order[:max_points]]
-    out = np.zeros((max_points, len(fields)), np.float32)
-    out[:len(pts)] = pts
-    valid = np.zeros(max_points, bool)
-    valid[:len(pts)] = True
-    return out, valid, issues

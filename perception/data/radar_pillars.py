@@ -6,9 +6,9 @@ scatter *without* reduction (``scatter_reduce`` exports as ScatterElements with 
 exporter writes invalidly and TensorRT does not run). Grouping is data-dependent, so it happens here, on the
 CPU, with fixed output shapes ``(max_pillars, max_points, F + 2)``.
 
-``pillarize`` is the fast path (vectorised numpy + numba kernels). ``pillarize_reference`` is the same contract
-written as plain Python loops; the two agree element for element, bit for bit (tests). ``scatter_reference``
-is the loop the model's torch scatter is checked against.
+``pillarize`` is the fast path (vectorised numpy + numba kernels). ``tests/reference/data.py`` has the same
+contract written as plain Python loops (``pillarize_reference``; the two agree element for element, bit for bit)
+and ``scatter_reference``, the loop the model's torch scatter is checked against.
 """
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ class Pillars:
         return int(self.point_mask.sum())
 
 
-def _check_inputs(points: np.ndarray, valid: np.ndarray, fields: Sequence[str], grid: PillarGrid,
+def check_pillar_inputs(points: np.ndarray, valid: np.ndarray, fields: Sequence[str], grid: PillarGrid,
                   max_pillars: int, max_points: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """Validate the arguments shared by both implementations; returns C-contiguous points, valid and fields."""
     if not isinstance(points, np.ndarray) or points.ndim != 2 or points.dtype != np.float32:
@@ -242,7 +242,8 @@ def pillarize(points: np.ndarray, valid: np.ndarray, fields: Sequence[str], grid
     valid: (P,) bool; False rows (padding) are ignored, and so are rows with any non-finite field.
     Returns ``Pillars`` with fixed shapes (see its docstring).
 
-    Rules (``pillarize_reference`` is the same contract as plain loops; the two agree exactly):
+    Rules (``tests/reference/data.py::pillarize_reference`` is the same contract as plain loops; the two agree
+    exactly):
     - In the grid: ``x_range[0] <= x < x_range[1]`` and ``y_range[0] <= y < y_range[1]``;
       ``row = floor((x - x_range[0]) / res)``, ``col = floor((y - y_range[0]) / res)`` in float64, clamped to
       the grid (guards rounding at the upper edge); cell = ``row * W + col``.
@@ -254,7 +255,7 @@ def pillarize(points: np.ndarray, valid: np.ndarray, fields: Sequence[str], grid
     - dx, dy = x - (x_range[0] + (row + 0.5) * res), y - (y_range[0] + (col + 0.5) * res), in float64, stored
       as float32.
     """
-    points, valid, fields = _check_inputs(points, valid, fields, grid, max_pillars, max_points)
+    points, valid, fields = check_pillar_inputs(points, valid, fields, grid, max_pillars, max_points)
     ix, iy = fields.index("x"), fields.index("y")
     h, w = grid.shape
     (x0, x1), (y0, y1), res = grid.x_range, grid.y_range, grid.resolution
@@ -271,92 +272,3 @@ def pillarize(points: np.ndarray, valid: np.ndarray, fields: Sequence[str], grid
     return Pillars(features, point_mask, cells, pillar_mask, int(dropped), int(num_out))
 
 
-# ---------------------------------------------------------------------------
-# References: slow, obviously correct loops
-# ---------------------------------------------------------------------------
-
-
-def pillarize_reference(points: np.ndarray, valid: np.ndarray, fields: Sequence[str], grid: PillarGrid,
-                        max_pillars: int, max_points: int) -> Pillars:
-    """``pillarize`` written as plain Python loops (same contract, same result bit for bit). For tests."""
-    points, valid, fields = _check_inputs(points, valid, fields, grid, max_pillars, max_points)
-    ix, iy = fields.index("x"), fields.index("y")
-    h, w = grid.shape
-    (x0, x1), (y0, y1), res = grid.x_range, grid.y_range, grid.resolution
-
-    members: dict[int, list[int]] = {}  # cell -> indices of its usable points, in input order
-    num_out_of_grid = 0
-    for i in range(points.shape[0]):
-        values = [float(v) for v in points[i]]
-        if not valid[i] or not all(math.isfinite(v) for v in values):
-            continue
-        x, y = values[ix], values[iy]
-        if not (x0 <= x < x1 and y0 <= y < y1):
-            num_out_of_grid += 1
-            continue
-        row = min(max(math.floor((x - x0) / res), 0), h - 1)
-        col = min(max(math.floor((y - y0) / res), 0), w - 1)
-        members.setdefault(row * w + col, []).append(i)
-
-    occupied = sorted(members)
-    if len(occupied) > max_pillars:
-        most_first = sorted(occupied, key=lambda c: (-len(members[c]), c))
-        kept = sorted(most_first[:max_pillars])
-    else:
-        kept = occupied
-
-    n_fields = points.shape[1]
-    features = np.zeros((max_pillars, max_points, n_fields + 2), np.float32)
-    point_mask = np.zeros((max_pillars, max_points), bool)
-    cells = np.full(max_pillars, h * w, np.int64)
-    pillar_mask = np.zeros(max_pillars, bool)
-    num_kept = 0
-    for s, c in enumerate(kept):
-        cells[s] = c
-        pillar_mask[s] = True
-        row, col = divmod(c, w)
-        centre_x = x0 + (row + 0.5) * res
-        centre_y = y0 + (col + 0.5) * res
-        for k, i in enumerate(members[c][:max_points]):
-            features[s, k, :n_fields] = points[i]
-            features[s, k, n_fields] = float(points[i, ix]) - centre_x
-            features[s, k, n_fields + 1] = float(points[i, iy]) - centre_y
-            point_mask[s, k] = True
-            num_kept += 1
-    num_dropped = sum(len(m) for m in members.values()) - num_kept
-    return Pillars(features, point_mask, cells, pillar_mask, num_dropped, num_out_of_grid)
-
-
-def scatter_reference(pillar_features: np.ndarray, cells: np.ndarray, grid_shape: tuple[int, int]) -> np.ndarray:
-    """Place per-pillar feature vectors on a BEV canvas, one plain loop.
-
-    pillar_features: (max_pillars, C), any dtype. cells: (max_pillars,) integer flat index ``row * W + col``;
-    the dummy index H * W marks padding, which is dropped. grid_shape: (H, W).
-    Returns (C, H, W) of the features' dtype, zeros where no pillar. A real cell listed twice is an error:
-    the network's scatter has no reduction, so its result would depend on the write order.
-    """
-    pillar_features = np.asarray(pillar_features)
-    cells = np.asarray(cells)
-    h, w = (int(v) for v in grid_shape)
-    if h <= 0 or w <= 0:
-        raise ValueError(f"grid_shape must be two positive integers (H, W), got {tuple(grid_shape)}")
-    if pillar_features.ndim != 2:
-        raise ValueError(f"pillar_features must be (max_pillars, C), got shape {pillar_features.shape}")
-    if cells.shape != (pillar_features.shape[0],) or cells.dtype.kind not in "iu":
-        raise ValueError(f"cells must be ({pillar_features.shape[0]},) integers (one per pillar), "
-                         f"got shape {cells.shape} dtype {cells.dtype}")
-    canvas = np.zeros((pillar_features.shape[1], h, w), pillar_features.dtype)
-    seen: set[int] = set()
-    for p in range(cells.shape[0]):
-        c = int(cells[p])
-        if c == h * w:
-            continue
-        if not 0 <= c < h * w:
-            raise ValueError(f"cells[{p}] = {c} is outside [0, {h * w}] for grid_shape ({h}, {w})")
-        if c in seen:
-            raise ValueError(f"cells[{p}] = {c} repeats an earlier pillar's cell; real cells must be unique")
-        seen.add(c)
-        row, col = divmod(c, w)
-        for ch in range(pillar_features.shape[1]):
-            canvas[ch, row, col] = pillar_features[p, ch]
-    return canvas

@@ -31,6 +31,7 @@ class Prediction:
     boxes: list[dict]
     forecast: SampleForecast
     timing: dict[str, float]
+    ego_boxes: np.ndarray | None = None  # (K, 9) the same boxes in ego@t0 (the BEV snapshots draw them)
     depth: np.ndarray | None = None  # (N, Hf, Wf) predicted camera depth (m) where the predictor exposes it
 
 
@@ -101,7 +102,7 @@ def model_predictor(pipeline: Any) -> Callable[[Frame], Prediction]:
         gxy, gn, gf, gv = gt_forecast(frame)
         fc = SampleForecast(det.boxes[:, :2].astype(np.float64), det.names, det.scores, det.trajectories.astype(np.float64),
                             det.mode_probs, det.boxes[:, 7:9].astype(np.float64), gxy, gn, gf, gv)
-        return Prediction(det.to_nuscenes(), fc, det.timing, None if probe is None else probe.last[0])
+        return Prediction(det.to_nuscenes(), fc, det.timing, det.boxes, None if probe is None else probe.last[0])
     predict.depth_bins = None if probe is None else probe.bins  # type: ignore[attr-defined]
     return predict
 
@@ -117,7 +118,8 @@ def oracle_predictor(nusc: Any) -> Callable[[Frame], Prediction]:
         gxy, gn, gf, gv = gt_forecast(frame)
         fc = SampleForecast(gxy, gn, np.ones(len(gn)), gf[:, None], np.ones((len(gn), 1)),
                             frame.gt_boxes[:, 7:9].astype(np.float64), gxy, gn, gf, gv)
-        return Prediction(boxes, fc, {"network_s": time.perf_counter() - t, "postprocess_s": 0.0, "preprocess_s": 0.0})
+        return Prediction(boxes, fc, {"network_s": time.perf_counter() - t, "postprocess_s": 0.0, "preprocess_s": 0.0},
+                          frame.gt_boxes)
     return predict
 
 
@@ -136,8 +138,12 @@ def _shard() -> tuple[int, int, bool]:
 
 def run_benchmark(predict: Callable[[Frame], Prediction], frames: Any, out_dir: str | Path, *,
                   drop_sensors: tuple[str, ...] = (), calib_noise_deg: float = 0.0, seed: int = 0,
-                  max_samples: int | None = None, snapshots: int = 3, progress: bool = True) -> dict | None:
-    """Predict every sample (this rank's shard), gather, score on rank 0. Returns the summary on rank 0."""
+                  max_samples: int | None = None, snapshots: int = 3, progress: bool = True,
+                  results_only: bool = False) -> dict | None:
+    """Predict every sample (this rank's shard), gather, score on rank 0. Returns the summary on rank 0.
+
+    ``results_only``: no evaluation (splits without annotations, e.g. v1.0-test): only ``results_nusc.json``,
+    checked with the devkit's loader (``check_results_file``), and a summary {results, samples, boxes}."""
     rank, world, owns_group = _shard()
     out = Path(out_dir)
     n = len(frames) if max_samples is None else min(max_samples, len(frames))
@@ -151,7 +157,7 @@ def run_benchmark(predict: Callable[[Frame], Prediction], frames: Any, out_dir: 
         it = tqdm(mine, desc="test", unit="frame")
     snaps = []
     depth_meter = None
-    if getattr(predict, "depth_bins", None) is not None:
+    if getattr(predict, "depth_bins", None) is not None and not results_only:
         from perception.eval.depth import DepthMeter
 
         depth_meter = DepthMeter(predict.depth_bins)  # type: ignore[attr-defined]
@@ -200,8 +206,11 @@ def run_benchmark(predict: Callable[[Frame], Prediction], frames: Any, out_dir: 
     out.mkdir(parents=True, exist_ok=True)
     tokens = [frames.samples[i].token for i in range(n)]
     boxes = {r["token"]: r["boxes"] for r in rows}
+    if results_only:
+        return write_submission(boxes, tokens, out)
     summary = run_devkit(frames.nusc, results_json(boxes, tokens), frames.split, out,
-                         sample_tokens=tokens if n < len(frames) else None, render_curves=True)
+                         sample_tokens=tokens if n < len(frames) else None, render_curves=True,
+                         progress=progress)
     forecasts = [r["forecast"] for r in rows]
     traj = {"schema": "trajectory-metrics/1", "model": forecasting_metrics(forecasts),
             "constant_velocity": forecasting_metrics(forecasts, constant_velocity_baseline=True),
@@ -226,6 +235,19 @@ def run_benchmark(predict: Callable[[Frame], Prediction], frames: Any, out_dir: 
     summary["latency"] = lat
     summary["depth"] = depth
     return summary
+
+
+def write_submission(boxes: dict[str, list[dict]], tokens: list[str], out: Path) -> dict:
+    """``out/results_nusc.json`` in the submission format (meta block, every sample of ``tokens``), checked with the
+    devkit's loader before it is renamed into place."""
+    from perception.eval.detection import check_results_file
+
+    path = out / "results_nusc.json"
+    tmp = out / ".results_nusc.json.tmp"
+    tmp.write_text(json.dumps(results_json(boxes, tokens)))
+    count = check_results_file(tmp, tokens)
+    os.replace(tmp, path)
+    return {"results": str(path), "samples": len(tokens), "boxes": count}
 
 
 def one_line(summary: dict) -> str:
@@ -269,7 +291,9 @@ def _report(out: Path, summary: dict, traj: dict, lat: dict, snaps: list, setup:
     pics = []
     for k, (frame, pred) in enumerate(snaps):
         path = out / f"bev_{k}.png"
-        draw_bev_predictions(frame, pred.forecast, path)
+        fc = pred.forecast
+        boxes = pred.ego_boxes if pred.ego_boxes is not None else np.c_[fc.pred_xy, np.zeros((len(fc.pred_xy), 7))]
+        draw_bev_predictions(frame, boxes, fc.pred_names, fc.pred_scores, fc.pred_traj, fc.pred_mode_probs, path)
         pics.append(path.name)
     lines = ["# perception-test report", "", f"Split `{setup['split']}`, {setup['samples']} samples; dropped sensors: "
              f"{setup['drop_sensors'] or 'none'}; calibration noise {setup['calib_noise_deg']} deg.", "",

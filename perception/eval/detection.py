@@ -26,6 +26,35 @@ def results_json(boxes_by_token: dict[str, list[dict]], sample_tokens: Iterable[
     return {"meta": dict(meta or RESULTS_META), "results": results}
 
 
+class ResultsFormatError(ValueError):
+    """A results file that the nuScenes devkit (or the evaluation server) would reject; names the file and why."""
+
+
+def check_results_file(path: str | Path, sample_tokens: Iterable[str] | None = None) -> int:
+    """Check a results JSON with the devkit's own loader (``nuscenes.eval.common.loaders.load_prediction`` with
+    ``DetectionBox``: known class and attribute names, float scores without NaN, at most 500 boxes per sample),
+    plus what the server checks beside it: a ``meta`` block with the five boolean ``use_*`` flags and, when
+    ``sample_tokens`` is given, exactly those samples. Returns the number of boxes; raises ResultsFormatError."""
+    from nuscenes.eval.common.loaders import load_prediction
+    from nuscenes.eval.detection.data_classes import DetectionBox
+
+    try:
+        boxes, meta = load_prediction(str(path), MAX_BOXES_PER_SAMPLE, DetectionBox)
+    except (AssertionError, KeyError, TypeError, ValueError) as err:
+        raise ResultsFormatError(f"{path}: rejected by the nuScenes devkit's loader: {type(err).__name__}: {err}") from None
+    bad = [k for k in RESULTS_META if not isinstance(meta.get(k) if isinstance(meta, dict) else None, bool)]
+    if bad:
+        raise ResultsFormatError(f"{path}: meta must carry the booleans {list(RESULTS_META)}; {bad} missing or "
+                                 f"not boolean (meta: {meta})")
+    if sample_tokens is not None:
+        want, have = set(sample_tokens), set(boxes.sample_tokens)
+        if want != have:
+            missing, extra = sorted(want - have), sorted(have - want)
+            raise ResultsFormatError(f"{path}: results must cover exactly the split's {len(want)} samples; "
+                                     f"{len(missing)} missing (e.g. {missing[:2]}), {len(extra)} extra (e.g. {extra[:2]})")
+    return sum(len(boxes.boxes[t]) for t in boxes.sample_tokens)
+
+
 def gt_boxes_as_results(nusc: Any, sample_tokens: Iterable[str]) -> dict[str, list[dict]]:
     """The oracle: GT boxes the devkit evaluates (num_lidar_pts + num_radar_pts > 0), as predictions with score 1.
     (GT without points is dropped by the devkit while predictions never are, so copying those would be false
@@ -51,12 +80,16 @@ def gt_boxes_as_results(nusc: Any, sample_tokens: Iterable[str]) -> dict[str, li
 
 
 def run_devkit(nusc: Any, results: dict, eval_set: str, out_dir: str | Path, verbose: bool = False,
-               sample_tokens: Iterable[str] | None = None, render_curves: bool = False) -> dict:
+               sample_tokens: Iterable[str] | None = None, render_curves: bool = False, progress: bool = True) -> dict:
     """Write ``results`` and score them with DetectionEval (config detection_cvpr_2019). Returns the devkit's
     metrics summary (as it writes metrics_summary.json) plus the paths written.
 
     ``sample_tokens``: score only these samples of the split (``--max-samples``): the devkit insists that
-    predictions cover its whole split, so its GT loader is narrowed to the same samples for this call."""
+    predictions cover its whole split, so its GT loader is narrowed to the same samples for this call.
+    ``progress=False`` also silences the devkit's own progress bar (its GT loader draws one on stderr always)."""
+    import types
+
+    from nuscenes.eval.common import loaders
     from nuscenes.eval.detection import evaluate as ev_mod
     from nuscenes.eval.detection.config import config_factory
     from nuscenes.eval.detection.evaluate import DetectionEval
@@ -87,12 +120,20 @@ def run_devkit(nusc: Any, results: dict, eval_set: str, out_dir: str | Path, ver
     import io
 
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    original_tqdm = loaders.tqdm
+    if not progress:
+        import functools
+
+        import tqdm as tqdm_mod
+
+        loaders.tqdm = types.SimpleNamespace(tqdm=functools.partial(tqdm_mod.tqdm, disable=True))
     try:
         with quiet:  # the devkit prints its tables: kept quiet
             ev = DetectionEval(nusc, config_factory("detection_cvpr_2019"), str(path), eval_set, str(out_dir),
                                verbose=verbose)
             summary = ev.main(plot_examples=0, render_curves=render_curves)
     finally:
+        loaders.tqdm = original_tqdm
         ev_mod.load_gt = original_load_gt
         if original_custom is not None:
             ev_mod.get_samples_of_custom_split = original_custom

@@ -17,7 +17,7 @@ Conventions (the training targets must use the same ones; ``BevGrid.cell_and_off
   t0 (not per-step increments), channel ``(m * T + t) * 2 + c``; decoding adds the decoded box centre, giving
   absolute ego@t0 positions. Target: ``gt_future[t] - gt_box[:2]``.
 
-Tie rule (decode and decode_reference agree exactly):
+Tie rule (decode and ``tests/reference/model.py::decode_reference`` agree exactly):
 
 - NMS: a cell survives iff its score equals the maximum of its 3x3 neighbourhood (outside the map counts as
   -inf). Equal-valued neighbours (a plateau) therefore all survive, as in CenterPoint's ``hmax == heat``.
@@ -35,12 +35,10 @@ for ``atan2(+0, negative)``: compare yaw modulo 2 pi in parity checks.
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -201,63 +199,3 @@ class Decoder(nn.Module):
     def forward(self, center: Mapping[str, Tensor],
                 trajectory: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         return decode(center, self.grid, trajectory, self.max_detections, self.nms_kernel)
-
-
-# Attributes live in perception.attributes (numpy only: the runtimes derive them without torch).
-from perception.attributes import attribute_from_class_and_speed  # noqa: E402,F401  (re-exported)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reference: obviously-correct loops, for tests only.
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def decode_reference(center: Mapping[str, Tensor], grid: BevGrid, trajectory: Mapping[str, Tensor] | None = None,
-                     max_detections: int = 200) -> dict[str, np.ndarray]:
-    """``decode`` by Python loops (3x3 NMS only): an explicit neighbourhood check, a sort by (-score, flat index),
-    per-slot arithmetic in float64. Same inputs and outputs as ``decode``, as numpy arrays."""
-    heat = torch.sigmoid(center["heatmap"]).detach().cpu().numpy()  # float32: the very values decode compares
-    regs = {name: center[name].detach().cpu().numpy().astype(np.float64) for name, _ in CENTER_REGRESSIONS}
-    b_n, k_n, h_n, w_n = heat.shape
-    n = max_detections
-    boxes = np.zeros((b_n, n, 9))
-    scores = np.zeros((b_n, n), np.float32)
-    labels = np.full((b_n, n), -1, np.int64)
-    if trajectory is not None:
-        offsets = trajectory["offsets"].detach().cpu().numpy().astype(np.float64)
-        mode_logits = trajectory["mode_logits"].detach().cpu().numpy().astype(np.float64)
-        m_n = mode_logits.shape[1]
-        t_n = offsets.shape[1] // (2 * m_n)
-        trajs = np.zeros((b_n, n, m_n, t_n, 2))
-        probs = np.zeros((b_n, n, m_n))
-    for b in range(b_n):
-        peaks = []
-        for k in range(k_n):
-            for i in range(h_n):
-                for j in range(w_n):
-                    v = heat[b, k, i, j]
-                    neighbours = [heat[b, k, ii, jj] for ii in range(i - 1, i + 2) for jj in range(j - 1, j + 2)
-                                  if 0 <= ii < h_n and 0 <= jj < w_n]
-                    if v >= max(neighbours) and v > 0:
-                        peaks.append((-v, k * h_n * w_n + i * w_n + j, k, i, j))
-        peaks.sort()
-        for s, (neg_v, _, k, i, j) in enumerate(peaks[:n]):
-            scores[b, s], labels[b, s] = -neg_v, k
-            x = grid.x_range[0] + (i + 0.5 + regs["offset"][b, 0, i, j]) * grid.res_x
-            y = grid.y_range[0] + (j + 0.5 + regs["offset"][b, 1, i, j]) * grid.res_y
-            size = [math.exp(regs["log_size"][b, c, i, j]) for c in range(3)]
-            yaw = math.atan2(regs["rotation"][b, 0, i, j], regs["rotation"][b, 1, i, j])
-            boxes[b, s] = [x, y, regs["z"][b, 0, i, j], *size, yaw,
-                           regs["velocity"][b, 0, i, j], regs["velocity"][b, 1, i, j]]
-            if trajectory is not None:
-                for m in range(m_n):
-                    for t in range(t_n):
-                        trajs[b, s, m, t] = [x + offsets[b, (m * t_n + t) * 2, i, j],
-                                             y + offsets[b, (m * t_n + t) * 2 + 1, i, j]]
-                logits = mode_logits[b, :, i, j]
-                e = np.exp(logits - logits.max())
-                probs[b, s] = e / e.sum()
-    out = {"boxes": boxes, "scores": scores, "labels": labels}
-    if trajectory is not None:
-        out["trajectories"], out["mode_probs"] = trajs, probs
-    return out

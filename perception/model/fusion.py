@@ -6,8 +6,10 @@ Sampling uses 4-D ``F.grid_sample`` only (no custom CUDA op, no 5-D sampling), s
 exports to ONNX opset 17 inside the TensorRT-native op budget (DESIGN.md, "The exported-op budget").
 
 Conventions shared by every function here:
-- BEV maps are (B, C, H, W) float32 on the ego BEV grid; H indexes y, W indexes x (row i, column j).
-- Normalised map coordinates are in [0, 1]: x along W, y along H, (0, 0) the outer corner of cell (0, 0),
+- BEV maps are (B, C, H, W) float32 on the ego BEV grid: row i (along H) is ego x, column j (along W) ego y.
+- Sampling positions are normalised map coordinates ``(u, v)`` in [0, 1], u along W (columns, ego y) and v along
+  H (rows, ego x), the order ``grid_sample`` takes; named u, v (not x, y) because x and y mean ego axes
+  everywhere else in the code. (0, 0) is the outer corner of cell (0, 0),
   (1, 1) the outer corner of cell (H-1, W-1). The centre of cell (i, j) is ((j + 0.5) / W, (i + 0.5) / H),
   which is what ``grid_sample(align_corners=False)`` reads exactly (its pixel-centre convention).
 """
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _check_sample_inputs(values: list[Tensor], ref_xy: Tensor, offsets: Tensor, weights: Tensor,
+def check_sample_inputs(values: list[Tensor], ref_uv: Tensor, offsets: Tensor, weights: Tensor,
                          num_heads: int) -> tuple[int, int, int, int, int]:
     """Assert the shapes ``deformable_sample`` relies on; returns (B, Q, C, L, P)."""
     if not values:
@@ -33,9 +35,9 @@ def _check_sample_inputs(values: list[Tensor], ref_xy: Tensor, offsets: Tensor, 
                              f"(B={B}, C={C}, H, W)")
     if C % num_heads != 0:
         raise ValueError(f"deformable_sample: channels C={C} not divisible by num_heads={num_heads}")
-    if ref_xy.dim() != 3 or ref_xy.shape[0] != B or ref_xy.shape[2] != 2:
-        raise ValueError(f"deformable_sample: ref_xy has shape {tuple(ref_xy.shape)}, expected (B={B}, Q, 2)")
-    Q = ref_xy.shape[1]
+    if ref_uv.dim() != 3 or ref_uv.shape[0] != B or ref_uv.shape[2] != 2:
+        raise ValueError(f"deformable_sample: ref_uv has shape {tuple(ref_uv.shape)}, expected (B={B}, Q, 2)")
+    Q = ref_uv.shape[1]
     if offsets.dim() != 6 or tuple(offsets.shape[:4]) != (B, Q, num_heads, L) or offsets.shape[5] != 2:
         raise ValueError(f"deformable_sample: offsets has shape {tuple(offsets.shape)}, expected "
                          f"(B={B}, Q={Q}, heads={num_heads}, L={L}, P, 2)")
@@ -46,26 +48,26 @@ def _check_sample_inputs(values: list[Tensor], ref_xy: Tensor, offsets: Tensor, 
     return B, Q, C, L, P
 
 
-def deformable_sample(values: list[Tensor], ref_xy: Tensor, offsets: Tensor, weights: Tensor,
+def deformable_sample(values: list[Tensor], ref_uv: Tensor, offsets: Tensor, weights: Tensor,
                       num_heads: int) -> Tensor:
     """Multi-head deformable sampling: the ONE implementation, used in training and in the exported graph.
 
     values: L maps, each (B, C, H_l, W_l) float32 (features; C = num_heads * C_h, head h owns channels
         [h*C_h, (h+1)*C_h)). Maps may differ in H_l, W_l.
-    ref_xy: (B, Q, 2) float32, normalised map coordinates in [0, 1] (x along W, y along H), shared by all levels.
+    ref_uv: (B, Q, 2) float32, normalised map coordinates in [0, 1] (u along W, v along H), shared by all levels.
     offsets: (B, Q, num_heads, L, P, 2) float32, in normalised units of each map (fraction of W_l, H_l).
     weights: (B, Q, num_heads, L, P) float32, attention weights (already softmaxed over L*P per head).
     Returns (B, Q, C) float32: per head, sum over levels and points of weight * bilinear sample, zero outside the
     map (``grid_sample(align_corners=False, padding_mode="zeros")``; the centre of cell (i, j) reads value[:, :, i, j]).
     """
-    B, Q, C, L, P = _check_sample_inputs(values, ref_xy, offsets, weights, num_heads)
+    B, Q, C, L, P = check_sample_inputs(values, ref_uv, offsets, weights, num_heads)
     Ch = C // num_heads
     out = None
     for lvl, value in enumerate(values):
         H, W = value.shape[-2:]
         # Points-major sampling grid (P, Q) rather than (Q, P): the weighted sum over points then reduces over
         # an outer axis with Q contiguous, about 3x faster on CPU than reducing an innermost axis of size P.
-        loc = ref_xy[:, :, None, None, :] + offsets[:, :, :, lvl]  # (B, Q, heads, P, 2) in [0, 1]
+        loc = ref_uv[:, :, None, None, :] + offsets[:, :, :, lvl]  # (B, Q, heads, P, 2) in [0, 1]
         grid = (2.0 * loc - 1.0).permute(0, 2, 3, 1, 4)  # (B, heads, P, Q, 2) in [-1, 1]
         grid = grid.reshape(B * num_heads, P, Q, 2)  # (B*heads, P, Q, 2)
         v = value.reshape(B * num_heads, Ch, H, W)  # (B*heads, C_h, H, W)
@@ -77,38 +79,6 @@ def deformable_sample(values: list[Tensor], ref_xy: Tensor, offsets: Tensor, wei
         out = term if out is None else out + term
     out = out.reshape(B, C, Q)  # (B, heads*C_h, Q)
     return out.transpose(1, 2)  # (B, Q, C)
-
-
-def deformable_sample_reference(values: list[Tensor], ref_xy: Tensor, offsets: Tensor, weights: Tensor,
-                                num_heads: int) -> Tensor:
-    """Slow, obviously-correct reference for ``deformable_sample`` (same contract): Python loops over batch,
-    query, head, level and point, with bilinear interpolation written out by hand. For tests only.
-
-    Pixel convention (align_corners=False): normalised x in [0, 1] is pixel coordinate x * W - 0.5, so the
-    centre of column j, (j + 0.5) / W, is pixel j exactly. Corners outside the map contribute zero."""
-    B, Q, C, L, P = _check_sample_inputs(values, ref_xy, offsets, weights, num_heads)
-    Ch = C // num_heads
-    out = torch.zeros(B, Q, C, dtype=values[0].dtype)
-    for b in range(B):
-        for q in range(Q):
-            for h in range(num_heads):
-                acc = torch.zeros(Ch, dtype=values[0].dtype)
-                for lvl, value in enumerate(values):
-                    H, W = value.shape[-2:]
-                    fmap = value[b, h * Ch:(h + 1) * Ch]  # (C_h, H, W)
-                    for p in range(P):
-                        x = float(ref_xy[b, q, 0] + offsets[b, q, h, lvl, p, 0]) * W - 0.5
-                        y = float(ref_xy[b, q, 1] + offsets[b, q, h, lvl, p, 1]) * H - 0.5
-                        x0, y0 = math.floor(x), math.floor(y)
-                        fx, fy = x - x0, y - y0
-                        sample = torch.zeros(Ch, dtype=values[0].dtype)
-                        for yy, xx, wgt in ((y0, x0, (1 - fy) * (1 - fx)), (y0, x0 + 1, (1 - fy) * fx),
-                                            (y0 + 1, x0, fy * (1 - fx)), (y0 + 1, x0 + 1, fy * fx)):
-                            if 0 <= yy < H and 0 <= xx < W:
-                                sample = sample + wgt * fmap[:, yy, xx]
-                        acc = acc + weights[b, q, h, lvl, p] * sample
-                out[b, q, h * Ch:(h + 1) * Ch] = acc
-    return out
 
 
 class DeformableCrossAttention(nn.Module):
@@ -150,9 +120,9 @@ class DeformableCrossAttention(nn.Module):
         nn.init.xavier_uniform_(self.output_proj.weight)
         nn.init.zeros_(self.output_proj.bias)
 
-    def forward(self, query: Tensor, query_pos: Tensor, ref_xy: Tensor, values: list[Tensor]) -> Tensor:
+    def forward(self, query: Tensor, query_pos: Tensor, ref_uv: Tensor, values: list[Tensor]) -> Tensor:
         """query: (B, Q, C) float32 query features. query_pos: (B, Q, C) or (1, Q, C) float32 positional embedding.
-        ref_xy: (B, Q, 2) float32 reference points, normalised map coordinates in [0, 1] (x along W, y along H).
+        ref_uv: (B, Q, 2) float32 reference points, normalised map coordinates in [0, 1] (u along W, v along H).
         values: ``num_levels`` maps (B, C, H_l, W_l) float32 on the BEV grid (before the value projection).
         Returns (B, Q, C) float32."""
         if len(values) != self.num_levels:
@@ -169,7 +139,7 @@ class DeformableCrossAttention(nn.Module):
         offsets = offsets * scale[:, None, :]  # (B, Q, heads, L, P, 2), normalised
         weights = self.attention_weights(q).reshape(B, Q, heads, L * P)  # (B, Q, heads, L*P)
         weights = weights.softmax(-1).reshape(B, Q, heads, L, P)  # (B, Q, heads, L, P)
-        out = deformable_sample(values, ref_xy, offsets, weights, heads)  # (B, Q, C)
+        out = deformable_sample(values, ref_uv, offsets, weights, heads)  # (B, Q, C)
         return self.output_proj(out)
 
 
@@ -188,10 +158,10 @@ class FusionLayer(nn.Module):
                                  nn.Linear(ffn_channels, channels))
         self.norm2 = nn.LayerNorm(channels)
 
-    def forward(self, query: Tensor, query_pos: Tensor, ref_xy: Tensor, values: list[Tensor]) -> Tensor:
-        """query: (B, Q, C) float32; query_pos: (B or 1, Q, C) float32; ref_xy: (B, Q, 2) float32 in [0, 1]
-        (x along W, y along H); values: L maps (B, C, H, W) float32. Returns the updated query (B, Q, C)."""
-        query = self.norm1(query + self.cross_attn(query, query_pos, ref_xy, values))
+    def forward(self, query: Tensor, query_pos: Tensor, ref_uv: Tensor, values: list[Tensor]) -> Tensor:
+        """query: (B, Q, C) float32; query_pos: (B or 1, Q, C) float32; ref_uv: (B, Q, 2) float32 in [0, 1]
+        (u along W, v along H); values: L maps (B, C, H, W) float32. Returns the updated query (B, Q, C)."""
+        query = self.norm1(query + self.cross_attn(query, query_pos, ref_uv, values))
         return self.norm2(query + self.ffn(query))
 
 
@@ -237,9 +207,9 @@ class CrossAttentionFusion(nn.Module):
         num_levels = int(camera_enabled) + int(radar_enabled)
         H, W = self.bev_shape
         self.pos_embed = nn.Parameter(torch.randn(1, H * W, channels) * 0.02)  # (1, Q, C), learned per cell
-        ys, xs = torch.meshgrid((torch.arange(H, dtype=torch.float32) + 0.5) / H,
+        vs, us = torch.meshgrid((torch.arange(H, dtype=torch.float32) + 0.5) / H,
                                 (torch.arange(W, dtype=torch.float32) + 0.5) / W, indexing="ij")  # (H, W) each
-        self.register_buffer("ref_xy", torch.stack([xs, ys], -1).reshape(1, H * W, 2),  # (1, Q, 2) cell centres
+        self.register_buffer("ref_uv", torch.stack([us, vs], -1).reshape(1, H * W, 2),  # (1, Q, 2) cell centres
                              persistent=False)
         self.layers = nn.ModuleList(FusionLayer(channels, heads, num_levels, points) for _ in range(layers))
 
@@ -260,18 +230,18 @@ class CrossAttentionFusion(nn.Module):
         if radar_bev is not None:
             values.append(self.radar_proj(radar_bev))  # (B, C, H, W)
         query = values[0] if len(values) == 1 else values[0] + values[1]  # (B, C, H, W)
-        query = query.flatten(2).transpose(1, 2) + self.pos_embed  # (B, Q=H*W, C), row-major cells like ref_xy
-        ref_xy = self.ref_xy.expand(B, -1, -1)  # (B, Q, 2)
+        query = query.flatten(2).transpose(1, 2) + self.pos_embed  # (B, Q=H*W, C), row-major cells like ref_uv
+        ref_uv = self.ref_uv.expand(B, -1, -1)  # (B, Q, 2)
         for layer in self.layers:
-            query = layer(query, self.pos_embed, ref_xy, values)  # (B, Q, C)
+            query = layer(query, self.pos_embed, ref_uv, values)  # (B, Q, C)
         return query.transpose(1, 2).reshape(B, self.channels, H, W)  # (B, C, Q) -> (B, C, H, W)
 
 
 class ConvFusion(nn.Module):
     """Baseline (BEVFusion's ConvFuser): concat the enabled BEVs, 3x3 conv, BatchNorm, ReLU.
 
-    BatchNorm rather than GroupNorm: it exports as BatchNormalization (in the budget), whereas GroupNorm exports
-    through InstanceNormalization/GroupNormalization, which are not."""
+    BatchNorm, whatever ``model.norm`` says (which switches the camera backbone and neck only): it folds into the
+    conv at export."""
 
     def __init__(self, camera_channels: int, radar_channels: int, channels: int, *, camera_enabled: bool = True,
                  radar_enabled: bool = True):

@@ -4,7 +4,7 @@ Each BEV voxel centre (Z heights x H x W cells, ego@t0) is projected into every 
 ``img_from_ego``. At that pixel the camera features are sampled with a 4-D ``grid_sample``; the camera's depth
 distribution (D bins) is read at the two bins around the voxel's depth and interpolated linearly between them.
 The lifted feature is ``features * p(depth) * valid``, summed over cameras; the heights are folded into channels
-and reduced by a 1x1 conv (``BackwardLift.lift_voxels`` + ``reduce``: the defining form).
+and reduced by a 1x1 conv (the defining form: ``tests/reference/model.py::lift_voxels`` + ``reduce``).
 
 ``BackwardLift.forward`` computes the same function with less memory traffic (the rewrites are exact, so a
 checkpoint trained with either form runs in the other):
@@ -23,6 +23,7 @@ checkpoint trained with either form runs in the other):
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -64,21 +65,14 @@ def depth_probability(prob_at_pixel: Tensor, depth: Tensor, bins: DepthBins) -> 
     """prob_at_pixel: (..., D, Q) depth distribution sampled at each voxel's pixel; depth: (..., Q) metres.
     Returns (..., Q): the distribution linearly interpolated between the two bin centres around ``depth``
     (t the continuous bin index: (1 - a) P[floor t] + a P[floor t + 1]), 0 outside [first centre, last centre].
-    Two gathers and elementwise ops: O(Q), not O(D Q); equal to ``depth_probability_tent`` (tested)."""
+    Two gathers and elementwise ops: O(Q), not O(D Q); equal to the tent form
+    ``tests/reference/model.py::depth_probability_tent`` (tested)."""
     k0, a, lo_ok, hi_ok = _two_bins(depth, bins, prob_at_pixel.dtype)  # each (..., Q)
     d = bins.num_bins
     i0, i1 = torch.clamp(k0, 0, d - 1).long(), torch.clamp(k0 + 1, 0, d - 1).long()
     p0 = torch.gather(prob_at_pixel, -2, i0.unsqueeze(-2)).squeeze(-2)  # (..., Q)
     p1 = torch.gather(prob_at_pixel, -2, i1.unsqueeze(-2)).squeeze(-2)
     return (1.0 - a) * p0 * lo_ok + a * p1 * hi_ok
-
-
-def depth_probability_tent(prob_at_pixel: Tensor, depth: Tensor, bins: DepthBins) -> Tensor:
-    """The direct form: a tent weight max(0, 1 - |t - k|) on every bin k, summed (reference for tests)."""
-    t = (depth - bins.min_depth) / bins.width - 0.5  # (..., Q)
-    k = torch.arange(bins.num_bins, dtype=depth.dtype, device=depth.device).view(-1, 1)  # (D, 1)
-    w = torch.relu(1.0 - torch.abs(t.unsqueeze(-2) - k))  # (..., D, Q)
-    return (prob_at_pixel * w).sum(dim=-2)
 
 
 def depth_at_voxels(depth_prob: Tensor, grid: Tensor, depth: Tensor, bins: DepthBins) -> Tensor:
@@ -161,11 +155,13 @@ class BevGridPoints(nn.Module):
 class BackwardLift(nn.Module):
     """Camera features + depth distributions -> BEV features (B, C_out, H, W)."""
 
-    folded = True  # False: forward runs the defining form (``perception.model.network.defining_forms``)
-
     def __init__(self, in_channels: int, out_channels: int, grid: BevGridPoints, bins: DepthBins,
-                 cameras_per_voxel: int = 0):
+                 cameras_per_voxel: int = 0, lift_voxels: Callable[..., Tensor] | None = None):
+        """``lift_voxels``: another form of the lift before the reduce conv, ``lift_voxels(self, feats,
+        depth_prob, img_from_ego, camera_valid, image_hw) -> (B, C, Z, H, W)`` (the defining form of
+        ``tests/reference/model.py``, for before/after benchmarks); None: the folded form below."""
         super().__init__()
+        self.lift_voxels = lift_voxels
         self.grid = grid
         self.bins = bins
         self.cameras_per_voxel = cameras_per_voxel  # 0: every camera samples every voxel
@@ -180,8 +176,8 @@ class BackwardLift(nn.Module):
         Returns (B, C_out, H, W); equal to ``reduce(lift_voxels(...))`` with heights folded into channels."""
         b, n, c, hf, wf = feats.shape
         z, h, w = self.grid.shape
-        if not self.folded:
-            lifted = self.lift_voxels(feats, depth_prob, img_from_ego, camera_valid, image_hw)  # (B, C, Z, H, W)
+        if self.lift_voxels is not None:
+            lifted = self.lift_voxels(self, feats, depth_prob, img_from_ego, camera_valid, image_hw)  # (B, C, Z, H, W)
             return self.reduce(lifted.reshape(b, c * z, h, w))
         conv, norm, act = self.reduce
         c_out = conv.out_channels
@@ -218,23 +214,3 @@ class BackwardLift(nn.Module):
             bev = per_slot.sum(dim=2).view(b, c_out, h, w)  # (B, C_out, H, W)
         return act(norm(bev))
 
-    def lift_voxels(self, feats: Tensor, depth_prob: Tensor, img_from_ego: Tensor, camera_valid: Tensor,
-                    image_hw: tuple[int, int]) -> Tensor:
-        """The defining form, before folding heights: (B, C, Z, H, W), summed over cameras; ``forward`` equals
-        ``reduce`` of this with heights folded into channels (c * Z + z). Used by the tests as the reference."""
-        b, n, c, hf, wf = feats.shape
-        d = depth_prob.shape[2]
-        z, h, w = self.grid.shape
-        u, v, depth = project_homogeneous(self.grid.homogeneous, img_from_ego)  # each (B, N, Q), Q = Z*H*W
-        grid = pixel_to_grid(u, v, image_hw[1], image_hw[0])  # (B, N, Q, 2)
-        inside = (grid.abs() <= 1.0).all(dim=-1) & (depth > self.bins.min_depth * 0.5)  # (B, N, Q)
-        valid = inside & camera_valid.unsqueeze(-1)
-        grid = grid.view(b * n, z * h, w, 2)  # (B*N, Z*H, W, 2): 4-D sampling grid
-        sampled = F.grid_sample(feats.reshape(b * n, c, hf, wf), grid, mode="bilinear", padding_mode="zeros",
-                                align_corners=False)  # (B*N, C, Z*H, W)
-        prob = F.grid_sample(depth_prob.reshape(b * n, d, hf, wf), grid, mode="bilinear", padding_mode="zeros",
-                             align_corners=False)  # (B*N, D, Z*H, W)
-        p = depth_probability(prob.view(b * n, d, -1), depth.reshape(b * n, -1), self.bins)  # (B*N, Q)
-        weight = p * valid.view(b * n, -1).to(p.dtype)  # (B*N, Q)
-        lifted = sampled.view(b * n, c, -1) * weight.unsqueeze(1)  # (B*N, C, Q)
-        return lifted.view(b, n, c, z, h, w).sum(dim=1)  # (B, C, Z, H, W): sum over cameras

@@ -8,7 +8,7 @@ img_from_ego        (B, N, 4, 4) float32     run-time calibration (a recalibrate
 camera_valid        (B, N) bool
 radar_points        (B, P, F) float32        ego@t0 fields ``x y z rcs vx vy dt sensor`` (for radar-in-image)
 radar_valid         (B, P) bool
-pillar_features     (B, Pp, Np, 9) float32   x y z rcs vx vy dt dx dy per point (numba pillariser)
+pillar_features     (B, Pp, Np, 9) float32   ``perception.config.PILLAR_FEATURES`` per point: x y z rcs vx vy dt dx dy
 pillar_point_mask   (B, Pp, Np) bool
 pillar_cells        (B, Pp) int64            row * W + col on the BEV grid; padding H * W
 pillar_mask         (B, Pp) bool
@@ -19,16 +19,15 @@ detections (``OUTPUT_NAMES`` of ``perception.model.decode``).
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from perception.config import Config
+from perception.config import PILLAR_FEATURES, Config
 from perception.model.bev_decoder import BevDecoder
 from perception.model.camera.backbone import ResNet, load_pretrained
-from perception.model.camera.depth import DepthNet, radar_image_features, radar_image_features_dense
+from perception.model.camera.depth import DepthNet, radar_image_features
 from perception.model.camera.neck import FPNNeck
 from perception.model.decode import BevGrid, Decoder
 from perception.model.fusion import ConvFusion, CrossAttentionFusion
@@ -39,7 +38,6 @@ from perception.model.radar.encoder import PillarEncoder
 
 INPUT_NAMES = ("images", "img_from_ego", "camera_valid", "radar_points", "radar_valid", "pillar_features",
                "pillar_point_mask", "pillar_cells", "pillar_mask")
-PILLAR_FEATURES = 9  # x y z rcs vx vy dt dx dy (perception.data.loader.PILLAR_FIELDS + the pillariser's offsets)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -47,11 +45,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class CameraBranch(nn.Module):
     """Images -> camera BEV: backbone, neck (stride 16), radar-assisted (and stereo) depth, backward lift."""
 
-    separable_radar = True  # False: the dense radar-in-image splat (``defining_forms``)
-
     def __init__(self, backbone: ResNet, neck: FPNNeck, depth: DepthNet, lift: BackwardLift,
-                 image_hw: tuple[int, int], radar_field_index: dict[str, int]):
+                 image_hw: tuple[int, int], radar_field_index: dict[str, int],
+                 radar_splat: Callable[..., Tensor] = radar_image_features):
+        """``radar_splat``: the radar-in-image features, ``radar_image_features`` or a function of its signature
+        (the dense defining form of ``tests/reference/model.py``, for before/after benchmarks)."""
         super().__init__()
+        self.radar_splat = radar_splat
         self.backbone, self.neck, self.depth, self.lift = backbone, neck, depth, lift
         self.image_hw = tuple(image_hw)
         self.rcs_index, self.dt_index = radar_field_index["rcs"], radar_field_index["dt"]
@@ -66,25 +66,10 @@ class CameraBranch(nn.Module):
         feats = feats.view(b, n, *feats.shape[1:])  # (B, N, C, Hf, Wf)
         radar_img = None
         if self.depth.radar:
-            splat = radar_image_features if self.separable_radar else radar_image_features_dense
-            radar_img = splat(radar_points, radar_valid, img_from_ego, feats.shape[-2:], self.image_hw,
+            radar_img = self.radar_splat(radar_points, radar_valid, img_from_ego, feats.shape[-2:], self.image_hw,
                               self.rcs_index, self.dt_index)  # (B, N, 4, Hf, Wf)
         prob, context = self.depth(feats, img_from_ego, self.image_hw, radar_img)
         return self.lift(context, prob, img_from_ego, camera_valid, self.image_hw)  # (B, C_bev, H, W)
-
-
-@contextlib.contextmanager
-def defining_forms() -> Iterator[None]:
-    """Within this block every network runs (and exports) the camera lift and the radar-in-image splat in their
-    defining forms: all C channels and all D depth bins sampled per voxel, a dense Gaussian per image cell and
-    radar point. The same function as the default forms (tested) with more memory traffic; for before/after
-    benchmarks (``benchmarks/bench_export.py``) and tests. Not thread-safe (class attributes)."""
-    saved = BackwardLift.folded, CameraBranch.separable_radar
-    BackwardLift.folded, CameraBranch.separable_radar = False, False
-    try:
-        yield
-    finally:
-        BackwardLift.folded, CameraBranch.separable_radar = saved
 
 
 class FusionNet(nn.Module):
@@ -117,10 +102,14 @@ class FusionNet(nn.Module):
         return self.decoder(out, {"offsets": out["traj_offsets"], "mode_logits": out["traj_mode_logits"]})
 
 
-def build_model(cfg: Config, stereo_pairs: tuple[tuple[int, int], ...] = ()) -> FusionNet:
+def build_model(cfg: Config, stereo_pairs: tuple[tuple[int, int], ...] = (), *,
+                lift_voxels: Callable[..., Tensor] | None = None,
+                radar_splat: Callable[..., Tensor] = radar_image_features) -> FusionNet:
     """The network of ``cfg.model`` for the input of ``cfg.data`` (image size, BEV grid, radar fields).
     ``stereo_pairs``: (left, right) camera indices of the rig (its topology is part of the network; the
-    calibration is a run-time input). Ignored when ``model.camera.stereo.enabled`` is false."""
+    calibration is a run-time input). Ignored when ``model.camera.stereo.enabled`` is false.
+    ``lift_voxels`` / ``radar_splat``: other forms of the camera lift and the radar-in-image splat (same weights,
+    same function: the defining forms of ``tests/reference/model.py``, for before/after benchmarks)."""
     m, d = cfg.model, cfg.data
     bev_shape = d.grid.bev_shape
     camera = None
@@ -136,10 +125,10 @@ def build_model(cfg: Config, stereo_pairs: tuple[tuple[int, int], ...] = ()) -> 
         depth = DepthNet(c.neck_channels, c.neck_channels, bins, radar=c.radar_depth.enabled and m.radar.enabled,
                          stereo_pairs=stereo)
         grid = BevGridPoints(d.grid.x_range, d.grid.y_range, d.grid.z_range, bev_shape, c.heights)
-        lift = BackwardLift(c.neck_channels, m.bev_channels, grid, bins, c.cameras_per_voxel)
+        lift = BackwardLift(c.neck_channels, m.bev_channels, grid, bins, c.cameras_per_voxel, lift_voxels)
         camera = CameraBranch(backbone, neck, depth, lift, d.image_size,
-                              {name: i for i, name in enumerate(d.radar.fields)})
-    radar = PillarEncoder(PILLAR_FEATURES, m.radar.channels, bev_shape) if m.radar.enabled else None
+                              {name: i for i, name in enumerate(d.radar.fields)}, radar_splat)
+    radar = PillarEncoder(len(PILLAR_FEATURES), m.radar.channels, bev_shape) if m.radar.enabled else None
     f = m.fusion
     if f.kind == "cross_attention":
         fusion: nn.Module = CrossAttentionFusion(m.bev_channels, m.radar.channels, f.channels, f.layers, f.heads, f.points,

@@ -20,7 +20,7 @@ import numpy as np
 from perception.replay.messages import (CameraImage, CameraInfo, DecodeError, Message, ReplayInputError, Transform,
                                         camera_info_from_ros, check_cloud, cloud_from_ros, decode_jpeg,
                                         image_from_ros, odometry_from_ros, stamp_us, transforms_from_ros)
-from perception.replay.topics import TopicMap, default_topic_map
+from perception.replay.topics import BAG_TOPICS, POSE_CHILD, POSE_PARENT, TopicMap, default_topic_map
 
 
 def decode(kind: str, msgtype: str, msg: Any) -> tuple[int, Any]:
@@ -86,10 +86,14 @@ class BagReader:
 
     def _topics(self) -> dict[str, str]:
         if self.storage == "sqlite3":
-            from rosbags.rosbag2 import Reader
+            from rosbags.rosbag2 import Reader, ReaderError
 
-            with Reader(self.path) as r:
-                return {c.topic: c.msgtype for c in r.connections}
+            try:
+                with Reader(self.path) as r:
+                    return {c.topic: c.msgtype for c in r.connections}
+            except ReaderError as err:  # a truncated or foreign .db3
+                raise ReplayInputError(f"{self.path}: the sqlite3 bag cannot be opened ({err}); re-copy the bag "
+                                       "or convert it (ros2 bag convert)") from None
         topics: dict[str, str] = {}
         for _, channel, schema in self._mcap_records(summary_only=True):
             topics[channel.topic] = schema.name if schema else ""
@@ -185,8 +189,7 @@ class NuScenesSceneReader:
 
     def __init__(self, dataroot: str | Path, version: str, scene: str, nusc: Any = None):
         from calibration.io import load_rig
-        from perception.data.synthetic.bags import (TF_STATIC_TOPIC, TF_TOPIC, camera_image_topic,
-                                                    camera_info_topic, lidar_points_topic, radar_points_topic)
+        from perception.data.nuscenes import scene_sample_data
 
         if nusc is None:
             from nuscenes.nuscenes import NuScenes
@@ -201,20 +204,15 @@ class NuScenesSceneReader:
             raise ReplayInputError(f"scene '{scene}' is not in {self.dataroot / version} (scenes: "
                                    f"{sorted(scenes)[:5]}...)")
         self.scene = scenes[scene]
-        from perception.data.synthetic.bags import _scene_sample_data
-
-        self.rows = _scene_sample_data(nusc, self.scene["token"])
+        self.rows = scene_sample_data(nusc, self.scene["token"])
         self.events: list[str] = []
-        self._topic_fns = {"camera": camera_image_topic, "radar": radar_points_topic, "lidar": lidar_points_topic}
-        self._info_topic = camera_info_topic
-        self.tf_topic, self.tf_static_topic = TF_TOPIC, TF_STATIC_TOPIC
-        topics = {TF_TOPIC: "", TF_STATIC_TOPIC: ""}
+        self.tf_topic, self.tf_static_topic = BAG_TOPICS["tf"].topic(), BAG_TOPICS["tf_static"].topic()
+        topics = {self.tf_topic: "", self.tf_static_topic: ""}
         for sd in self.rows:
-            fn = self._topic_fns.get(sd["sensor_modality"])
-            if fn:
-                topics[fn(sd["channel"])] = ""
+            if sd["sensor_modality"] in BAG_TOPICS:  # camera, radar, lidar
+                topics[BAG_TOPICS[sd["sensor_modality"]].topic(sd["channel"])] = ""
                 if sd["sensor_modality"] == "camera":
-                    topics[camera_info_topic(sd["channel"])] = ""
+                    topics[BAG_TOPICS["camera_info"].topic(sd["channel"])] = ""
         self.topics = topics
         rig_file = self.dataroot / version / "rig.yaml"
         file_rig = load_rig(rig_file) if rig_file.exists() else None
@@ -239,7 +237,7 @@ class NuScenesSceneReader:
                 continue
             seen.add(sd["channel"])
             cs = self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
-            static.append(Transform("base_link", sd["channel"], first, np.asarray(cs["translation"], np.float64),
+            static.append(Transform(POSE_CHILD, sd["channel"], first, np.asarray(cs["translation"], np.float64),
                                     np.asarray(cs["rotation"], np.float64)))
         static.sort(key=lambda t: t.child)
         yield Message(seq, self.tf_static_topic, first, "tf_static", "", first, static)
@@ -248,13 +246,13 @@ class NuScenesSceneReader:
             group = list(group)
             pose = self.nusc.get("ego_pose", group[0]["ego_pose_token"])
             yield Message(seq, self.tf_topic, ts, "tf", "", ts, [Transform(
-                "map", "base_link", ts, np.asarray(pose["translation"], np.float64),
+                POSE_PARENT, POSE_CHILD, ts, np.asarray(pose["translation"], np.float64),
                 np.asarray(pose["rotation"], np.float64))])
             seq += 1
             for sd in group:
                 ch, mod = sd["channel"], sd["sensor_modality"]
                 path = self.dataroot / sd["filename"]
-                topic = self._topic_fns[mod](ch) if mod in self._topic_fns else f"/{mod}/{ch}"
+                topic = BAG_TOPICS[mod].topic(ch) if mod in BAG_TOPICS else f"/{mod}/{ch}"
                 kind, _ = self.roles.get(topic, ("unknown", ""))
                 m = Message(seq, topic, ts, kind, ch if kind != "ignored" else "", ts)
                 seq += 1
@@ -275,7 +273,7 @@ class NuScenesSceneReader:
                 yield m
                 if mod == "camera":  # CameraInfo beside every image, as in the bag
                     cs = self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
-                    yield Message(seq, self._info_topic(ch), ts, "camera_info", ch, ts,
+                    yield Message(seq, BAG_TOPICS["camera_info"].topic(ch), ts, "camera_info", ch, ts,
                                   CameraInfo(int(sd["width"]), int(sd["height"]),
                                              np.asarray(cs["camera_intrinsic"], np.float64), "plumb_bob", ()))
                     seq += 1

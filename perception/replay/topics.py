@@ -13,8 +13,8 @@ A YAML file with a schema key (``perception-topics/1``)::
     ignore: [/lidar/points]           # optional: topics read but deliberately not used (counted as ignored)
 
 Bags written by ``perception-synth --bags`` need no map: ``default_topic_map`` derives it from their topic
-names (``/cameras/<CH>/image/compressed``, ``/cameras/<CH>/camera_info``, ``/radars/<CH>/points``, ``/tf``,
-``/tf_static``).
+names, the convention of ``BAG_TOPICS`` (``/cameras/<CH>/image/compressed``, ``/cameras/<CH>/camera_info``,
+``/radars/<CH>/points``, ``/lidar/<CH>/points``, ``/tf``, ``/tf_static``), the one table the bag writer uses too.
 """
 from __future__ import annotations
 
@@ -25,6 +25,40 @@ from typing import Any, Iterable
 
 TOPIC_MAP_SCHEMA = "perception-topics/1"
 DOPPLER_KINDS = ("cartesian", "radial")
+
+
+@dataclass(frozen=True)
+class TopicPattern:
+    """One topic of the ``perception-synth --bags`` convention: ``pattern`` with ``{channel}`` for per-sensor
+    topics, the ROS 2 message type, and the role (``kind``) a reader gives its messages."""
+
+    kind: str
+    pattern: str
+    msgtype: str
+
+    def topic(self, channel: str = "") -> str:
+        return self.pattern.format(channel=channel)
+
+    def channel(self, topic: str) -> str | None:
+        """The channel of ``topic`` if it has this pattern ("" for a topic without a channel), else None."""
+        head, _, tail = self.pattern.partition("{channel}")
+        if not _:
+            return "" if topic == self.pattern else None
+        m = re.fullmatch(re.escape(head) + r"([^/]+)" + re.escape(tail), topic)
+        return m.group(1) if m else None
+
+
+# The one table of the bag topic convention: perception-synth --bags writes with it
+# (perception.data.synthetic.bags), default_topic_map and NuScenesSceneReader parse / name with it.
+BAG_TOPICS: dict[str, TopicPattern] = {p.kind: p for p in (
+    TopicPattern("camera", "/cameras/{channel}/image/compressed", "sensor_msgs/msg/CompressedImage"),
+    TopicPattern("camera_info", "/cameras/{channel}/camera_info", "sensor_msgs/msg/CameraInfo"),
+    TopicPattern("radar", "/radars/{channel}/points", "sensor_msgs/msg/PointCloud2"),
+    TopicPattern("lidar", "/lidar/{channel}/points", "sensor_msgs/msg/PointCloud2"),
+    TopicPattern("tf", "/tf", "tf2_msgs/msg/TFMessage"),
+    TopicPattern("tf_static", "/tf_static", "tf2_msgs/msg/TFMessage"),
+)}
+POSE_PARENT, POSE_CHILD = "map", "base_link"  # /tf: map -> base_link is the ego pose (global_from_ego)
 
 
 class TopicMapError(ValueError):
@@ -48,10 +82,10 @@ class TopicMap:
     cameras: dict[str, CameraTopics]
     radars: dict[str, RadarTopic]
     pose_source: str = "tf"  # tf | odometry
-    pose_topic: str = "/tf"
-    pose_parent: str = "map"
-    pose_child: str = "base_link"
-    static_tf: str | None = "/tf_static"
+    pose_topic: str = BAG_TOPICS["tf"].pattern
+    pose_parent: str = POSE_PARENT
+    pose_child: str = POSE_CHILD
+    static_tf: str | None = BAG_TOPICS["tf_static"].pattern
     frames: dict[str, str] = field(default_factory=dict)  # channel -> TF frame id (default: the channel name)
     ignore: tuple[str, ...] = ()
 
@@ -104,12 +138,12 @@ def parse_topic_map(data: Any, source: str = "<topic map>") -> TopicMap:
         radars[str(ch)] = RadarTopic(_need(source, f"radars.{ch}", t, "topic"), doppler)
     if not cams:
         raise TopicMapError(f"{source}: 'cameras' is empty; the reference camera triggers frames, map at least one")
-    poses = data.get("poses") or {"source": "tf", "topic": "/tf"}
+    poses = data.get("poses") or {"source": "tf", "topic": BAG_TOPICS["tf"].pattern}
     src = poses.get("source", "tf")
     if src not in ("tf", "odometry"):
         raise TopicMapError(f"{source}: 'poses.source' is {src!r}; expected 'tf' or 'odometry'")
-    return TopicMap(cams, radars, src, _need(source, "poses", poses, "topic"), str(poses.get("parent", "map")),
-                    str(poses.get("child", "base_link")), data.get("static_tf", "/tf_static"),
+    return TopicMap(cams, radars, src, _need(source, "poses", poses, "topic"), str(poses.get("parent", POSE_PARENT)),
+                    str(poses.get("child", POSE_CHILD)), data.get("static_tf", BAG_TOPICS["tf_static"].pattern),
                     {str(k): str(v) for k, v in (data.get("frames") or {}).items()},
                     tuple(str(t) for t in (data.get("ignore") or ())))
 
@@ -127,12 +161,6 @@ def load_topic_map(path: str | Path) -> TopicMap:
     return parse_topic_map(data, str(path))
 
 
-_SYNTH = {"camera": re.compile(r"^/cameras/([^/]+)/image/compressed$"),
-          "camera_info": re.compile(r"^/cameras/([^/]+)/camera_info$"),
-          "radar": re.compile(r"^/radars/([^/]+)/points$"),
-          "ignored": re.compile(r"^/lidar/([^/]+)/points$")}
-
-
 def default_topic_map(topics: Iterable[str], radar_doppler: dict[str, str] | None = None) -> TopicMap:
     """The map of a ``perception-synth --bags`` bag (its topic naming), from the bag's topic list."""
     topics = list(topics)
@@ -140,22 +168,22 @@ def default_topic_map(topics: Iterable[str], radar_doppler: dict[str, str] | Non
     radars: dict[str, RadarTopic] = {}
     ignore: list[str] = []
     for t in topics:
-        for kind, rx in _SYNTH.items():
-            m = rx.match(t)
-            if not m:
+        for kind in ("camera", "camera_info", "radar", "lidar"):
+            ch = BAG_TOPICS[kind].channel(t)
+            if ch is None:
                 continue
-            ch = m.group(1)
             if kind == "camera":
                 cams.setdefault(ch, {})["image"] = t
             elif kind == "camera_info":
                 cams.setdefault(ch, {})["info"] = t
-            elif kind == "ignored":  # lidar: not an input of this network
+            elif kind == "lidar":  # not an input of this network
                 ignore.append(t)
             else:
                 radars[ch] = RadarTopic(t, (radar_doppler or {}).get(ch, "cartesian"))
     cameras = {ch: CameraTopics(v["image"], v.get("info")) for ch, v in cams.items() if "image" in v}
     if not cameras:
-        raise TopicMapError(f"the bag has no /cameras/<CHANNEL>/image/compressed topics (topics: {sorted(topics)[:12]}"
+        raise TopicMapError(f"the bag has no {BAG_TOPICS['camera'].topic('<CHANNEL>')} topics "
+                            f"(topics: {sorted(topics)[:12]}"
                             "...); it was not written by perception-synth --bags: pass --topics TOPICS.yaml "
                             f"(schema {TOPIC_MAP_SCHEMA}, see docs/replay.md)")
     return TopicMap(cameras, radars, ignore=tuple(ignore))

@@ -5,13 +5,24 @@
 =================================  ======================  ===================================================
 topic                              schema                  content
 =================================  ======================  ===================================================
-``/tf``                            foxglove.FrameTransform ``map`` -> ``base_link`` from ``global_from_ego``
+``/tf``                            foxglove.FrameTransform ``map`` -> ``base_link`` from ``global_from_ego``;
+                                                           ``base_link`` -> each camera (with its calibration)
 ``/detections``                    foxglove.SceneUpdate    per box one entity (id = track ID) in ``base_link``:
-                                                           a cube, the most probable trajectory (line strip
-                                                           from the centre), a text label, metadata
-``/radar``                         foxglove.PointCloud     valid radar points, float32 x, y, z, vx, vy, rcs, dt
+                                                           a cube, a velocity arrow (1 s of travel), every
+                                                           forecast mode (line strips from the centre, opacity
+                                                           by probability), a text label, metadata (class,
+                                                           score, track, attribute, speed, mode_probs)
+``/gt``                            foxglove.SceneUpdate    GT boxes where the source has them (grey cubes with
+                                                           velocity arrows); absent otherwise
+``/radar``                         foxglove.PointCloud     the input radar points (accumulated sweeps in
+                                                           ego@t0), float32 x, y, z, vx, vy, rcs, dt
+``/lidar``                         foxglove.PointCloud     the input lidar sweep (x, y, z[, intensity], ego@t0)
+                                                           when the caller passes one; absent otherwise
 ``/cameras/<CH>/image/compressed`` foxglove.CompressedImage the original JPEG bytes, stamped at capture time
+``/cameras/<CH>/calibration``      foxglove.CameraCalibration the camera's K and distortion (Image panel overlays)
 =================================  ======================  ===================================================
+
+``docs/foxglove_layout.json`` opens all of it in Foxglove in one step (Layouts -> Import from file).
 
 ``OUT/detections.jsonl``: a header line ``{"schema": "perception-detections/1", ...}`` then one line per frame
 (``read_jsonl`` reads it back). ``OUT/preview/frame_XXXXXX.png`` (``XXXXXX`` = the frame's index in this run):
@@ -42,6 +53,7 @@ BOX_UNITS = {
     "mode_probs": "(M,) probabilities of all modes",
 }
 RADAR_FIELDS = ("x", "y", "z", "vx", "vy", "rcs", "dt")
+LIDAR_FIELDS = ("x", "y", "z", "intensity")
 PARENT_FRAME, EGO_FRAME = "map", "base_link"
 
 
@@ -63,6 +75,61 @@ def _quaternion_xyzw_from_matrix(rotation: np.ndarray) -> tuple[float, float, fl
 
     w, x, y, z = (float(v) for v in matrix_to_quaternion(rotation))
     return x, y, z, w
+
+
+def _pose(x: float = 0.0, y: float = 0.0, z: float = 0.0, yaw: float = 0.0):
+    from foxglove.messages import Pose, Quaternion, Vector3
+
+    return Pose(position=Vector3(x=x, y=y, z=z),
+                orientation=Quaternion(x=0.0, y=0.0, z=float(np.sin(yaw / 2)), w=float(np.cos(yaw / 2))))
+
+
+def _cube(box: np.ndarray, rgb: tuple[float, float, float], alpha: float):
+    """A box ``[x, y, z, w, l, h, yaw, ...]`` as a Foxglove cube (its size is along the pose's x, y, z: our l
+    (along the heading), w, h)."""
+    from foxglove.messages import Color, CubePrimitive, Vector3
+
+    x, y, z, w, l, h, yaw = (float(v) for v in box[:7])
+    return CubePrimitive(pose=_pose(x, y, z, yaw), size=Vector3(x=l, y=w, z=h),
+                         color=Color(r=rgb[0], g=rgb[1], b=rgb[2], a=alpha))
+
+
+def _velocity_arrow(box: np.ndarray, rgb: tuple[float, float, float]) -> list:
+    """An arrow from the box's top centre along its velocity, as long as the distance covered in 1 s ([] when the
+    box moves slower than 0.2 m/s or has no velocity)."""
+    from foxglove.messages import ArrowPrimitive, Color
+
+    if len(box) < 9 or np.hypot(box[7], box[8]) < 0.2:
+        return []
+    speed = float(np.hypot(box[7], box[8]))
+    head = min(0.6, 0.4 * speed)
+    return [ArrowPrimitive(pose=_pose(float(box[0]), float(box[1]), float(box[2] + box[5] / 2),
+                                      float(np.arctan2(box[8], box[7]))),
+                           shaft_length=max(speed - head, 0.05), shaft_diameter=0.12, head_length=head,
+                           head_diameter=0.35, color=Color(r=rgb[0], g=rgb[1], b=rgb[2], a=1.0))]
+
+
+def _mode_line(box: np.ndarray, traj: np.ndarray, prob: float, best: float, rgb: tuple[float, float, float]):
+    """One forecast mode as a line strip from the box centre (z of the centre); the most probable mode is opaque
+    and thickest, the others fade and thin with their probability relative to it."""
+    from foxglove.messages import Color, LinePrimitive, LinePrimitiveLineType, Point3
+
+    z = float(box[2])
+    rel = float(prob) / max(float(best), 1e-6)
+    path = [Point3(x=float(box[0]), y=float(box[1]), z=z)] + [Point3(x=float(px), y=float(py), z=z)
+                                                              for px, py in np.asarray(traj, np.float64)]
+    return LinePrimitive(type=LinePrimitiveLineType.LineStrip, pose=_pose(), thickness=0.05 + 0.1 * rel,
+                         points=path, color=Color(r=rgb[0], g=rgb[1], b=rgb[2], a=0.25 + 0.75 * rel))
+
+
+def _point_cloud(t_us: int, points: np.ndarray, names: Sequence[str]):
+    """(P, F) points in base_link as a Foxglove PointCloud of little-endian float32 fields ``names``."""
+    from foxglove.messages import PackedElementField, PackedElementFieldNumericType, PointCloud
+
+    pts = np.ascontiguousarray(points, dtype="<f4")
+    return PointCloud(timestamp=_timestamp(t_us), frame_id=EGO_FRAME, pose=_pose(), point_stride=4 * len(names),
+                      fields=[PackedElementField(name=f, offset=4 * i, type=PackedElementFieldNumericType.Float32)
+                              for i, f in enumerate(names)], data=pts.tobytes())
 
 
 class ReplayWriter:
@@ -101,6 +168,8 @@ class ReplayWriter:
         self._tf = FrameTransformChannel("/tf", context=self._context)
         self._scene = SceneUpdateChannel("/detections", context=self._context)
         self._radar = PointCloudChannel("/radar", context=self._context)
+        self._gt: Any = None  # SceneUpdateChannel "/gt", created on the first frame with GT boxes
+        self._lidar: Any = None  # PointCloudChannel "/lidar", created on the first lidar sweep
         self._cameras: dict[str, Any] = {}  # channel name -> CompressedImageChannel, created on first image
         self._calibrations: dict[str, Any] = {}  # topic -> CameraCalibrationChannel
         self._jsonl = open(self.jsonl_path, "w", encoding="utf-8")
@@ -121,12 +190,13 @@ class ReplayWriter:
 
     def write(self, frame: Frame, det: Detections, track_ids: np.ndarray | None,
               camera_jpegs: dict[str, tuple[int, bytes]] | None, t_emit_us: int,
-              cameras: dict[str, Any] | None = None) -> None:
+              cameras: dict[str, Any] | None = None, lidar: tuple[int, np.ndarray] | None = None) -> None:
         """One emitted frame. det: the Detections of ``frame`` (ego@t0). track_ids: (K,) int (None: untracked,
         written as -1). camera_jpegs: channel -> (capture stamp µs, original JPEG bytes) of the images used.
         t_emit_us: when the player emitted the frame (µs, the same clock as t0). cameras: channel ->
         ``calibration.rig.Camera`` of those images (original resolution): with it each image gets a Foxglove
-        CameraCalibration and a base_link -> camera transform, so the Image panel draws the 3D boxes on it."""
+        CameraCalibration and a base_link -> camera transform, so the Image panel draws the 3D boxes on it.
+        lidar: (capture stamp µs, (N, >=3) x, y, z[, intensity] in ego@t0) of the input lidar sweep, or None."""
         if self._closed:
             raise RuntimeError(f"ReplayWriter({self.out_dir}) is closed")
         k = len(det)
@@ -138,7 +208,7 @@ class ReplayWriter:
                              "box is one Foxglove entity keyed by its track ID")
         if int(det.t0) != int(frame.t0):
             raise ValueError(f"ReplayWriter.write: detections at t0={det.t0} us for a frame at t0={frame.t0} us")
-        self._write_mcap(frame, det, ids, camera_jpegs or {}, cameras or {})
+        self._write_mcap(frame, det, ids, camera_jpegs or {}, cameras or {}, lidar)
         self._write_jsonl(det, ids, t_emit_us)
         if (self.preview_every and self.frames % self.preview_every == 0
                 and len(self.previews) < self.preview_max):
@@ -164,121 +234,138 @@ class ReplayWriter:
         self.messages[topic] = self.messages.get(topic, 0) + 1
 
     def _write_mcap(self, frame: Frame, det: Detections, ids: np.ndarray,
-                    camera_jpegs: dict[str, tuple[int, bytes]], cameras: dict[str, Any]) -> None:
-        from foxglove.channels import CameraCalibrationChannel, CompressedImageChannel
-        from foxglove.messages import (
-            CameraCalibration,
-            Color,
-            CompressedImage,
-            CubePrimitive,
-            Duration,
-            FrameTransform,
-            KeyValuePair,
-            LinePrimitive,
-            LinePrimitiveLineType,
-            PackedElementField,
-            PackedElementFieldNumericType,
-            Point3,
-            PointCloud,
-            Pose,
-            Quaternion,
-            SceneEntity,
-            SceneEntityDeletion,
-            SceneEntityDeletionType,
-            SceneUpdate,
-            TextPrimitive,
-            Vector3,
-        )
-
+                    camera_jpegs: dict[str, tuple[int, bytes]], cameras: dict[str, Any],
+                    lidar: tuple[int, np.ndarray] | None) -> None:
         log_time = int(frame.t0) * 1000  # ns
-        stamp = _timestamp(frame.t0)
+        self._log_pose(det, log_time)
+        self._log_detections(det, ids, log_time)
+        if len(frame.gt_boxes):
+            self._log_gt(frame, log_time)
+        self._log_radar(frame, log_time)
+        if lidar is not None:
+            self._log_lidar(frame, lidar, log_time)
+        if self.write_images:
+            for channel, (stamp_us, jpeg) in camera_jpegs.items():
+                self._log_camera(channel, stamp_us, jpeg, cameras.get(channel), log_time)
+
+    def _log_pose(self, det: Detections, log_time: int) -> None:
+        from foxglove.messages import FrameTransform, Quaternion, Vector3
+
         g = np.asarray(det.global_from_ego, np.float64)
         qx, qy, qz, qw = _quaternion_xyzw_from_matrix(g[:3, :3])
         self._log(self._tf, "/tf", FrameTransform(
-            timestamp=stamp, parent_frame_id=PARENT_FRAME, child_frame_id=EGO_FRAME,
+            timestamp=_timestamp(det.t0), parent_frame_id=PARENT_FRAME, child_frame_id=EGO_FRAME,
             translation=Vector3(x=float(g[0, 3]), y=float(g[1, 3]), z=float(g[2, 3])),
             rotation=Quaternion(x=qx, y=qy, z=qz, w=qw)), log_time)
 
-        entities = []
+    def _scene_update(self, t_us: int, entities: list) -> Any:
+        """A SceneUpdate that first deletes every entity older than ``t_us`` (tracks that ended disappear even when
+        frames come faster than the lifetime), then adds ``entities``."""
+        from foxglove.messages import SceneEntityDeletion, SceneEntityDeletionType, SceneUpdate
+
+        deletion = SceneEntityDeletion(timestamp=_timestamp(t_us), type=SceneEntityDeletionType.All)
+        return SceneUpdate(deletions=[deletion], entities=entities)
+
+    def _log_detections(self, det: Detections, ids: np.ndarray, log_time: int) -> None:
+        """One entity per box (id = track ID): a cube, a velocity arrow, every forecast mode (line strips from the
+        centre, most probable first; opacity and width by probability), a text label, metadata."""
+        from foxglove.messages import Color, Duration, KeyValuePair, SceneEntity, TextPrimitive
+
+        stamp = _timestamp(det.t0)
         lifetime = Duration.from_secs(self.lifetime_s)
         boxes = np.asarray(det.boxes, np.float64).reshape(len(det), 9)
+        entities = []
         for b, (box, score, name, attr, tid) in enumerate(zip(boxes, det.scores, det.names, det.attributes, ids)):
-            x, y, z, w, l, h, yaw = (float(v) for v in box[:7])
-            r, gg, bb = (c / 255.0 for c in hex_to_rgb(CLASS_COLOURS.get(str(name), "#bbbbbb")))
-            orientation = Quaternion(x=0.0, y=0.0, z=float(np.sin(yaw / 2)), w=float(np.cos(yaw / 2)))
-            # Foxglove's cube size is along the pose's x, y, z: our l (along the heading), w, h.
-            cube = CubePrimitive(pose=Pose(position=Vector3(x=x, y=y, z=z), orientation=orientation),
-                                 size=Vector3(x=l, y=w, z=h), color=Color(r=r, g=gg, b=bb, a=0.45))
-            mode = int(np.argmax(det.mode_probs[b]))
-            path = [Point3(x=x, y=y, z=z)] + [Point3(x=float(px), y=float(py), z=z)
-                                              for px, py in np.asarray(det.trajectories[b, mode], np.float64)]
-            line = LinePrimitive(type=LinePrimitiveLineType.LineStrip,
-                                 pose=Pose(position=Vector3(), orientation=Quaternion(w=1.0)),
-                                 thickness=0.15, points=path, color=Color(r=r, g=gg, b=bb, a=1.0))
-            label = f"#{int(tid)} {name} {float(score):.2f}"
-            text = TextPrimitive(pose=Pose(position=Vector3(x=x, y=y, z=z + h / 2 + 0.5),
-                                           orientation=Quaternion(w=1.0)),
-                                 billboard=True, font_size=14.0, scale_invariant=True,
-                                 color=Color(r=1.0, g=1.0, b=1.0, a=1.0), text=label)
+            rgb = tuple(c / 255.0 for c in hex_to_rgb(CLASS_COLOURS.get(str(name), "#bbbbbb")))
+            probs = np.asarray(det.mode_probs[b], np.float64)
+            lines = [_mode_line(box, det.trajectories[b, m], probs[m], probs.max(), rgb)
+                     for m in np.argsort(-probs, kind="stable")]  # the most probable mode first
+            x, y, z, h = float(box[0]), float(box[1]), float(box[2]), float(box[5])
+            text = TextPrimitive(pose=_pose(x, y, z + h / 2 + 0.5), billboard=True, font_size=14.0,
+                                 scale_invariant=True, color=Color(r=1.0, g=1.0, b=1.0, a=1.0),
+                                 text=f"#{int(tid)} {name} {float(score):.2f}")
             speed = float(np.hypot(box[7], box[8]))
             metadata = [KeyValuePair(key="class", value=str(name)), KeyValuePair(key="score", value=f"{score:.3f}"),
                         KeyValuePair(key="track_id", value=str(int(tid))),
                         KeyValuePair(key="attribute", value=str(attr)),
-                        KeyValuePair(key="speed_mps", value=f"{speed:.2f}")]
+                        KeyValuePair(key="speed_mps", value=f"{speed:.2f}"),
+                        KeyValuePair(key="mode_probs", value=" ".join(f"{p:.3f}" for p in probs))]
             entities.append(SceneEntity(timestamp=stamp, frame_id=EGO_FRAME,
                                         id=str(int(tid)) if tid >= 0 else f"det{b}", lifetime=lifetime,
-                                        frame_locked=False, metadata=metadata, cubes=[cube], lines=[line],
-                                        texts=[text]))
-        # "All" entities earlier than t0 go first: tracks that ended disappear even when frames come faster
-        # than the lifetime.
-        deletion = SceneEntityDeletion(timestamp=stamp, type=SceneEntityDeletionType.All)
-        self._log(self._scene, "/detections", SceneUpdate(deletions=[deletion], entities=entities), log_time)
+                                        frame_locked=False, metadata=metadata, cubes=[_cube(box, rgb, 0.45)],
+                                        arrows=_velocity_arrow(box, rgb), lines=lines, texts=[text]))
+        self._log(self._scene, "/detections", self._scene_update(det.t0, entities), log_time)
 
+    def _log_gt(self, frame: Frame, log_time: int) -> None:
+        """The frame's GT boxes (where the source has them) on ``/gt``: grey wireframe-like cubes with velocity."""
+        from foxglove.channels import SceneUpdateChannel
+        from foxglove.messages import Duration, KeyValuePair, SceneEntity
+
+        if self._gt is None:
+            self._gt = SceneUpdateChannel("/gt", context=self._context)
+        grey = (0.75, 0.75, 0.75)
+        entities = [SceneEntity(timestamp=_timestamp(frame.t0), frame_id=EGO_FRAME, id=f"gt{g}",
+                                lifetime=Duration.from_secs(self.lifetime_s), frame_locked=False,
+                                metadata=[KeyValuePair(key="class", value=str(frame.gt_names[g]))],
+                                cubes=[_cube(box, grey, 0.2)], arrows=_velocity_arrow(box, grey))
+                    for g, box in enumerate(np.asarray(frame.gt_boxes, np.float64))]
+        self._log(self._gt, "/gt", self._scene_update(frame.t0, entities), log_time)
+
+    def _log_radar(self, frame: Frame, log_time: int) -> None:
         fields = list(frame.radar_fields)
         missing = [f for f in RADAR_FIELDS if f not in fields]
         if missing:
             raise ValueError(f"ReplayWriter.write({frame.sample_token}): radar fields {missing} missing from "
                              f"{fields} (the Frame contract requires them)")
         pts = frame.radar_points[frame.radar_valid][:, [fields.index(f) for f in RADAR_FIELDS]]
-        pts = np.ascontiguousarray(pts, dtype="<f4")  # (P, 7) little-endian float32, packed
-        self._log(self._radar, "/radar", PointCloud(
-            timestamp=stamp, frame_id=EGO_FRAME, pose=Pose(position=Vector3(), orientation=Quaternion(w=1.0)),
-            point_stride=4 * len(RADAR_FIELDS),
-            fields=[PackedElementField(name=f, offset=4 * i, type=PackedElementFieldNumericType.Float32)
-                    for i, f in enumerate(RADAR_FIELDS)],
-            data=pts.tobytes()), log_time)
+        self._log(self._radar, "/radar", _point_cloud(frame.t0, pts, RADAR_FIELDS), log_time)
 
-        if self.write_images:
-            for channel, (stamp_us, jpeg) in camera_jpegs.items():
-                topic = f"/cameras/{channel}/image/compressed"
-                if channel not in self._cameras:
-                    self._cameras[channel] = CompressedImageChannel(topic, context=self._context)
-                self._log(self._cameras[channel], topic, CompressedImage(
-                    timestamp=_timestamp(stamp_us), frame_id=str(channel), data=bytes(jpeg), format="jpeg"),
-                    log_time)
-                cam = cameras.get(channel)
-                if cam is None:
-                    continue
-                m = np.asarray(cam.ego_from_camera, np.float64)
-                cx, cy, cz, cw = _quaternion_xyzw_from_matrix(m[:3, :3])
-                self._log(self._tf, "/tf", FrameTransform(
-                    timestamp=_timestamp(stamp_us), parent_frame_id=EGO_FRAME, child_frame_id=str(channel),
-                    translation=Vector3(x=float(m[0, 3]), y=float(m[1, 3]), z=float(m[2, 3])),
-                    rotation=Quaternion(x=cx, y=cy, z=cz, w=cw)), log_time)
-                k = np.asarray(cam.intrinsics, np.float64)
-                model, d = "plumb_bob", [0.0] * 5
-                if cam.distortion is not None:
-                    model = "kannala_brandt" if cam.distortion.model == "fisheye" else "plumb_bob"
-                    d = [float(v) for v in cam.distortion.coeffs]
-                p = np.zeros((3, 4))
-                p[:, :3] = k
-                ctopic = f"/cameras/{channel}/calibration"
-                if ctopic not in self._calibrations:
-                    self._calibrations[ctopic] = CameraCalibrationChannel(ctopic, context=self._context)
-                self._log(self._calibrations[ctopic], ctopic, CameraCalibration(
-                    timestamp=_timestamp(stamp_us), frame_id=str(channel), width=int(cam.width),
-                    height=int(cam.height), distortion_model=model, D=d, K=k.reshape(-1).tolist(),
-                    R=np.eye(3).reshape(-1).tolist(), P=p.reshape(-1).tolist()), log_time)
+    def _log_lidar(self, frame: Frame, lidar: tuple[int, np.ndarray], log_time: int) -> None:
+        from foxglove.channels import PointCloudChannel
+
+        stamp_us, pts = lidar
+        pts = np.asarray(pts, np.float32)
+        if pts.ndim != 2 or pts.shape[1] < 3:
+            raise ValueError(f"ReplayWriter.write({frame.sample_token}): lidar points must be (N, >=3) x, y, z[, "
+                             f"intensity] in ego@t0, got {pts.shape}")
+        names = LIDAR_FIELDS[:min(pts.shape[1], len(LIDAR_FIELDS))]
+        if self._lidar is None:
+            self._lidar = PointCloudChannel("/lidar", context=self._context)
+        self._log(self._lidar, "/lidar", _point_cloud(stamp_us, pts[:, :len(names)], names), log_time)
+
+    def _log_camera(self, channel: str, stamp_us: int, jpeg: bytes, cam: Any, log_time: int) -> None:
+        """The original JPEG; with the camera's calibration also a base_link -> camera transform and a Foxglove
+        CameraCalibration (so the Image panel draws the 3D boxes on it)."""
+        from foxglove.channels import CameraCalibrationChannel, CompressedImageChannel
+        from foxglove.messages import CameraCalibration, CompressedImage, FrameTransform, Quaternion, Vector3
+
+        topic = f"/cameras/{channel}/image/compressed"
+        if channel not in self._cameras:
+            self._cameras[channel] = CompressedImageChannel(topic, context=self._context)
+        self._log(self._cameras[channel], topic, CompressedImage(
+            timestamp=_timestamp(stamp_us), frame_id=str(channel), data=bytes(jpeg), format="jpeg"), log_time)
+        if cam is None:
+            return
+        m = np.asarray(cam.ego_from_camera, np.float64)
+        cx, cy, cz, cw = _quaternion_xyzw_from_matrix(m[:3, :3])
+        self._log(self._tf, "/tf", FrameTransform(
+            timestamp=_timestamp(stamp_us), parent_frame_id=EGO_FRAME, child_frame_id=str(channel),
+            translation=Vector3(x=float(m[0, 3]), y=float(m[1, 3]), z=float(m[2, 3])),
+            rotation=Quaternion(x=cx, y=cy, z=cz, w=cw)), log_time)
+        k = np.asarray(cam.intrinsics, np.float64)
+        model, d = "plumb_bob", [0.0] * 5
+        if cam.distortion is not None:
+            model = "kannala_brandt" if cam.distortion.model == "fisheye" else "plumb_bob"
+            d = [float(v) for v in cam.distortion.coeffs]
+        p = np.zeros((3, 4))
+        p[:, :3] = k
+        ctopic = f"/cameras/{channel}/calibration"
+        if ctopic not in self._calibrations:
+            self._calibrations[ctopic] = CameraCalibrationChannel(ctopic, context=self._context)
+        self._log(self._calibrations[ctopic], ctopic, CameraCalibration(
+            timestamp=_timestamp(stamp_us), frame_id=str(channel), width=int(cam.width),
+            height=int(cam.height), distortion_model=model, D=d, K=k.reshape(-1).tolist(),
+            R=np.eye(3).reshape(-1).tolist(), P=p.reshape(-1).tolist()), log_time)
 
     # -- JSONL --------------------------------------------------------------------------------------------------
 

@@ -54,7 +54,12 @@ def read_engine_json(folder: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: build the engine folder with "
                                 f"perception-engine build --onnx EXPORT_DIR --out {folder}")
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RuntimeConfigError(f"{path}: not valid JSON ({err}); rebuild with perception-engine build") from None
+    if not isinstance(meta, dict):
+        raise RuntimeConfigError(f"{path}: must be a JSON object; rebuild with perception-engine build")
     if meta.get("schema") != ENGINE_JSON_SCHEMA:
         raise RuntimeConfigError(f"{path}: schema {meta.get('schema')!r}, expected {ENGINE_JSON_SCHEMA!r}")
     return meta

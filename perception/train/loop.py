@@ -76,20 +76,130 @@ def generator_version(frames: Any) -> str:
     return "none (not a synthetic root)"
 
 
+@dataclass
+class _Optimisation:
+    """What a training step changes: the network (``net``: the ``camera_aux.TrainNet`` around the FusionNet,
+    DDP-wrapped when distributed; ``model``: the FusionNet itself; ``train_net``: the TrainNet, which also holds the
+    training-only heads), AdamW, the one-cycle schedule, the AMP gradient scaler and the weight EMA (``train.ema``;
+    ``final`` is what is evaluated and saved: the EMA's network when on)."""
+
+    net: Any
+    model: Any
+    opt: torch.optim.Optimizer
+    sched: Any
+    scaler: Any
+    use_amp: bool
+    train_net: Any = None
+    ema: Any = None
+
+    @property
+    def final(self) -> Any:
+        return self.ema.module if self.ema is not None else self.model
+
+    def extra_state(self) -> dict:
+        """What ``last.pt`` carries beside the network for an exact resume: the training-only heads (``aux``)
+        and the EMA weights (``ema``)."""
+        out = {"aux": self.train_net.aux_state_dict()}
+        if self.ema is not None:
+            out["ema"] = self.ema.state_dict()
+        return out
+
+
+def _build_optimisation(cfg: Config, stereo: tuple, dev: torch.device, dist_info: DistInfo) -> _Optimisation:
+    from perception.model.network import build_model
+    from perception.train.camera_aux import TrainNet
+    from perception.train.recipe import WeightEma, sync_batchnorm
+
+    tc = cfg.train
+    # the network with the training-only camera supervision around it (saved apart: model.pt stays the FusionNet)
+    train_net = TrainNet(sync_batchnorm(build_model(cfg, stereo), dist_info.world, dev), cfg).to(dev)
+    net = train_net
+    if dist_info.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(train_net, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                                        find_unused_parameters=True)
+    model = train_net.net
+    opt = torch.optim.AdamW(train_net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.steps, pct_start=0.3,
+                                                div_factor=10.0, final_div_factor=100.0)
+    use_amp = tc.amp and dev.type == "cuda"
+    ema = WeightEma(model, tc.ema.decay) if tc.ema.enabled else None
+    return _Optimisation(net, model, opt, sched, torch.amp.GradScaler("cuda", enabled=use_amp), use_amp, train_net,
+                         ema)
+
+
+def _resume(path: Path, o: _Optimisation, hashes: dict) -> tuple[int, float]:
+    """Load ``last.pt`` into ``o`` and the global RNGs; returns (step, training minutes of the runs resumed)."""
+    from perception.train.checkpoint import CheckpointError, load_checkpoint, load_weights
+
+    ck = load_checkpoint(path)
+    load_weights(o.model, ck["model"], path)
+    o.opt.load_state_dict(ck["optimizer"])
+    o.sched.load_state_dict(ck["scheduler"])
+    _set_rng(ck["rng"])
+    if ck.get("config_hash") != hashes["config_hash"]:
+        raise CheckpointError(f"{path} was trained with another config (hash {ck.get('config_hash')} vs "
+                              f"{hashes['config_hash']}); resume with the same config or start a new run")
+    o.train_net.load_aux_state_dict(ck.get("aux", {}))
+    if o.ema is not None:
+        if "ema" not in ck:
+            raise CheckpointError(f"{path} has no EMA weights but train.ema is on; resume with the same config")
+        o.ema.load_state_dict(ck["ema"])
+    return int(ck["step"]), float(ck.get("minutes", 0.0))
+
+
+def _train_step(o: _Optimisation, batch: dict, grid: Any, cfg: Config, dev: torch.device,
+                step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """One optimiser step on ``batch`` (targets built on ``grid``, gradients clipped to ``train.grad_clip``, the
+    training-only camera losses of ``camera_aux`` added, the EMA updated); returns (total loss, loss terms,
+    gradient norm before clipping)."""
+    from perception.model.network import INPUT_NAMES
+    from perception.train.camera_aux import camera_aux_losses
+    from perception.train.losses import detection_losses
+    from perception.train.targets import build_targets
+
+    targets = build_targets(batch["gt_boxes"], batch["gt_labels"], batch["gt_mask"], batch["gt_future"],
+                            batch["gt_future_valid"], grid, cfg.num_classes)
+    inputs = [batch[k].to(dev, non_blocking=True) for k in INPUT_NAMES]
+    with torch.autocast(dev.type, enabled=o.use_amp):
+        outputs, extras = o.net(*inputs)
+    losses = detection_losses({k: v.float() for k, v in outputs.items()}, _to(targets, dev))
+    losses.update(camera_aux_losses(extras, batch, cfg))
+    loss = sum(losses.values())
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"step {step}: loss is {loss.item()} ({ {k: v.item() for k, v in losses.items()} })")
+    o.opt.zero_grad(set_to_none=True)
+    o.scaler.scale(loss).backward()
+    o.scaler.unscale_(o.opt)
+    gnorm = torch.nn.utils.clip_grad_norm_(o.train_net.parameters(), cfg.train.grad_clip)
+    o.scaler.step(o.opt)
+    o.scaler.update()
+    o.sched.step()
+    if o.ema is not None:
+        o.ema.update(o.model, step + 1)
+    return loss, losses, gnorm
+
+
+def _log_step(history: Path, writer: Any, step: int, loss: torch.Tensor, losses: dict, lr: float,
+              gnorm: torch.Tensor, minutes: float) -> None:
+    """One line of ``history.jsonl`` and the same scalars to TensorBoard."""
+    row = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in losses.items()}, "lr": lr,
+           "grad_norm": float(gnorm), "minutes": minutes}
+    with open(history, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    for k, v in row.items():
+        if k != "step":
+            writer.add_scalar(f"train/{k}", v, step)
+
+
 def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, resume: bool = False,
           progress: bool = True, device: str | None = None, evaluate: bool = True,
           stop_after: int | None = None) -> dict:
     """Train ``cfg`` on ``cfg.train.split`` of the root; returns a summary (final losses, evaluation metrics).
     ``stop_after`` ends the run early at that step with a resumable checkpoint (as an interruption would)."""
     from perception.data.loader import PillarSpec, make_loader
-    from perception.data.nuscenes import NuScenesFrames
+    from perception.data.nuscenes import DatasetError, NuScenesFrames
     from perception.model.decode import BevGrid
-    from perception.model.network import INPUT_NAMES, build_model
-    from perception.train.camera_aux import TrainNet, camera_aux_losses
-    from perception.train.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
-    from perception.train.losses import detection_losses
-    from perception.train.recipe import WeightEma, sync_batchnorm
-    from perception.train.targets import build_targets
+    from perception.train.checkpoint import save_checkpoint
 
     dist_info = init_distributed()
     tc = cfg.train
@@ -101,37 +211,13 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
         (out / "config.resolved.yaml").write_text(dump_config(cfg))
     frames = NuScenesFrames(cfg, dataroot, version, tc.split, train=True, seed=tc.seed)
     stereo = tuple(tuple(int(v) for v in p) for p in frames.load(0).stereo_pairs)
-    # the network, with the training-only camera supervision around it (camera_aux.TrainNet: saved apart)
-    train_net = TrainNet(sync_batchnorm(build_model(cfg, stereo), dist_info.world, dev), cfg).to(dev)
-    model = train_net.net  # the FusionNet: what model.pt holds and what is evaluated (or its EMA)
-    net = train_net
-    if dist_info.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(train_net, device_ids=[dev.index] if dev.type == "cuda" else None,
-                                                        find_unused_parameters=True)
-    ema = WeightEma(model, tc.ema.decay) if tc.ema.enabled else None
-    opt = torch.optim.AdamW(train_net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.steps, pct_start=0.3,
-                                                div_factor=10.0, final_div_factor=100.0)
-    use_amp = tc.amp and dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    o = _build_optimisation(cfg, stereo, dev, dist_info)
     step = 0
     prior_minutes = 0.0  # training minutes of the runs this one resumes (history/summary minutes are cumulative)
     hashes = {"config_hash": config_hash(cfg), "generator_version": generator_version(frames),
               "data_hash": data_hash(frames)}
     if resume and (out / "last.pt").exists():
-        ck = load_checkpoint(out / "last.pt")
-        load_weights(model, ck["model"], out / "last.pt")
-        train_net.load_aux_state_dict(ck.get("aux", {}))
-        if ema is not None:
-            ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        step = int(ck["step"])
-        prior_minutes = float(ck.get("minutes", 0.0))
-        _set_rng(ck["rng"])
-        if ck.get("config_hash") != hashes["config_hash"]:
-            raise CheckpointError(f"{out / 'last.pt'} was trained with another config (hash {ck.get('config_hash')} vs "
-                             f"{hashes['config_hash']}); resume with the same config or start a new run")
+        step, prior_minutes = _resume(out / "last.pt", o, hashes)
     if tc.cbgs.enabled:
         from perception.data.cbgs import ResampledFrames, cbgs_indices, split_sample_classes
 
@@ -139,8 +225,6 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
     bs = cfg.data.loader.batch_size
     per_epoch = len(frames) // (bs * dist_info.world)
     if per_epoch < 1:
-        from perception.data.nuscenes import DatasetError
-
         raise DatasetError(f"split {tc.split} has {len(frames)} samples: fewer than one batch of {bs} per process")
 
     def epoch_loader(epoch: int, start_batch: int) -> Any:
@@ -166,51 +250,26 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
     history = out / "history.jsonl"
     epoch = step // per_epoch
     stop = False
-    net.train()
+    o.net.train()
     while step < tc.steps and not stop:
         frames.set_epoch(epoch)
         start = step - epoch * per_epoch  # resuming mid-epoch: start after the batches already seen
         for batch in epoch_loader(epoch, start):
-            targets = build_targets(batch["gt_boxes"], batch["gt_labels"], batch["gt_mask"], batch["gt_future"],
-                                    batch["gt_future_valid"], grid, len(cfg.classes))
-            inputs = [batch[k].to(dev, non_blocking=True) for k in INPUT_NAMES]
-            with torch.autocast(dev.type, enabled=use_amp):
-                outputs, extras = net(*inputs)
-            losses = detection_losses({k: v.float() for k, v in outputs.items()}, _to(targets, dev))
-            losses.update(camera_aux_losses(extras, batch, cfg))
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"step {step}: loss is {loss.item()} ({ {k: v.item() for k, v in losses.items()} })")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            gnorm = torch.nn.utils.clip_grad_norm_(train_net.parameters(), tc.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
+            loss, losses, gnorm = _train_step(o, batch, grid, cfg, dev, step)
             step += 1
-            if ema is not None:
-                ema.update(model, step)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}")
             if dist_info.main and (step % tc.log_every == 0 or step == tc.steps):
-                row = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in losses.items()},
-                       "lr": sched.get_last_lr()[0], "grad_norm": float(gnorm),
-                       "minutes": minutes()}
-                with open(history, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                for k, v in row.items():
-                    if k != "step":
-                        writer.add_scalar(f"train/{k}", v, step)
+                _log_step(history, writer, step, loss, losses, o.sched.get_last_lr()[0], gnorm, minutes())
             timed_out = (tc.max_minutes > 0 and (time.time() - t_start) / 60 >= tc.max_minutes) or \
                 (stop_after is not None and step >= stop_after)
             if dist_info.main and (step % tc.checkpoint_every == 0 or step == tc.steps or timed_out):
-                _save_state(out / "last.pt", model, cfg, stereo, opt, sched, step, hashes, minutes(),
-                            _aux_state(train_net, ema))
+                _save_state(out / "last.pt", o.model, cfg, stereo, o.opt, o.sched, step, hashes, minutes(),
+                            o.extra_state())
             if evaluate and tc.eval_every and step % tc.eval_every == 0 and dist_info.main and step < tc.steps:
-                _evaluate(ema.module if ema else model, cfg, dataroot, version, out / f"eval_step{step}", writer, step, stereo)
-                net.train()
+                _evaluate(o.final, cfg, dataroot, version, out / f"eval_step{step}", writer, step, stereo)
+                o.net.train()
             if step >= tc.steps or timed_out:
                 stop = True
                 break
@@ -220,12 +279,18 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
     total = minutes()
     summary: dict[str, Any] = {"steps": step, "minutes": total, "minutes_this_run": total - prior_minutes, **hashes}
     if dist_info.main:
-        final = ema.module if ema is not None else model  # train.ema: the averaged weights are the model
-        save_checkpoint(out / "model.pt", final, cfg, stereo, {**hashes, "steps": step, "ema": ema is not None})
+        # train.ema: the averaged weights are the model that is saved and evaluated
+        save_checkpoint(out / "model.pt", o.final, cfg, stereo, {**hashes, "steps": step, "ema": o.ema is not None})
         if evaluate:
-            summary["metrics"] = _evaluate(final, cfg, dataroot, version, out / "eval", writer, step, stereo)
+            summary["metrics"] = _evaluate(o.final, cfg, dataroot, version, out / "eval", writer, step, stereo)
         plot_history(history, out / "training_curve.png")
         writer.close()
+    _leave_distributed(dist_info)
+    return summary
+
+
+def _leave_distributed(dist_info: DistInfo) -> None:
+    """Wait for every rank, then destroy the process group if this run created it."""
     if dist_info.world > 1:
         import torch.distributed as dist
 
@@ -234,7 +299,6 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
             # a process that exits with a live gloo group can abort in the group's destructor ("terminate called
             # without an active exception", pytorch/pytorch#190489), failing the whole torchrun job
             dist.destroy_process_group()
-    return summary
 
 
 def _to(t: Any, dev: torch.device) -> Any:
@@ -261,18 +325,10 @@ def _set_rng(state: dict) -> None:
                      state["python_gauss"]))
 
 
-def _aux_state(train_net, ema) -> dict:
-    """What ``last.pt`` carries beside the network for an exact resume: the training-only heads (``aux``) and the
-    weight EMA (``ema``)."""
-    out = {"aux": train_net.aux_state_dict()}
-    if ema is not None:
-        out["ema"] = ema.state_dict()
-    return out
-
-
 def _save_state(path: Path, model, cfg, stereo, opt, sched, step: int, hashes: dict, minutes: float,
                 extra: dict | None = None) -> None:
-    """``minutes``: training time up to this step, over every run resumed into this one."""
+    """``minutes``: training time up to this step, over every run resumed into this one; ``extra``: more entries
+    (``_Optimisation.extra_state``)."""
     from perception.train.checkpoint import save_checkpoint
 
     save_checkpoint(path, model, cfg, stereo, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -284,11 +340,11 @@ def _evaluate(model, cfg, dataroot, version, out_dir: Path, writer, step: int, s
     """The minimal evaluation of the current weights on cfg.train.val_split (devkit metrics)."""
     from perception.data.nuscenes import NuScenesFrames
     from perception.eval.detection import evaluate_split, summary_line
-    from perception.pipeline import Pipeline, _TorchRunner
+    from perception.pipeline import Pipeline
 
     model.eval()
     frames = NuScenesFrames(cfg, dataroot, version, cfg.train.val_split)
-    pipe = Pipeline(cfg, _TorchRunner(model, next(model.parameters()).device), stereo)
+    pipe = Pipeline.from_module(model, cfg, stereo)
     summary = evaluate_split(lambda f: pipe.infer(f).to_nuscenes(), frames, out_dir)
     line = summary_line(summary)
     print(f"[eval step {step}] {cfg.train.val_split}: {line}", flush=True)

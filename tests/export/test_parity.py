@@ -24,6 +24,8 @@ from perception.data.synthetic.generate import VERSION
 from perception.model.network import INPUT_NAMES
 from small_model import small_config, small_net
 
+pytestmark = pytest.mark.slow  # full-size exports of real Frames, ONNX Runtime and polygraphy
+
 FRAMES = (0, 5, 11)  # three synth_val key frames
 RANGE_RTOL = 1e-4
 

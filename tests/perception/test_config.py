@@ -65,6 +65,10 @@ def test_yaml_booleans_are_not_strings():
     ({"name": "x", "data": {"grid": {"x_range": [10, -10]}}}, "grid.x_range: must be ordered"),
     ({"name": "x", "data": {"grid": {"resolution": 0.7}}}, "not a whole number of 0.7 m cells"),
     ({"name": "x", "data": {"grid": {"resolution": -1.0}}}, "grid.resolution: must be > 0"),
+    # +-50.4 m at 1.6 m: 63 cells, which built and then failed in the first forward pass (the decoder's stride 2)
+    ({"name": "x", "data": {"grid": {"x_range": [-50.4, 50.4], "resolution": 1.6}}},
+     "grid.x_range: 63 cells of 1.6 m over [-50.4, 50.4]; the BEV decoder's stride-2 context branch needs a "
+     "multiple of 2"),
     ({"name": "x", "classes": ["car", "spaceship"]}, "['spaceship'] are not nuScenes detection classes"),
     ({"name": "x", "data": {"gird": {}}}, "data.gird: unknown key; known keys here: ['augment', 'dropout', 'future_steps', 'grid', "),
     ({"name": "x", "data": {"image_size": [100, 352]}}, "data.image_size: (H, W) must be multiples of 8"),

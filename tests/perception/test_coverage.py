@@ -94,3 +94,26 @@ def test_coverage_check_warns_once_per_camera_set(caplog, stereo_rig):
 def test_cameras_per_voxel_must_be_a_non_negative_integer():
     with pytest.raises(ConfigError, match="cameras_per_voxel"):
         _config("synthetic_tiny", "model.camera.cameras_per_voxel=-1")
+
+
+def test_coverage_check_does_not_count_masked_cameras(caplog, nuscenes_rig):
+    """A 1-camera source through a 6-camera model: the 5 missing cameras are masked with an identity matrix (as
+    the replay's frame builder does). Counted, those identities 'see' thousands of voxels (the bug: "seen by 6");
+    with camera_valid they see nothing and no warning is given."""
+    cfg = _config("synthetic_tiny")  # cameras_per_voxel 2
+    front = input_affine((900, 1600), cfg.data.image_size) @ nuscenes_rig.cameras["CAM_FRONT"].img_from_ego
+    mats = np.stack([front] + [np.eye(4)] * 5).astype(np.float32)
+    valid = np.array([True] + [False] * 5)
+    names = tuple(nuscenes_rig.cameras)
+    with caplog.at_level(logging.WARNING, logger="perception.coverage"):
+        counted = CoverageCheck(cfg)(names, mats)  # the old call: every camera counted
+        assert counted is not None and counted.max_overlap > 2 and counted.voxels_over > 0
+        caplog.clear()
+        check = CoverageCheck(cfg)
+        assert check(names, mats, valid) is None  # one valid camera cannot exceed 2
+        assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+        three = np.array([True, True, True, False, False, False])
+        mats3 = np.stack([input_affine((900, 1600), cfg.data.image_size) @ c.img_from_ego
+                          for c in list(nuscenes_rig.cameras.values())[:3]] + [np.eye(4)] * 3).astype(np.float32)
+        cov = check(names, mats3, three)
+    assert cov is not None and cov.max_overlap <= 2 and cov.voxels_over == 0

@@ -3,6 +3,8 @@ import pytest
 
 import perception.demo as demo
 
+pytestmark = pytest.mark.slow  # the whole demo: data, training, export, replay
+
 
 @pytest.fixture()
 def small_demo(monkeypatch):

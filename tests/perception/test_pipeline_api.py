@@ -8,7 +8,7 @@ import torch
 from perception.data.nuscenes import NuScenesFrames
 from perception.data.synthetic.generate import VERSION
 from perception.model.network import build_model
-from perception.pipeline import Pipeline
+from perception.pipeline import Pipeline, TorchRunner, load_network
 from perception.train.checkpoint import CheckpointError, save_checkpoint
 from small_model import small_config
 
@@ -48,6 +48,26 @@ def test_infer_gives_detections_in_ego_and_global(ckpt, synth_root):
     np.testing.assert_allclose(r["translation"], g[:3, :3] @ det.boxes[0, :3] + g[:3, 3], atol=1e-4)
     assert isinstance(r["detection_score"], float) and len(r["rotation"]) == 4
     assert r["size"] == pytest.approx(list(det.boxes[0, 3:6]))
+
+
+def test_load_network_and_from_module_are_the_checkpoint_path(ckpt, synth_root):
+    """load_network rebuilds the saved weights exactly; a Pipeline over the module in memory (training's
+    evaluation) gives the detections of Pipeline.from_checkpoint."""
+    path, cfg, net = ckpt
+    loaded, cfg2, stereo = load_network(path)
+    assert cfg2 == cfg and stereo == ()
+    want = net.state_dict()
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, want[k]), k
+    _, cfg3, _ = load_network(path, overrides=["model.camera.cameras_per_voxel=3"])
+    assert cfg3.model.camera.cameras_per_voxel == 3
+    frame = NuScenesFrames(cfg, synth_root, VERSION, "synth_val")[1]
+    a = Pipeline.from_checkpoint(path, score_threshold=0.0).infer(frame)
+    pipe = Pipeline.from_module(loaded.eval(), cfg2, stereo, score_threshold=0.0)
+    assert isinstance(pipe.runner, TorchRunner) and pipe.runner.net is loaded
+    b = pipe.infer(frame)
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+    np.testing.assert_array_equal(a.scores, b.scores)
 
 
 def test_mismatched_checkpoint_is_a_clear_error(ckpt, tmp_path):

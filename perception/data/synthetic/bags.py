@@ -3,8 +3,8 @@
 One bag per scene holds every ``sample_data`` row of the scene (key frames and sweeps, all channels), so
 that the replay pipeline and ROS tools (``ros2 bag play``, Foxglove) see the drive as the car logged it.
 
-Topic layout (``TOPICS`` maps each pattern to its message type; the ``*_topic(channel)`` functions build
-the names):
+Topic layout (``perception.replay.topics.BAG_TOPICS``: the one table of patterns and message types, which the
+replay side parses with):
 
 =====================================  ================================  ==========================================
 topic                                  type                              content
@@ -36,25 +36,13 @@ from typing import Any
 import numpy as np
 
 from perception.data.io import SensorFileError, read_lidar_bin, read_radar_pcd
+from perception.data.nuscenes import scene_sample_data
+from perception.replay.topics import BAG_TOPICS, POSE_CHILD, POSE_PARENT
 
-CAMERA_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
-CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
-POINTCLOUD_TYPE = "sensor_msgs/msg/PointCloud2"
-TF_TYPE = "tf2_msgs/msg/TFMessage"
-
-TF_TOPIC = "/tf"
-TF_STATIC_TOPIC = "/tf_static"
-MAP_FRAME = "map"
-EGO_FRAME = "base_link"
-
-TOPICS: dict[str, str] = {
-    "/cameras/<CHANNEL>/image/compressed": CAMERA_IMAGE_TYPE,
-    "/cameras/<CHANNEL>/camera_info": CAMERA_INFO_TYPE,
-    "/radars/<CHANNEL>/points": POINTCLOUD_TYPE,
-    "/lidar/<CHANNEL>/points": POINTCLOUD_TYPE,
-    TF_TOPIC: TF_TYPE,
-    TF_STATIC_TOPIC: TF_TYPE,
-}
+CAMERA_IMAGE_TYPE = BAG_TOPICS["camera"].msgtype
+CAMERA_INFO_TYPE = BAG_TOPICS["camera_info"].msgtype
+POINTCLOUD_TYPE = BAG_TOPICS["radar"].msgtype
+TF_TYPE = BAG_TOPICS["tf"].msgtype
 
 # rosbags writes rosbag2 metadata v8 or v9 only. v8 stores offered_qos_profiles as a YAML string with
 # integer enums, the form Humble's rosbag2 itself writes; v9 switched to a nested list.
@@ -68,22 +56,6 @@ _NUMPY_DTYPE = {1: "i1", 2: "u1", 3: "<i2", 4: "<u2", 5: "<i4", 6: "<u4", 7: "<f
 
 _LIDAR_FIELDS = ("x", "y", "z", "intensity", "ring")
 _FLOAT32 = 7
-
-
-def camera_image_topic(channel: str) -> str:
-    return f"/cameras/{channel}/image/compressed"
-
-
-def camera_info_topic(channel: str) -> str:
-    return f"/cameras/{channel}/camera_info"
-
-
-def radar_points_topic(channel: str) -> str:
-    return f"/radars/{channel}/points"
-
-
-def lidar_points_topic(channel: str) -> str:
-    return f"/lidar/{channel}/points"
 
 
 def _typestore():
@@ -201,20 +173,6 @@ class _Messages:
         return self.serialize(self.TFMessage(transforms=transforms), TF_TYPE)
 
 
-def _scene_sample_data(nusc, scene_token: str) -> list[dict]:
-    """Every sample_data row of the scene (key frames and sweeps), sorted by (timestamp, channel).
-
-    A sweep's ``sample_token`` is the key frame it belongs to, so membership of that sample in the scene
-    decides, whatever the prev/next chains look like."""
-    scene = nusc.get("scene", scene_token)
-    samples = {s["token"] for s in nusc.sample if s["scene_token"] == scene["token"]}
-    rows = [sd for sd in nusc.sample_data if sd["sample_token"] in samples]
-    if not rows:
-        raise ValueError(f"scene {scene_token} ('{scene['name']}') has no sample_data rows; "
-                         "check the sample and sample_data tables of this dataset version")
-    return sorted(rows, key=lambda sd: (sd["timestamp"], sd["channel"]))
-
-
 def _check_files(nusc, rows: list[dict]) -> None:
     """Fail before the bag exists if any sensor file is missing (a half-written bag is worse than none)."""
     for sd in rows:
@@ -243,7 +201,7 @@ def write_scene_bag(nusc, scene_token: str, out_path: Path) -> dict:
     if out_path.exists():
         raise FileExistsError(f"{out_path}: bag output exists already; rosbag2 writers never overwrite, "
                               "remove it or choose another path")
-    rows = _scene_sample_data(nusc, scene_token)
+    rows = scene_sample_data(nusc, scene_token)
     _check_files(nusc, rows)
     build = _Messages()
     counts: dict[str, int] = {}
@@ -287,9 +245,9 @@ def _write_static_tf(nusc, rows: list[dict], build: _Messages, write) -> None:
             raise ValueError(f"channel {sd['channel']} changes calibration within the scene (calibrated_sensor "
                              f"{seen['token']} then {cs['token']}, at sample_data {sd['token']}); "
                              "/tf_static can hold only one base_link -> sensor transform per channel")
-    transforms = [build.transform(first, EGO_FRAME, channel, cs["translation"], cs["rotation"])
+    transforms = [build.transform(first, POSE_CHILD, channel, cs["translation"], cs["rotation"])
                   for channel, cs in sorted(sensors.items())]
-    write(TF_STATIC_TOPIC, TF_TYPE, first, build.tf(transforms), qos=[_latched_qos()])
+    write(BAG_TOPICS["tf_static"].topic(), TF_TYPE, first, build.tf(transforms), qos=[_latched_qos()])
 
 
 def _write_ego_tf(nusc, same_stamp: list[dict], build: _Messages, write) -> None:
@@ -306,7 +264,7 @@ def _write_ego_tf(nusc, same_stamp: list[dict], build: _Messages, write) -> None
                 raise ValueError(f"ego_pose {pose['token']} (sample_data {sd['token']}) and ego_pose {o['token']} "
                                  f"(sample_data {other['token']}) share timestamp {ts} but differ; "
                                  "/tf holds one ego pose per timestamp")
-    write(TF_TOPIC, TF_TYPE, ts, build.tf([build.transform(ts, MAP_FRAME, EGO_FRAME,
+    write(BAG_TOPICS["tf"].topic(), TF_TYPE, ts, build.tf([build.transform(ts, POSE_PARENT, POSE_CHILD,
                                                             pose["translation"], pose["rotation"])]))
 
 
@@ -320,8 +278,9 @@ def _write_sensor(nusc, sd: dict, build: _Messages, write) -> None:
             if k.shape != (3, 3):
                 raise ValueError(f"calibrated_sensor {cs['token']} (channel {channel}) has camera_intrinsic of "
                                  f"shape {k.shape}, expected (3, 3)")
-            write(camera_image_topic(channel), CAMERA_IMAGE_TYPE, ts, build.image(ts, channel, path.read_bytes()))
-            write(camera_info_topic(channel), CAMERA_INFO_TYPE, ts,
+            write(BAG_TOPICS["camera"].topic(channel), CAMERA_IMAGE_TYPE, ts,
+                  build.image(ts, channel, path.read_bytes()))
+            write(BAG_TOPICS["camera_info"].topic(channel), CAMERA_INFO_TYPE, ts,
                   build.camera_info(ts, channel, sd["width"], sd["height"], k))
         elif modality == "radar":
             cloud = read_radar_pcd(path)
@@ -329,12 +288,12 @@ def _write_sensor(nusc, sd: dict, build: _Messages, write) -> None:
             if tuple(name for name, _ in layout) != cloud.fields:
                 raise SensorFileError(path, f"PCD header fields {[n for n, _ in layout]} differ from the "
                                             f"fields read {list(cloud.fields)}")
-            write(radar_points_topic(channel), POINTCLOUD_TYPE, ts,
+            write(BAG_TOPICS["radar"].topic(channel), POINTCLOUD_TYPE, ts,
                   build.point_cloud(ts, channel, cloud.points, layout))
         elif modality == "lidar":
             cloud = read_lidar_bin(path)
             layout = [(name, _FLOAT32) for name in _LIDAR_FIELDS]
-            write(lidar_points_topic(channel), POINTCLOUD_TYPE, ts,
+            write(BAG_TOPICS["lidar"].topic(channel), POINTCLOUD_TYPE, ts,
                   build.point_cloud(ts, channel, cloud.points, layout))
         else:
             raise ValueError(f"sample_data {sd['token']} (channel {channel}) has sensor modality '{modality}'; "

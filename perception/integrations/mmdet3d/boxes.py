@@ -18,13 +18,14 @@ from __future__ import annotations
 from typing import TypeVar
 
 import numpy as np
-import torch
 
-BoxArray = TypeVar("BoxArray", np.ndarray, torch.Tensor)
+# numpy arrays or torch tensors; torch is not imported here, so that ``infos`` (and perception-infer --info with
+# --onnx / --engine) run without it
+BoxArray = TypeVar("BoxArray")
 
 
 def _copy(boxes: BoxArray) -> BoxArray:
-    return boxes.clone() if isinstance(boxes, torch.Tensor) else np.array(boxes, copy=True)
+    return boxes.clone() if hasattr(boxes, "clone") else np.array(boxes, copy=True)
 
 
 def to_mmdet3d(boxes: BoxArray) -> BoxArray:

@@ -46,7 +46,8 @@ def radar_image_features(points: Tensor, valid: Tensor, img_from_ego: Tensor, fe
 
     The Gaussian is separable (a cell's column fixes its u, its row its v), so every channel's weighted sum over
     points is a matrix product: sum_p ev[row, p] x_p eu[col, p] = (ev * x) @ eu^T. Equal to the dense form
-    ``radar_image_features_dense`` (tested) with (Hf + Wf) P instead of Hf Wf P exponentials."""
+    ``tests/reference/model.py::radar_image_features_dense`` (tested) with (Hf + Wf) P instead of Hf Wf P
+    exponentials."""
     b, n = img_from_ego.shape[:2]
     hf, wf = feat_hw
     u, v, d = project(points[:, None, :, :3], img_from_ego)  # each (B, N, P)
@@ -65,28 +66,6 @@ def radar_image_features(points: Tensor, valid: Tensor, img_from_ego: Tensor, fe
     occ = sums[:, :, 0:1]
     means = sums[:, :, 1:] / (occ + 1e-3)
     return torch.cat([torch.clamp(occ, max=4.0), means], dim=2)
-
-
-def radar_image_features_dense(points: Tensor, valid: Tensor, img_from_ego: Tensor, feat_hw: tuple[int, int],
-                               image_hw: tuple[int, int], rcs_index: int, dt_index: int,
-                               sigma_u: float = 1.0, sigma_v: float = 3.0) -> Tensor:
-    """The defining form of ``radar_image_features``: a dense (cameras x Hf Wf x P) Gaussian (reference for tests)."""
-    b, n = img_from_ego.shape[:2]
-    hf, wf = feat_hw
-    u, v, d = project(points[:, None, :, :3], img_from_ego)  # each (B, N, P)
-    cu, cv = feature_pixel_centres(hf, wf, image_hw, points.device)  # (Hf*Wf,)
-    su, sv = sigma_u * image_hw[1] / wf, sigma_v * image_hw[0] / hf  # pixels
-    du = (cu.view(1, 1, -1, 1) - u.unsqueeze(2)) / su  # (B, N, Hf*Wf, P)
-    dv = (cv.view(1, 1, -1, 1) - v.unsqueeze(2)) / sv
-    ok = (valid.unsqueeze(1) & (d > 0.5)).to(points.dtype).unsqueeze(2)  # (B, N, 1, P)
-    w = torch.exp(-0.5 * (du * du + dv * dv)) * ok  # (B, N, Hf*Wf, P)
-    occ = w.sum(-1)  # (B, N, Hf*Wf)
-    denom = occ + 1e-3
-    logd = (w * torch.log(torch.clamp(d, min=0.5)).unsqueeze(2)).sum(-1) / denom
-    rcs = (w * (points[..., rcs_index] / 20.0).view(b, 1, 1, -1)).sum(-1) / denom
-    dt = (w * torch.abs(points[..., dt_index]).view(b, 1, 1, -1)).sum(-1) / denom
-    out = torch.stack([torch.clamp(occ, max=4.0), logd, rcs, dt], dim=2)  # (B, N, 4, Hf*Wf)
-    return out.view(b, n, RADAR_IMAGE_CHANNELS, hf, wf)
 
 
 def l2_normalize(x: Tensor, dim: int, eps: float = 1e-6) -> Tensor:

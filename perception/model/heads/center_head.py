@@ -15,8 +15,8 @@ HEATMAP_PRIOR = 0.1  # initial foreground probability: bias -log((1 - p) / p) = 
 
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    """3x3 conv + BatchNorm + ReLU. BatchNorm, not GroupNorm: GroupNorm exports as InstanceNormalization,
-    which is outside the TensorRT-native op budget; BatchNorm folds into the conv at export."""
+    """3x3 conv + BatchNorm + ReLU. BatchNorm whatever ``model.norm`` says (which switches the camera backbone and
+    neck only, to ``camera/backbone.py``'s export-friendly GroupNorm): it folds into the conv at export."""
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
                          nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 

@@ -1,6 +1,6 @@
 """Radar pillars -> BEV features, with only TensorRT-native ops.
 
-Points arrive grouped per pillar by the numba preprocessing (``perception.data.radar.pillarize``):
+Points arrive grouped per pillar by the numba preprocessing (``perception.data.radar_pillars.pillarize``):
 ``(P_pillars, N_per_pillar, F)`` with cell indices and masks. A per-point MLP, a masked max over each pillar's
 points (no scatter reduction needed), then the pillar vectors are written onto the BEV canvas with a scatter
 WITHOUT reduction: real pillars have unique cells, padded pillars all go to one dummy cell (index H*W) holding
@@ -12,8 +12,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-# Point feature scales (the pillarised fields: x y z rcs vx vy dt, then dx dy): bring inputs to O(1).
-DEFAULT_SCALES = (50.0, 50.0, 2.0, 20.0, 10.0, 10.0, 0.5, 1.0, 1.0)
+from perception.config import PILLAR_FEATURES
+
+# Point feature scales by name (m, m, m, dBsm, m/s, m/s, s, m, m): bring inputs to O(1).
+FEATURE_SCALES = {"x": 50.0, "y": 50.0, "z": 2.0, "rcs": 20.0, "vx": 10.0, "vy": 10.0, "dt": 0.5, "dx": 1.0, "dy": 1.0}
+DEFAULT_SCALES = tuple(FEATURE_SCALES[name] for name in PILLAR_FEATURES)
 
 
 def scatter_to_canvas(pillar_feats: Tensor, cells: Tensor, pillar_mask: Tensor, bev_shape: tuple[int, int]) -> Tensor:

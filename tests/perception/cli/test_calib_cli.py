@@ -177,3 +177,97 @@ def test_validate_with_config_reports_the_lift_overlap(capsys):
     err = capsys.readouterr().err
     assert err.startswith("warning: ") and "816 voxel(s) are seen by more (up to 3)" in err
     assert "cameras_per_voxel >= 3" in err
+
+
+def test_overlay_mosaic_doppler_colours_and_gt_boxes(tmp_path, capsys):
+    """Two --image: a mosaic of two 800-px tiles (+ the colour bar); --color-by doppler: an approaching return blue,
+    a receding one red, where they project; --labels (View-of-Delft JSON): the car's box drawn in its class colour
+    in the tile that sees it."""
+    import json
+
+    from PIL import Image
+
+    from calibration.io import load_rig
+    from calibration.transforms import project_points
+    from perception.visualize import CLASS_COLOURS, hex_to_rgb, mosaic_layout
+
+    rig_path = write(tmp_path, EXAMPLE)
+    rig = load_rig(rig_path)
+    for name in ("l", "r"):
+        Image.fromarray(np.full((900, 1600, 3), 128, np.uint8)).save(tmp_path / f"{name}.png")
+    pts = np.zeros((2, 7), np.float32)  # x, y, z, rcs, v_r, v_r_compensated, time
+    pts[0, :3], pts[0, 5] = [10.0, 0.25, 1.51], 4.0  # receding
+    pts[1, :3], pts[1, 5] = [20.0, 3.0, 1.0], -4.0  # approaching
+    pts.tofile(tmp_path / "radar.bin")
+    label = [{"className": "car", "geometry": {"center": {"x": 15.0, "y": 1.0, "z": -0.8},
+                                               "size": {"length": 4.5, "width": 1.9, "height": 1.6},
+                                               "quaternion": {"x": 0.0, "y": 0.0, "z": 0.0, "w": 1.0}}}]
+    (tmp_path / "labels.json").write_text(json.dumps(label))
+    out = tmp_path / "m.png"
+    assert main(["overlay", "--rig", str(rig_path), "--image", f"CAM_FRONT_L={tmp_path / 'l.png'}",
+                 "--image", f"CAM_FRONT_R={tmp_path / 'r.png'}", "--points", str(tmp_path / "radar.bin"),
+                 "--points-format", "vod-radar", "--color-by", "doppler", "--labels", str(tmp_path / "labels.json"),
+                 "--out", str(out)]) == 0
+    assert "4 projections of 2 points inside the 2 images (coloured by doppler); 1 GT boxes" in capsys.readouterr().out
+    places, (tw, th) = mosaic_layout([(900, 1600)] * 2)
+    assert places == [(0, 0, 0.5), (800, 0, 0.5)] and (tw, th) == (1600, 450)
+    png = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert png.shape[:2] == (450, round(1600 * 1.08))
+    for i, channel in enumerate(("CAM_FRONT_L", "CAM_FRONT_R")):
+        uvd = project_points(rig.cameras[channel].img_from_ego, pts[:, :3].astype(np.float64)) * 0.5
+        for (u, v, _), redder in zip(uvd, (True, False)):
+            patch = png[int(v) - 2:int(v) + 3, 800 * i + int(u) - 2:800 * i + int(u) + 3].reshape(-1, 3)
+            diff = patch[:, 0] - patch[:, 2]
+            assert (diff.max() > 80) if redder else (diff.min() < -80), (channel, patch)
+        # the car's box: class-coloured pixels around its projected centre (the box spans ~110 px here)
+        centre = project_points(rig.cameras[channel].img_from_ego, np.array([[15.0, -1.0, 0.8]]))[0] * 0.5
+        u, v = int(centre[0]) + 800 * i, int(centre[1])
+        region = png[v - 60:v + 60, u - 80:u + 80].reshape(-1, 3)
+        assert (np.abs(region - hex_to_rgb(CLASS_COLOURS["car"])).sum(axis=1) < 60).sum() > 50, channel
+
+
+def test_overlay_rejects_colour_fields_the_points_lack(tmp_path, capsys):
+    from PIL import Image
+
+    rig_path = write(tmp_path, EXAMPLE)
+    Image.fromarray(np.full((900, 1600, 3), 128, np.uint8)).save(tmp_path / "img.png")
+    np.save(tmp_path / "p.npy", np.array([[10.0, 0.0, 1.0]]))
+    for colour in ("doppler", "rcs"):
+        assert main(["overlay", "--rig", str(rig_path), "--image", f"CAM_FRONT_L={tmp_path / 'img.png'}",
+                     "--points", str(tmp_path / "p.npy"), "--color-by", colour, "--out", str(tmp_path / "o.png")]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "p.npy" in err[0] and f"--color-by {colour}" in err[0]
+
+
+def test_nuscenes_radar_doppler_is_the_radial_compensated_speed():
+    from perception.cli.calib import _point_values
+    from perception.data.io import PointCloud
+
+    fields = ("x", "y", "z", "vx_comp", "vy_comp")
+    cloud = PointCloud(np.array([[10, 0, 0, 2, 0], [0, 10, 0, 2, 0], [-3, -4, 0, 3, 4]], np.float32), fields)
+    np.testing.assert_allclose(_point_values(cloud, "doppler", "x.pcd"), [2.0, 0.0, -5.0], atol=1e-6)
+
+
+@pytest.mark.realdata
+def test_real_six_camera_mosaic_with_info_gt_and_vod_labels(realdata, tmp_path, capsys):
+    """The real key frame: six 1600x900 images -> a 3x2 mosaic of 800x450 tiles with the lidar sweep and the info
+    file's 69 GT boxes; View-of-Delft: Doppler colours and the label file's boxes."""
+    from PIL import Image
+
+    demo = realdata / "nuscenes_demo"
+    pkl = next(demo.glob("*.pkl"))
+    assert main(["convert", "--from", "mmdet3d-info", str(pkl), "--out", str(tmp_path / "demo.yaml")]) == 0
+    images = [f"{c}={next(demo.glob(f'*__{c}__*.jpg'))}" for c in
+              ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT")]
+    argv = ["overlay", "--rig", str(tmp_path / "demo.yaml"), "--points", str(next(demo.glob("*.pcd.bin"))),
+            "--frame", "sensor:LIDAR_TOP", "--info", str(pkl), "--out", str(tmp_path / "m.png")]
+    assert main(argv + [a for img in images for a in ("--image", img)]) == 0
+    assert "inside the 6 images (coloured by depth); 69 GT boxes" in capsys.readouterr().out
+    assert Image.open(tmp_path / "m.png").size == (round(2400 * 1.08), 900)
+    vod = realdata / "vod" / "radar" / "training"
+    assert main(["convert", "--from", "kitti", str(vod / "calib" / "00549.txt"), "--image",
+                 str(vod / "image_2" / "00549.jpg"), "--out", str(tmp_path / "vod.yaml")]) == 0
+    assert main(["overlay", "--rig", str(tmp_path / "vod.yaml"), "--image", f"CAM_FRONT={vod / 'image_2' / '00549.jpg'}",
+                 "--points", str(vod / "velodyne" / "00549.bin"), "--points-format", "vod-radar", "--color-by",
+                 "doppler", "--labels", str(vod / "label_2" / "00549.json"), "--out", str(tmp_path / "v.png")]) == 0
+    assert "(coloured by doppler); 15 GT boxes" in capsys.readouterr().out

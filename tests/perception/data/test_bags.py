@@ -23,14 +23,11 @@ from perception.data.io import (
     read_radar_pcd,
     write_radar_pcd,
 )
-from perception.data.synthetic.bags import (
-    TOPICS,
-    camera_image_topic,
-    camera_info_topic,
-    lidar_points_topic,
-    radar_points_topic,
-    write_scene_bag,
-)
+from perception.data.synthetic.bags import write_scene_bag
+from perception.replay.topics import BAG_TOPICS, default_topic_map
+
+camera_image_topic, camera_info_topic = BAG_TOPICS["camera"].topic, BAG_TOPICS["camera_info"].topic
+radar_points_topic, lidar_points_topic = BAG_TOPICS["radar"].topic, BAG_TOPICS["lidar"].topic
 
 VERSION = "v1.0-bagtest"
 IMAGE_W, IMAGE_H = 64, 36  # 1600x900 scaled by 0.04: tiny JPEGs keep the test fast
@@ -252,7 +249,21 @@ def test_topic_layout_names():
     assert camera_info_topic("CAM_FRONT") == "/cameras/CAM_FRONT/camera_info"
     assert radar_points_topic("RADAR_FRONT") == "/radars/RADAR_FRONT/points"
     assert lidar_points_topic("LIDAR_TOP") == "/lidar/LIDAR_TOP/points"
-    assert TOPICS["/tf_static"] == TOPICS["/tf"] == "tf2_msgs/msg/TFMessage"
+    assert BAG_TOPICS["tf_static"].topic() == "/tf_static" and BAG_TOPICS["tf"].topic() == "/tf"
+    assert BAG_TOPICS["tf_static"].msgtype == BAG_TOPICS["tf"].msgtype == "tf2_msgs/msg/TFMessage"
+    # the table that names the topics parses them back (the writer and the replay side share it)
+    for kind, pattern in BAG_TOPICS.items():
+        ch = "" if kind.startswith("tf") else "RADAR_FRONT_LEFT"
+        assert pattern.channel(pattern.topic(ch)) == ch, kind
+        assert all(other.channel(pattern.topic(ch)) is None for k, other in BAG_TOPICS.items() if k != kind)
+    assert BAG_TOPICS["camera"].channel("/cameras/A/B/image/compressed") is None  # a channel has no slash
+    tmap = default_topic_map([camera_image_topic("CAM_FRONT"), camera_info_topic("CAM_FRONT"),
+                              radar_points_topic("RADAR_FRONT"), lidar_points_topic("LIDAR_TOP")],
+                             {"RADAR_FRONT": "radial"})
+    assert tmap.cameras["CAM_FRONT"].image == "/cameras/CAM_FRONT/image/compressed"
+    assert tmap.cameras["CAM_FRONT"].info == "/cameras/CAM_FRONT/camera_info"
+    assert tmap.radars["RADAR_FRONT"].topic == "/radars/RADAR_FRONT/points"
+    assert tmap.radars["RADAR_FRONT"].doppler == "radial" and tmap.ignore == ("/lidar/LIDAR_TOP/points",)
 
 
 def test_counts_per_topic_match_sample_data(bag, messages, scene_rows, dataset, nuscenes_rig):

@@ -10,7 +10,8 @@ from calibration.sync import PoseStream
 from calibration.transforms import make_transform, yaw_to_quaternion
 from perception.config import RADAR_POINT_FIELDS
 from perception.data.io import DEVKIT_DEFAULT, KEEP_ALL, RadarFilter, write_radar_pcd
-from perception.data.radar import SweepRef, accumulate, accumulate_reference
+from perception.data.radar import SweepRef, accumulate
+from reference.data import accumulate_reference
 
 T0 = 10_000_000
 

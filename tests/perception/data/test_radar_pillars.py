@@ -6,13 +6,8 @@ import pytest
 from numpy.testing import assert_array_equal
 
 from perception.data.io import DEVKIT_DEFAULT, read_radar_pcd, read_vod_radar
-from perception.data.radar_pillars import (
-    PillarGrid,
-    Pillars,
-    pillarize,
-    pillarize_reference,
-    scatter_reference,
-)
+from perception.data.radar_pillars import PillarGrid, Pillars, pillarize
+from reference.data import pillarize_reference, scatter_reference
 
 IMPLEMENTATIONS = {"numba": pillarize, "reference": pillarize_reference}
 GRIDS = (

@@ -5,10 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from perception.cli.test import main
 from perception.data.synthetic.generate import VERSION
+
+pytestmark = pytest.mark.slow  # perception-test end to end in subprocesses, sharded
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -80,3 +83,49 @@ def test_sharded_equals_single_process(synth_root, small_ckpt, tmp_path):
     r1 = json.loads((single / "results_nusc.json").read_text())["results"]
     r2 = json.loads((sharded / "results_nusc.json").read_text())["results"]
     assert r1.keys() == r2.keys()
+
+
+def _unannotated_copy(root: Path, dst: Path) -> Path:
+    """The synthetic root as a test split looks: the same sensor data, no annotations (v1.0-test style)."""
+    (dst / VERSION).mkdir(parents=True)
+    for item in root.iterdir():
+        if item.name != VERSION:
+            (dst / item.name).symlink_to(item)
+    for table in (root / VERSION).iterdir():
+        if table.name in ("sample_annotation.json", "instance.json"):
+            (dst / VERSION / table.name).write_text("[]")
+        else:
+            (dst / VERSION / table.name).symlink_to(table)
+    return dst
+
+
+def test_results_only_writes_a_checked_submission_for_a_split_without_annotations(synth_root, small_ckpt, tmp_path,
+                                                                                   capsys):
+    from nuscenes.eval.common.loaders import load_prediction
+    from nuscenes.eval.detection.data_classes import DetectionBox
+
+    from perception.data.nuscenes import NuScenesFrames
+    from small_model import small_config
+
+    root = _unannotated_copy(synth_root, tmp_path / "test_root")
+    out = tmp_path / "sub"
+    assert main(["--checkpoint", str(small_ckpt), *_args(root, out, "--results-only")]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "accepted by the nuScenes devkit's loader" in line and "14 samples" in line
+    boxes, meta = load_prediction(str(out / "results_nusc.json"), 500, DetectionBox)
+    tokens = [s.token for s in NuScenesFrames(small_config(), root, VERSION, "synth_val").samples]
+    assert sorted(boxes.sample_tokens) == sorted(tokens)
+    assert set(meta) == {"use_camera", "use_lidar", "use_radar", "use_map", "use_external"}
+    assert sorted(p.name for p in out.iterdir()) == ["results_nusc.json"]  # no evaluation, no temporary file
+
+
+def test_no_progress_silences_every_progress_bar(synth_root, tmp_path, capsys):
+    """--no-progress: nothing on stderr (the devkit's GT loader drew its own bar regardless); without it the bars
+    are there."""
+    argv = ["--oracle", "gt", "--config", str(REPO / "configs" / "synthetic_tiny.yaml"), "--max-samples", "2"]
+    assert main([*argv, *_args(synth_root, tmp_path / "quiet")]) == 0
+    assert capsys.readouterr().err == ""
+    noisy = [a for a in _args(synth_root, tmp_path / "noisy") if a != "--no-progress"]
+    assert main([*argv, *noisy]) == 0
+    err = capsys.readouterr().err
+    assert "test:" in err and err.count("it/s]") + err.count("frame/s]") + err.count("s/it]") >= 2

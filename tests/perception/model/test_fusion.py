@@ -10,17 +10,18 @@ import pytest
 import torch
 
 from perception.model.fusion import (ConvFusion, CrossAttentionFusion, DeformableCrossAttention, FusionLayer,
-                                     deformable_sample, deformable_sample_reference)
+                                     deformable_sample)
+from reference.model import deformable_sample_reference
 
 
 def _random_sample_inputs(gen: torch.Generator, B: int, C: int, heads: int, shapes: list[tuple[int, int]], Q: int,
                           P: int, offset_scale: float):
     values = [torch.randn(B, C, h, w, generator=gen) for h, w in shapes]
-    ref_xy = torch.rand(B, Q, 2, generator=gen)
+    ref_uv = torch.rand(B, Q, 2, generator=gen)
     offsets = torch.randn(B, Q, heads, len(shapes), P, 2, generator=gen) * offset_scale
     logits = torch.randn(B, Q, heads, len(shapes) * P, generator=gen)
     weights = logits.softmax(-1).reshape(B, Q, heads, len(shapes), P)  # (B, Q, heads, L, P)
-    return values, ref_xy, offsets, weights
+    return values, ref_uv, offsets, weights
 
 
 @pytest.mark.parametrize("B,C,heads,shapes,Q,P,offset_scale", [
@@ -31,12 +32,12 @@ def _random_sample_inputs(gen: torch.Generator, B: int, C: int, heads: int, shap
 ])
 def test_deformable_sample_matches_reference(B, C, heads, shapes, Q, P, offset_scale):
     gen = torch.Generator().manual_seed(B * 100 + C * 10 + Q)
-    values, ref_xy, offsets, weights = _random_sample_inputs(gen, B, C, heads, shapes, Q, P, offset_scale)
-    loc = ref_xy[:, :, None, None, None, :] + offsets  # (B, Q, heads, L, P, 2)
+    values, ref_uv, offsets, weights = _random_sample_inputs(gen, B, C, heads, shapes, Q, P, offset_scale)
+    loc = ref_uv[:, :, None, None, None, :] + offsets  # (B, Q, heads, L, P, 2)
     outside = ((loc < 0) | (loc > 1)).any(-1).float().mean()
     assert outside > 0.02, "the random offsets must push some samples outside the map"
-    fast = deformable_sample(values, ref_xy, offsets, weights, heads)
-    slow = deformable_sample_reference(values, ref_xy, offsets, weights, heads)
+    fast = deformable_sample(values, ref_uv, offsets, weights, heads)
+    slow = deformable_sample_reference(values, ref_uv, offsets, weights, heads)
     assert fast.shape == (B, Q, C)
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-5)
 
@@ -47,12 +48,12 @@ def test_deformable_sample_reads_cell_centres_exactly():
     gen = torch.Generator().manual_seed(0)
     values = [torch.randn(1, C, H, W, generator=gen), torch.randn(1, C, H, W, generator=gen)]
     cells = [(i, j) for i in range(H) for j in range(W)]
-    ref_xy = torch.tensor([[((j + 0.5) / W, (i + 0.5) / H) for i, j in cells]])  # (1, Q, 2)
+    ref_uv = torch.tensor([[((j + 0.5) / W, (i + 0.5) / H) for i, j in cells]])  # (1, Q, 2)
     offsets = torch.zeros(1, len(cells), heads, 2, P, 2)
     for level in (0, 1):
         weights = torch.zeros(1, len(cells), heads, 2, P)
         weights[..., level, 1] = 1.0  # all attention on point 1 of this level
-        out = deformable_sample(values, ref_xy, offsets, weights, heads)  # (1, Q, C)
+        out = deformable_sample(values, ref_uv, offsets, weights, heads)  # (1, Q, C)
         expected = values[level][0].flatten(1).T  # (H*W, C), row-major cells as in `cells`
         torch.testing.assert_close(out[0], expected, rtol=0, atol=1e-6)
 
@@ -61,10 +62,10 @@ def test_deformable_sample_golden_interpolation_and_zero_padding():
     """Hand-computed values: the corner shared by four cells averages them; half a cell beyond the left edge
     the bilinear weight of the (missing) outside column is zero-padded, so half of the edge value remains."""
     value = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])[None, None]  # (1, 1, H=2, W=3)
-    ref_xy = torch.tensor([[[1 / 3, 0.5], [0.0, 0.25], [2 / 3, 1.0]]])  # (1, 3, 2)
+    ref_uv = torch.tensor([[[1 / 3, 0.5], [0.0, 0.25], [2 / 3, 1.0]]])  # (1, 3, 2)
     offsets = torch.zeros(1, 3, 1, 1, 1, 2)
     weights = torch.ones(1, 3, 1, 1, 1)
-    out = deformable_sample([value], ref_xy, offsets, weights, 1)[0, :, 0]  # (3,)
+    out = deformable_sample([value], ref_uv, offsets, weights, 1)[0, :, 0]  # (3,)
     # corner between cells (0,0),(0,1),(1,0),(1,1): mean(1, 2, 4, 5); left edge of cell (0,0): 0.5 * 1;
     # x at the corner between columns 1 and 2, y half a cell below the bottom row centre: 0.5 * mean(5, 6)
     torch.testing.assert_close(out, torch.tensor([3.0, 0.5, 2.75]), rtol=0, atol=1e-6)
@@ -92,9 +93,9 @@ def test_attention_offsets_are_in_cells_of_each_level():
     values = [torch.randn(1, C, 4, 6, generator=gen), torch.randn(1, C, 5, 9, generator=gen)]
     H, W = 5, 9
     cells = [(2, 3), (4, 0), (1, 7)]
-    ref_xy = torch.tensor([[((j + 0.5) / W, (i + 0.5) / H) for i, j in cells]])  # (1, 3, 2), level-1 centres
+    ref_uv = torch.tensor([[((j + 0.5) / W, (i + 0.5) / H) for i, j in cells]])  # (1, 3, 2), level-1 centres
     query = torch.randn(1, len(cells), C, generator=gen)
-    out = attn(query, torch.zeros_like(query), ref_xy, values)  # (1, 3, C)
+    out = attn(query, torch.zeros_like(query), ref_uv, values)  # (1, 3, C)
     expected = torch.stack([values[1][0, :, i - 1, j + 1] for i, j in cells])  # (3, C)
     torch.testing.assert_close(out[0], expected, rtol=0, atol=1e-5)
 
@@ -124,13 +125,13 @@ def test_deformable_cross_attention_and_layer_shapes_and_gradients():
     B, Q, C = 2, 10, 16
     layer = FusionLayer(C, heads=4, levels=2, points=3)
     query, pos = torch.randn(B, Q, C), torch.randn(1, Q, C)
-    ref_xy = torch.rand(B, Q, 2)
+    ref_uv = torch.rand(B, Q, 2)
     values = [torch.randn(B, C, 6, 8), torch.randn(B, C, 6, 8)]
-    out = layer(query, pos, ref_xy, values)
+    out = layer(query, pos, ref_uv, values)
     assert out.shape == (B, Q, C) and torch.isfinite(out).all()
     _assert_all_parameters_get_gradient(layer, out)
     with pytest.raises(ValueError, match="num_levels=2"):
-        layer.cross_attn(query, pos, ref_xy, values[:1])
+        layer.cross_attn(query, pos, ref_uv, values[:1])
 
 
 CAM_C, RADAR_C, CH, BEV = 12, 6, 16, (8, 10)

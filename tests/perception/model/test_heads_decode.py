@@ -18,11 +18,11 @@ from perception.model.decode import (
     OUTPUT_NAMES,
     BevGrid,
     Decoder,
-    attribute_from_class_and_speed,
     decode,
-    decode_reference,
     max_pool_nms,
 )
+from perception.attributes import attribute_from_class_and_speed
+from reference.model import decode_reference
 from perception.model.heads.center_head import REGRESSIONS, CenterHead
 from perception.model.heads.trajectory_head import TrajectoryHead
 

@@ -6,12 +6,14 @@ import torch
 from calibration.transforms import make_transform, quaternion_to_matrix, yaw_to_quaternion
 import torch.nn.functional as F
 
-from perception.model.camera.depth import DepthNet, plane_sweep_cost, radar_image_features, radar_image_features_dense
+from perception.model.camera.depth import DepthNet, plane_sweep_cost, radar_image_features
 from perception.model.geometry import inverse_projective
 from perception.coverage import cameras_seeing
 from perception.model.lift import (BackwardLift, BevGridPoints, DepthBins, atlas_grid, camera_slots, depth_at_voxels,
-                                   depth_probability, depth_probability_tent, side_by_side)
+                                   depth_probability, side_by_side)
 from perception.model.radar.encoder import PillarEncoder, scatter_to_canvas
+from reference.data import scatter_reference
+from reference.model import depth_probability_tent, lift_voxels, radar_image_features_dense
 
 FORWARD = np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], float)  # ego_from_camera rotation, looking along +x
 H_IMG, W_IMG = 128, 352
@@ -67,12 +69,12 @@ def test_feature_at_projected_pixel_arrives_in_its_bev_cell():
         feats[0, 0, :, int(round(v)), int(round(u))] = 1.0
         prob = torch.zeros(1, 1, 48, hf, wf)
         prob[0, 0, int(np.clip(np.floor((d - 1.0) / bins.width), 0, 47))] = 1.0  # the bin containing the point
-        vox = lift.lift_voxels(feats, prob, m.view(1, 1, 4, 4), torch.ones(1, 1, dtype=torch.bool), (H_IMG, W_IMG))
+        vox = lift_voxels(lift, feats, prob, m.view(1, 1, 4, 4), torch.ones(1, 1, dtype=torch.bool), (H_IMG, W_IMG))
         bev = vox[0, 0].sum(0)  # (H, W)
         assert bev.max() > 0.05
         assert np.unravel_index(int(bev.argmax()), bev.shape) == (cell_i, cell_j)
     # an invalid camera lifts nothing
-    vox = lift.lift_voxels(feats, prob, m.view(1, 1, 4, 4), torch.zeros(1, 1, dtype=torch.bool), (H_IMG, W_IMG))
+    vox = lift_voxels(lift, feats, prob, m.view(1, 1, 4, 4), torch.zeros(1, 1, dtype=torch.bool), (H_IMG, W_IMG))
     assert vox.abs().max() == 0
 
 
@@ -110,7 +112,7 @@ def test_lift_forward_equals_the_defining_form(cameras_per_voxel):
     valid[1, 2] = False
     with torch.no_grad():
         out = lift(feats, prob, _ring_rig(b, n), valid, (H_IMG, W_IMG))
-        vox = lift.lift_voxels(feats, prob, _ring_rig(b, n), valid, (H_IMG, W_IMG))
+        vox = lift_voxels(lift, feats, prob, _ring_rig(b, n), valid, (H_IMG, W_IMG))
         ref = lift.reduce(vox.reshape(b, -1, 32, 32))
     assert out.shape == (b, 12, 32, 32)
     assert (ref - ref.amin()).abs().max() > 1.0  # not a constant map
@@ -140,7 +142,7 @@ def test_lift_with_k_slots_drops_only_the_cameras_beyond_k():
     lifts = {k: BackwardLift(16, 12, grid, bins, k).eval() for k in (2, 3)}
     lifts[3].load_state_dict(lifts[2].state_dict())  # the same weights: K is not a parameter
     with torch.no_grad():
-        ref = lifts[2].reduce(lifts[2].lift_voxels(feats, prob, rig, valid, (H_IMG, W_IMG)).reshape(1, -1, 32, 32))
+        ref = lifts[2].reduce(lift_voxels(lifts[2], feats, prob, rig, valid, (H_IMG, W_IMG)).reshape(1, -1, 32, 32))
         got = {k: lift(feats, prob, rig, valid, (H_IMG, W_IMG)) for k, lift in lifts.items()}
     torch.testing.assert_close(got[3], ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[2][..., ~over], ref[..., ~over], rtol=1e-5, atol=1e-5)
@@ -289,7 +291,6 @@ def test_radar_image_features_land_on_the_projected_cell():
 
 
 def test_scatter_equals_reference_and_encoder_ignores_padding():
-    from perception.data.radar_pillars import scatter_reference
 
     rng = np.random.default_rng(2)
     h, w, p, c = 16, 12, 20, 5

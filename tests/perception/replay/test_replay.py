@@ -52,6 +52,7 @@ def clean_bag_run(scene, pipe, tmp_path_factory):
     return replay(BagReader(bag), pipe, out, progress=False), out
 
 
+@pytest.mark.slow  # replays a bag through a network
 def test_bag_and_tables_give_the_same_detections(scene, pipe, clean_bag_run, tmp_path):
     root, name, _ = scene
     rep_bag, out_bag = clean_bag_run
@@ -74,6 +75,7 @@ def test_bag_and_tables_give_the_same_detections(scene, pipe, clean_bag_run, tmp
     assert rep_bag["frames"]["masked_sensors"] == {}
 
 
+@pytest.mark.slow  # replays a bag through a network
 def test_outputs_exist_and_report_has_schema(clean_bag_run):
     rep, out = clean_bag_run
     data = json.loads((out / "report.json").read_text())
@@ -153,6 +155,7 @@ def corrupt_run(scene, pipe, tmp_path_factory):
     return replay(BagReader(dst), pipe, tmp / "out", progress=False)
 
 
+@pytest.mark.slow  # replays a bag through a network
 def test_corrupted_bag_is_accounted_for(corrupt_run):
     rep = corrupt_run
     _identity(rep)
@@ -167,6 +170,7 @@ def test_corrupted_bag_is_accounted_for(corrupt_run):
     assert rep["frames"]["emitted"] >= 10 and not rep["frames"]["errors"]
 
 
+@pytest.mark.slow  # replays a bag through a network
 def test_missing_tf_static_without_and_with_rig(scene, pipe, tmp_path):
     root, _, bag = scene
     dst = tmp_path / "no_static"
@@ -183,6 +187,7 @@ def test_missing_tf_static_without_and_with_rig(scene, pipe, tmp_path):
     assert rep["frames"]["emitted"] >= 10
 
 
+@pytest.mark.slow  # replays a bag through a network
 def test_tf_static_chains_are_composed(scene, pipe, clean_bag_run, tmp_path):
     """Each sensor re-hung below an intermediate mount frame (base_link -> <sensor>_mount -> sensor, the two
     halves in separate /tf_static messages, the lower one first): the composed chain gives the clean bag's
@@ -239,6 +244,7 @@ def test_tf_static_chains_are_composed(scene, pipe, clean_bag_run, tmp_path):
     assert cam is None and "stops at CAM_FRONT_mount" in why
 
 
+@pytest.mark.slow  # replays a bag through a network
 def test_truncated_bag_keeps_what_was_read(scene, pipe, tmp_path):
     _, _, bag = scene
     dst = tmp_path / "trunc"
@@ -253,6 +259,7 @@ def test_truncated_bag_keeps_what_was_read(scene, pipe, tmp_path):
     assert 2 <= rep["frames"]["emitted"] < 20
 
 
+@pytest.mark.slow  # replays a bag through a network
 def test_sqlite3_bag_with_odometry_poses_and_a_topic_map(scene, pipe, clean_bag_run, tmp_path):
     """The same drive stored as sqlite3, ego poses as nav_msgs/Odometry on /odom, the topics renamed: with a topic
     map it replays to the same detections as the original MCAP bag."""
@@ -383,6 +390,7 @@ def test_player_drops_beyond_reorder_buffer_and_picks_closest_image():
     assert p.ledger.topics["/CAM_B"]["dropped"] == {"not_selected": 1}
 
 
+@pytest.mark.slow  # replays a bag through a network
 def test_cli_replay_and_bad_reference(scene, small_ckpt, tmp_path, capsys):
     from perception.cli.replay import main
 

@@ -146,13 +146,24 @@ def test_scene_update_decodes_to_the_box(replay):
     meta = {kv.key: kv.value for kv in car.metadata}
     assert meta["class"] == "car" and meta["track_id"] == "12" and meta["score"] == "0.912"
     assert "#12 car 0.91" == car.texts[0].text
-    # trajectory: a line strip from the box centre through the most probable mode's waypoints
-    line = car.lines[0]
-    pts = np.array([[p.x, p.y] for p in line.points])
-    best = int(np.argmax(det.mode_probs[0]))
-    np.testing.assert_allclose(pts[0], [10, 1], atol=1e-6)
-    np.testing.assert_allclose(pts[1:], det.trajectories[0, best], atol=1e-5)
-    assert line.type == 0 and len(pts) == 13
+    # every forecast mode: line strips from the box centre, the most probable first and most opaque
+    order = np.argsort(-det.mode_probs[0], kind="stable")
+    assert len(car.lines) == det.mode_probs.shape[1] == 6
+    for line, m in zip(car.lines, order):
+        pts = np.array([[p.x, p.y] for p in line.points])
+        np.testing.assert_allclose(pts[0], [10, 1], atol=1e-6)
+        np.testing.assert_allclose(pts[1:], det.trajectories[0, m], atol=1e-5)
+        assert line.type == 0 and len(pts) == 13
+    alphas = [line.color.a for line in car.lines]
+    assert alphas[0] == pytest.approx(1.0) and alphas == sorted(alphas, reverse=True) and alphas[-1] < 1.0
+    assert meta["mode_probs"].split() == [f"{p:.3f}" for p in det.mode_probs[0]]
+    # velocity: an arrow from the top centre along (5.0, 0.5) m/s, as long as 1 s of travel
+    (arrow,) = car.arrows
+    np.testing.assert_allclose([arrow.pose.position.x, arrow.pose.position.y, arrow.pose.position.z],
+                               [10, 1, 0.8 + 0.8], atol=1e-6)
+    yaw = 2 * np.arctan2(arrow.pose.orientation.z, arrow.pose.orientation.w)
+    assert yaw == pytest.approx(np.arctan2(0.5, 5.0), abs=1e-6)
+    assert arrow.shaft_length + arrow.head_length == pytest.approx(np.hypot(5.0, 0.5), abs=1e-5)
 
 
 def test_tf_and_radar_decode(replay):
@@ -303,3 +314,62 @@ def test_camera_calibration_lets_foxglove_project_boxes(tmp_path):
                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
     np.testing.assert_allclose(rot, pose[:3, :3], atol=1e-9)
+
+
+def test_gt_and_lidar_channels(tmp_path):
+    """GT boxes (where the frame has them) go to /gt, an input lidar sweep to /lidar; read back with the mcap
+    reader the channel counts are exact (GT only on the frame that has it)."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(4)
+    frames = [make_frame(i, rng) for i in range(3)]
+    gt = np.array([[12.0, -3.0, 0.9, 1.8, 4.2, 1.5, 0.1, 2.0, 0.0]], np.float32)
+    frames[1] = replace(frames[1], gt_boxes=gt, gt_labels=np.zeros(1, np.int64), gt_names=np.array(["car"]),
+                        gt_attributes=np.array([""]), gt_instance_tokens=np.array([""]),
+                        gt_future=np.zeros((1, 12, 2), np.float32), gt_future_valid=np.zeros((1, 12), bool))
+    lidar = rng.normal(0, 10, (500, 4)).astype(np.float32)
+    with ReplayWriter(tmp_path, CLASSES, preview_every=0) as w:
+        for i, f in enumerate(frames):
+            w.write(f, make_detections(f, rng), np.array([1, 2]), None, f.t0,
+                    lidar=(f.t0 - 1000, lidar) if i != 2 else None)
+    summary, msgs = read_mcap(tmp_path / "detections.mcap")
+    counts = {summary.channels[cid].topic: n for cid, n in summary.statistics.channel_message_counts.items()}
+    assert counts == {"/tf": 3, "/detections": 3, "/radar": 3, "/gt": 1, "/lidar": 2}
+    schema_of = {c.topic: summary.schemas[c.schema_id].name for c in summary.channels.values()}
+    assert schema_of["/gt"] == "foxglove.SceneUpdate" and schema_of["/lidar"] == "foxglove.PointCloud"
+    (_, m, scene), = msgs["/gt"]
+    assert m.log_time == frames[1].t0 * 1000
+    (ent,) = scene.entities
+    c = ent.cubes[0]
+    np.testing.assert_allclose([c.pose.position.x, c.pose.position.y, c.size.x, c.size.y], [12, -3, 4.2, 1.8],
+                               atol=1e-6)
+    assert len(ent.arrows) == 1
+    _, _, cloud = msgs["/lidar"][0]
+    assert [f.name for f in cloud.fields] == ["x", "y", "z", "intensity"] and cloud.point_stride == 16
+    np.testing.assert_array_equal(np.frombuffer(cloud.data, "<f4").reshape(-1, 4), lidar)
+    assert cloud.timestamp.seconds * 10**6 + cloud.timestamp.nanos // 1000 == frames[0].t0 - 1000
+
+
+def test_foxglove_layout_matches_what_the_writer_writes():
+    """docs/foxglove_layout.json: every panel of the layout tree is configured, and every topic it shows is one
+    the writer writes (nuScenes camera names), with the schema the panel needs."""
+    import json
+    from pathlib import Path
+
+    doc = json.loads((Path(__file__).resolve().parents[3] / "docs" / "foxglove_layout.json").read_text())
+
+    def leaves(node):
+        return [node] if isinstance(node, str) else leaves(node["first"]) + leaves(node["second"])
+
+    panels = leaves(doc["layout"])
+    assert sorted(panels) == sorted(doc["configById"]) and len(panels) == 8
+    written = {"/tf", "/detections", "/gt", "/radar", "/lidar"} | {
+        f"/cameras/{c}/{k}" for c in ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK",
+                                      "CAM_BACK_RIGHT") for k in ("image/compressed", "calibration")}
+    bev = doc["configById"]["3D!bev"]
+    assert set(bev["topics"]) == {"/detections", "/gt", "/radar", "/lidar"} and bev["followTf"] == "base_link"
+    assert bev["topics"]["/radar"]["colorField"] in RADAR_FIELDS
+    for pid, cfg in doc["configById"].items():
+        if pid.startswith("Image!"):
+            assert {cfg["imageMode"]["imageTopic"], cfg["imageMode"]["calibrationTopic"]} <= written
+    assert doc["configById"]["RawMessages!detections"]["topicPath"].split(".")[0] in written

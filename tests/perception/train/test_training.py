@@ -69,6 +69,7 @@ def frames(synth_root):
     return NuScenesFrames(small_config(*TRAIN_EXTRA), synth_root, VERSION, "synth_train", train=False)
 
 
+@pytest.mark.slow
 def test_overfits_a_handful_of_frames(frames):
     """Bounded and fast: 4 frames, 150 steps, the loss falls to under 15 % of its start."""
     cfg = small_config(*TRAIN_EXTRA)
@@ -90,6 +91,7 @@ def test_overfits_a_handful_of_frames(frames):
     assert losses[-1] < 0.15 * losses[0], (losses[0], losses[-1])
 
 
+@pytest.mark.slow
 def test_resume_matches_an_uninterrupted_run(synth_root, tmp_path):
     from perception.train.loop import train
 
@@ -145,6 +147,7 @@ def _ddp_worker(rank: int, world: int, port: int, batch: dict, out: str) -> None
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes_equal_one_process(frames, tmp_path):
     """Each process computes its own batch item's loss; DDP averages gradients over the 2 processes, which equals
     one process on the mean of the two per-item losses (BatchNorm in eval mode: exact to 1e-5)."""
@@ -172,6 +175,7 @@ def test_ddp_two_gloo_processes_equal_one_process(frames, tmp_path):
             torch.testing.assert_close(ddp_grads[n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
 
 
+@pytest.mark.slow
 def test_minimal_evaluation_gives_nds_one_for_gt(synth_root, tmp_path):
     """The same code path as training-time evaluation, fed GT as predictions: NDS = mAP = 1."""
     from perception.eval.detection import evaluate_split, gt_boxes_as_results

@@ -1,4 +1,4 @@
-"""Data pipeline: Frames from a nuScenes-format root, augmentation consistency, sync, bad files, batching."""
+"""NuScenesFrames: Frames from a nuScenes-format root, augmentation consistency, sync, bad files, batching."""
 import shutil
 from pathlib import Path
 

@@ -33,7 +33,7 @@ from perception.model.network import INPUT_NAMES
 from perception.train.losses import detection_losses
 from perception.train.targets import build_targets
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CONFIG = REPO / "configs" / "mmdet3d" / "fusion_tiny_nuscenes.py"
 PROJECT = {"config": str(REPO / "configs" / "synthetic_tiny.yaml"), "overrides": list(SMALL_OVERRIDES)}
 DEMO_PKL = "n015-2018-07-24-11-22-45+0800.pkl"
