@@ -115,3 +115,50 @@ def depth_line(depth: dict[str, Any]) -> str:
     a, b = depth["all"], depth["in_boxes"]
     return (f"depth AbsRel {fmt(a['abs_rel'])} d<1.25 {fmt(a['delta1'])} ({a['cells']} cells); in GT boxes "
             f"AbsRel {fmt(b['abs_rel'])} d<1.25 {fmt(b['delta1'])} ({b['cells']} cells)")
+
+
+def draw_depth(frame: Frame, pred: np.ndarray | None, feat_hw: tuple[int, int], bins: DepthBins, out: Any,
+               title: str = "") -> None:
+    """Per camera (rows): the image with its lidar depth targets (nearest return per cell, coloured by depth),
+    the predicted depth map (mean of the distribution, same colours) and the relative error |pred - gt| / gt at
+    the target cells. ``pred``: (N, Hf, Wf) metres, or None (targets only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    target = frame_depth_targets(frame, feat_hw)["all"]  # (N, Hf, Wf)
+    n = frame.num_cameras
+    cols = 1 if pred is None else 3
+    h, w = frame.images.shape[1:3]
+    fig, axes = plt.subplots(n, cols, figsize=(4.2 * cols, 1.6 * n + 0.6), dpi=100, squeeze=False)
+    hf, wf = feat_hw
+    rows, colsx = np.nonzero(np.ones((hf, wf)))
+    cu, cv = (colsx + 0.5) * w / wf - 0.5, (rows + 0.5) * h / hf - 0.5
+    vmin, vmax = bins.min_depth, bins.max_depth
+    for k in range(n):
+        t = target[k].reshape(-1)
+        has = (t >= bins.min_depth) & (t < bins.max_depth)
+        ax = axes[k, 0]
+        ax.imshow(frame.images[k])
+        sc = ax.scatter(cu[has], cv[has], c=t[has], s=9, cmap="turbo", vmin=vmin, vmax=vmax)
+        ax.set_title(f"{frame.camera_channels[k]}: lidar targets ({int(has.sum())} cells)", fontsize=7)
+        if pred is not None:
+            axes[k, 1].imshow(pred[k], cmap="turbo", vmin=vmin, vmax=vmax, extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+            axes[k, 1].set_title("predicted depth (mean of the bins)", fontsize=7)
+            p = pred[k].reshape(-1)
+            err = np.abs(p[has] - t[has]) / t[has]
+            axes[k, 2].imshow(frame.images[k], alpha=0.4)
+            es = axes[k, 2].scatter(cu[has], cv[has], c=err, s=9, cmap="magma", vmin=0, vmax=1)
+            axes[k, 2].set_title(f"|pred - lidar| / lidar: AbsRel {err.mean() if len(err) else float('nan'):.2f}",
+                                 fontsize=7)
+        for ax in axes[k]:
+            ax.set_xlim(-0.5, w - 0.5)
+            ax.set_ylim(h - 0.5, -0.5)
+            ax.axis("off")
+    fig.colorbar(sc, ax=axes[:, :2] if pred is not None else axes[:, 0], shrink=0.6, label="depth (m)")
+    if pred is not None:
+        fig.colorbar(es, ax=axes[:, 2], shrink=0.6, label="relative error")
+    fig.suptitle(title or "camera depth against lidar", fontsize=9)
+    fig.savefig(out)
+    plt.close(fig)

@@ -56,3 +56,19 @@ def test_perception_test_reports_depth_where_there_is_lidar(synth_root, small_ck
     assert "Camera depth against lidar" in (out / "report.md").read_text()
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-2].startswith("depth AbsRel") and lines[-1].startswith("NDS")
+
+
+def test_inspect_draws_predicted_depth_against_lidar(synth_root, small_ckpt, tmp_path, capsys):
+    from perception.cli.inspect import main
+    from perception.data.synthetic.generate import VERSION
+    from small_model import REPO
+
+    png = tmp_path / "f.png"
+    base = ["--config", str(REPO / "configs" / "synthetic_tiny.yaml"), "--dataroot", str(synth_root), "--version",
+            VERSION, "--split", "synth_val", "--index", "2", "--out", str(tmp_path / "f.npz"),
+            "--set", "data.image_size=[64, 176]"]  # the small checkpoint's input size
+    assert main(base + ["--png", str(png), "--checkpoint", str(small_ckpt)]) == 0, capsys.readouterr().err
+    assert (tmp_path / "f_depth.png").stat().st_size > 50_000
+    assert main(base + ["--checkpoint", str(small_ckpt)]) == 2  # --checkpoint needs --png
+    assert main(base[:-2] + ["--png", str(png), "--checkpoint", str(small_ckpt)]) == 1  # another input size
+    assert "data.image_size" in capsys.readouterr().err
