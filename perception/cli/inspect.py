@@ -81,6 +81,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def _draw_depth(frame, cfg, args: argparse.Namespace, path: str) -> None:
     """PNG_depth.png: lidar targets per camera, against the checkpoint's predicted depth when given."""
+    from perception.config import ConfigError
     from perception.eval.depth import draw_depth
     from perception.train.camera_aux import depth_bins
 
@@ -96,10 +97,10 @@ def _draw_depth(frame, cfg, args: argparse.Namespace, path: str) -> None:
 
         pipe = Pipeline.from_checkpoint(args.checkpoint)
         if pipe.runner.net.camera is None:
-            raise ValueError(f"{args.checkpoint}: the model has no camera branch (model.camera.enabled false); "
+            raise ConfigError(f"{args.checkpoint}: the model has no camera branch (model.camera.enabled false); "
                              "there is no depth to draw")
         if tuple(pipe.cfg.data.image_size) != (h, w):
-            raise ValueError(f"{args.checkpoint}: the model takes {list(pipe.cfg.data.image_size)} images but --config "
+            raise ConfigError(f"{args.checkpoint}: the model takes {list(pipe.cfg.data.image_size)} images but --config "
                              f"gives {[h, w]}; pass --set data.image_size={list(pipe.cfg.data.image_size)} or the "
                              "checkpoint's config")
         bins = depth_bins(pipe.cfg)
@@ -116,7 +117,9 @@ def _draw_depth(frame, cfg, args: argparse.Namespace, path: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     from perception.data.nuscenes import DatasetError
 
-    return run(_main, argv, (DatasetError, IndexError))
+    from perception.train.checkpoint import CheckpointError
+
+    return run(_main, argv, (DatasetError, IndexError, CheckpointError))
 
 
 if __name__ == "__main__":

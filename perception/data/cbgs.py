@@ -58,6 +58,8 @@ class ResampledFrames:
         return len(self.indices)
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("frames", "indices") or name.startswith("__"):  # unpickling in DataLoader workers
+            raise AttributeError(name)
         return getattr(self.frames, name)
 
     def set_epoch(self, epoch: int) -> None:

@@ -142,3 +142,21 @@ def test_cbgs_balances_classes():
     assert before[1] / sum(before.values()) == 0.1 and share[1] > 0.25  # the rare class gets about a third
     assert not any(len(samples[i]) == 0 for i in idx)
     assert np.array_equal(idx, cbgs_indices(samples, 3, seed=0))  # a pure function of the seed
+
+
+def test_cbgs_on_the_synthetic_split(synth_root):
+    from perception.data.cbgs import ResampledFrames, split_sample_classes
+
+    cfg = small_config("data.dropout.camera_all=0", "data.dropout.radar_all=0")
+    frames = NuScenesFrames(cfg, synth_root, VERSION, "synth_train", train=True, seed=2)
+    classes = split_sample_classes(frames)
+    assert len(classes) == len(frames)
+    for i in (0, 5):
+        assert classes[i] == set(frames.load(i).gt_labels.tolist())  # from the tables = what the Frame carries
+    idx = cbgs_indices(classes, cfg.num_classes, seed=0)
+    view = ResampledFrames(frames, idx)
+    assert len(view) == len(idx) and view.samples is frames.samples
+    dup = next(p for p in range(len(idx)) if (idx == idx[p]).sum() > 1)
+    other = int(np.flatnonzero(idx == idx[dup])[1])
+    a, b = view[dup], view[other]
+    assert a.sample_token == b.sample_token and not np.array_equal(a.img_from_ego, b.img_from_ego)  # own draws

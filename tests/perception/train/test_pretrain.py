@@ -2,6 +2,7 @@
 targets + lidar depth), saved as a flat torchvision-named state dict that model.camera.pretrained loads."""
 import json
 
+import pytest
 import torch
 
 from perception.cli.train import main
@@ -29,4 +30,22 @@ def test_backbone_stage_writes_weights_a_detection_run_loads(synth_root, tmp_pat
         torch.testing.assert_close(net.camera.backbone.state_dict()[k], v)
     assert not torch.equal(fresh.camera.backbone.conv1.weight, state["conv1.weight"])  # it trained
     assert main(args) == 1  # OUT holds backbone.pt: refused without --overwrite
-    assert main(args + ["--resume"]) == 2
+    with pytest.raises(SystemExit) as exc:  # bad arguments: argparse's exit 2
+        main(args + ["--resume"])
+    assert exc.value.code == 2
+
+
+def test_a_checkpoint_loads_without_its_backbone_init_file(tmp_path):
+    """A run started from model.camera.pretrained=FILE saves that path in its config; loading the checkpoint
+    elsewhere must not need FILE (its weights are in the checkpoint)."""
+    from perception.pipeline import Pipeline
+    from perception.train.checkpoint import save_checkpoint
+
+    init = tmp_path / "backbone.pt"
+    torch.save(build_model(small_config()).camera.backbone.state_dict(), init)
+    cfg = small_config(f"model.camera.pretrained={init}")
+    net = build_model(cfg)
+    save_checkpoint(tmp_path / "model.pt", net, cfg)
+    init.unlink()
+    pipe = Pipeline.from_checkpoint(tmp_path / "model.pt")
+    torch.testing.assert_close(pipe.runner.net.camera.backbone.conv1.weight, net.camera.backbone.conv1.weight)
