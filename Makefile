@@ -7,7 +7,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# torch==2.13.0 (the local CPU wheel) is pinned in setup.cfg; numpy<2 in every pip command
+# torch==2.13.0 (the local CPU wheel) is pinned in setup.cfg's [train] extra (the base install is the torch-free
+# runtime, docs/deploy.md); numpy<2 in every pip command
 # (nuscenes-devkit 1.2.0 needs it; without the pin pip backtracks into builds that fail).
 PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check --no-input -q
 PYTEST_ARGS ?=
@@ -21,7 +22,7 @@ $(BIN)/python:
 
 $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 	@echo "installing into $(VENV) (about a minute on a fresh machine)"
-	$(PIP_INSTALL) -e ".[test,ros,trt-tools]" "numpy<2" 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(PIP_INSTALL) -e ".[train,test,ros,trt-tools]" "numpy<2" 2>&1 | { grep -v "^WARNING: Location" || true; }
 	touch $@
 
 test: $(STAMP)
@@ -53,7 +54,7 @@ $(MM_BIN)/python:
 $(MM_STAMP): setup.cfg pyproject.toml | $(MM_BIN)/python
 	@echo "installing into $(MM_VENV) (compiles mmcv: about 12 minutes on a fresh machine)"
 	$(MM_PIP) torch==2.13.0 "numpy<2" 2>&1 | { grep -v "^WARNING: Location" || true; }
-	$(MM_PIP) -e ".[test]" "numpy<2" 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(MM_PIP) -e ".[train,test]" "numpy<2" 2>&1 | { grep -v "^WARNING: Location" || true; }
 	$(MM_PIP) "setuptools<81" ninja "numpy<2" 2>&1 | { grep -v "^WARNING: Location" || true; }
 	MAX_JOBS=2 $(MM_PIP) --no-build-isolation mmcv==2.1.0 "numpy<2" 2>&1 | { grep -v "^WARNING: Location" || true; }
 	$(MM_PIP) mmdet==3.3.0 mmdet3d==1.4.0 "numpy<2" 2>&1 | { grep -v "^WARNING: Location" || true; }

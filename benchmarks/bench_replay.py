@@ -1,24 +1,34 @@
-"""Replay speed: frames per second at ``--rate max`` with the PyTorch, ONNX Runtime FP32 and INT8 Q/DQ backends on
-the shipped tiny checkpoint, and latency percentiles at ``--rate 1.0`` (real time).
+"""Replay speed against the network's own speed: frames per second at ``--rate max`` with ONNX Runtime FP32 (the
+target backend), INT8 Q/DQ and PyTorch on the shipped tiny checkpoint, each next to the network-only frames per
+second measured in the same run; the result lag at ``--rate 1.0``; per-stage times; and draft (DCT-scaled) JPEG
+decoding against full-size decoding, in speed and in the network's outputs.
 
     python -m benchmarks.bench_replay [--repeats 3]
 
 Data: one synthetic scene with every camera (12 Hz) and radar (13 Hz) sweep and its ROS 2 bag (generated once
 under benchmarks/out/replay_data: 800x450 images, seed 11). Each run replays the bag through perception-replay's
-library entry (reader, player, Frame building, network, tracker, MCAP/JSONL/PNG writers: everything a user gets).
-Target (issue 9): faster than the 12 Hz camera rate with ONNX Runtime at --rate max.
+library entry (reader, player, Frame building, network, tracker, MCAP/JSONL writers: everything a user gets but
+the PNG previews). Network only: ``Pipeline.runner`` on the same frames' input arrays, one after the other, in the
+same process between the replays (the ceiling the threaded replay can reach).
+Targets (issue 25), ONNX Runtime FP32 at --rate max: frames/s >= 0.9 x network-only frames/s and >= 12 frames/s;
+at --rate 1.0: result lag p50 <= 1.5 camera periods (125 ms at 12 Hz).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import tempfile
+import time
 from pathlib import Path
+
+import numpy as np
 
 from benchmarks.report import REPO, publish, table
 
 DATA = REPO / "benchmarks" / "out" / "replay_data"
+CAMERA_HZ = 12.0
 
 
 def _dataset(samples: int) -> Path:
@@ -28,6 +38,52 @@ def _dataset(samples: int) -> Path:
         shutil.rmtree(DATA, ignore_errors=True)
         generate(SynthOptions(out=DATA, scenes=1, samples_per_scene=samples, seed=11, image_scale=0.5, bags=True))
     return next((DATA / "bags").iterdir())
+
+
+class _Capture:
+    """A writer that keeps Frames and Detections (for the network-only pass and the draft-vs-full comparison)."""
+
+    def __init__(self):
+        self.frames, self.dets = [], []
+
+    def write(self, frame, det, ids, jpegs, emit_us, cameras=None):
+        self.frames.append(frame)
+        self.dets.append(det)
+
+    def close(self):
+        return {}
+
+
+def _network_only(pipe, frames) -> float:
+    """Frames per second of the network alone (``runner`` on prepared arrays, serially)."""
+    batches = [pipe.prepare(f) for f in frames]
+    pipe.runner(batches[0])  # warm-up
+    t = time.perf_counter()
+    for b in batches:
+        pipe.runner(b)
+    return len(batches) / (time.perf_counter() - t)
+
+
+def _compare(full: _Capture, draft: _Capture) -> dict:
+    """Network outputs with draft decoding vs full-size decoding, per frame: the largest score difference between
+    the detections ranked alike, and the centre distance of the full path's confident boxes (score > 0.3) to the
+    nearest draft box of the same class."""
+    d_score, d_centre, n_conf = 0.0, 0.0, 0
+    for a, b in zip(full.dets, draft.dets):
+        k = min(len(a), len(b))
+        if k:
+            d_score = max(d_score, float(np.abs(np.sort(a.scores)[::-1][:k] - np.sort(b.scores)[::-1][:k]).max()))
+        for box, label, score in zip(a.boxes, a.labels, a.scores):
+            if score <= 0.3:
+                continue
+            n_conf += 1
+            same = b.boxes[b.labels == label]
+            d = np.linalg.norm(same[:, :3] - box[:3], axis=1).min() if len(same) else np.inf
+            d_centre = max(d_centre, float(d))
+    pix = max(float(np.abs(fa.images.astype(np.int16) - fb.images.astype(np.int16)).mean())
+              for fa, fb in zip(full.frames, draft.frames))
+    return {"max_d_score": d_score, "max_d_centre_m": d_centre, "confident_boxes": n_conf,
+            "max_mean_abs_pixel": pix}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,59 +100,96 @@ def main(argv: list[str] | None = None) -> int:
     from perception.replay.run import replay
 
     torch.set_num_threads(2)
+    load_before = os.getloadavg()
     bag = _dataset(args.samples)
     ckpt = REPO / "checkpoints" / "synthetic_tiny.pt"
     tmp = Path(tempfile.mkdtemp(prefix="bench_replay_"))
     try:
         assert export_main(["--checkpoint", str(ckpt), "--out", str(tmp / "onnx"), "--int8", "--dataroot", str(DATA),
                             "--version", "v1.0-synth", "--split", "synth_train", "--calib-frames", "8"]) == 0
-        backends = {"PyTorch eager": lambda: Pipeline.from_checkpoint(ckpt, score_threshold=0.3),
-                    "ONNX Runtime FP32": lambda: Pipeline.from_onnx(tmp / "onnx", score_threshold=0.3, threads=2),
+        backends = {"ONNX Runtime FP32": lambda: Pipeline.from_onnx(tmp / "onnx", score_threshold=0.3, threads=2),
                     "ONNX Runtime INT8 Q/DQ": lambda: Pipeline.from_onnx(tmp / "onnx", score_threshold=0.3, threads=2,
-                                                                       model_file="model_int8.onnx")}
+                                                                       model_file="model_int8.onnx"),
+                    "PyTorch eager": lambda: Pipeline.from_checkpoint(ckpt, score_threshold=0.3)}
         pipes = {k: f() for k, f in backends.items()}
         runs: dict[str, list[dict]] = {k: [] for k in pipes}
+        net_fps: dict[str, list[float]] = {k: [] for k in pipes}
+        ort = pipes["ONNX Runtime FP32"]
+        full, draft = _Capture(), _Capture()
+        replay(BagReader(bag), ort, tmp / "full", progress=False, writer=full, draft_decode=False)
+        replay(BagReader(bag), ort, tmp / "draft", progress=False, writer=draft)
+        outputs = _compare(full, draft)
+        no_draft = []
         for rep in range(args.repeats):  # interleaved: the machine's noise hits every backend alike
             for name, pipe in pipes.items():
-                r = replay(BagReader(bag), pipe, tmp / f"out_{rep}", progress=False, preview_every=0)
-                runs[name].append(r)
-        realtime = replay(BagReader(bag), pipes["ONNX Runtime FP32"], tmp / "rt", rate=1.0, progress=False,
-                          preview_every=0)
+                net_fps[name].append(_network_only(pipe, draft.frames))
+                runs[name].append(replay(BagReader(bag), pipe, tmp / f"out_{rep}", progress=False, preview_every=0))
+            no_draft.append(replay(BagReader(bag), ort, tmp / "nd", progress=False, preview_every=0,
+                                   draft_decode=False))
+        paced = [replay(BagReader(bag), ort, tmp / f"rt{i}", rate=1.0, progress=False, preview_every=0)
+                 for i in range(args.repeats)]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    load_after = os.getloadavg()
 
-    def med(name: str, key: str) -> float:
-        vals = [r["throughput"][key] if key != "p50" else r["latency"]["processing"]["p50_ms"] for r in runs[name]]
-        return statistics.median(vals)
+    def med(values):
+        return statistics.median(values)
 
-    sensor = runs["PyTorch eager"][0]["throughput"]["sensor_fps"]
-    frames = runs["PyTorch eager"][0]["frames"]["emitted"]
-    base = med("PyTorch eager", "frames_per_wall_s")
-    rows, results = [], {"sensor_fps": sensor, "frames": frames, "repeats": args.repeats}
+    frames = runs["ONNX Runtime FP32"][0]["frames"]["emitted"]
+    sensor = runs["ONNX Runtime FP32"][0]["throughput"]["sensor_fps"]
+    results = {"sensor_fps": sensor, "frames": frames, "repeats": args.repeats,
+               "load_average_1_5_15": {"before": load_before, "after": load_after}, "draft_vs_full": outputs}
+    rows = []
     for name in pipes:
-        fps = med(name, "frames_per_wall_s")
-        rows.append([name, f"{fps:.1f}", f"{med(name, 'p50'):.0f}", f"{fps / base:.2f}x",
-                     "met" if fps > sensor else "missed"])
-        results[name] = {"fps": fps, "p50_ms": med(name, "p50"), "runs": [r["throughput"] for r in runs[name]]}
-    lat = realtime["latency"]
-    results["realtime"] = {"latency": lat, "throughput": realtime["throughput"]}
-    ort = results["ONNX Runtime FP32"]["fps"]
-    md = ("## Replay (issue 9)\n\n"
-          f"Command: `python -m benchmarks.bench_replay --repeats {args.repeats}` (one synthetic scene with all sweeps, "
-          f"800x450 images, {frames} frames triggered by CAM_FRONT at {sensor:.1f} Hz; shipped tiny checkpoint; "
-          "whole replay path: bag reading and decoding, player, Frame building, network, tracker, MCAP + JSONL "
-          "writers, no PNG previews; 2 cores, torch and ONNX Runtime at 2 threads; medians of the repeats, backends "
-          "interleaved).\n\n"
-          + table(["backend (--rate max)", "frames / s (wall)", "processing p50 ms / frame", "vs PyTorch",
-                   f"faster than the {sensor:.0f} Hz camera"], rows)
-          + f"\n\nTarget: ONNX Runtime faster than the camera rate: **{'met' if ort > sensor else 'missed'}** "
-            f"({ort:.1f} vs {sensor:.1f} frames/s).\n\n"
-            f"`--rate 1.0` with ONNX Runtime FP32: processing latency p50 {lat['processing']['p50_ms']} ms, "
-            f"p90 {lat['processing']['p90_ms']} ms, p99 {lat['processing']['p99_ms']} ms; result behind the "
-            f"real-time clock p50 {lat['behind_real_time']['p50_ms']} ms, p99 {lat['behind_real_time']['p99_ms']} ms; "
-            f"{lat['frames_behind']} of {realtime['frames']['emitted']} frames more than one camera period behind.")
+        fps = med([r["throughput"]["frames_per_wall_s"] for r in runs[name]])
+        net = med(net_fps[name])
+        ratio = med([r["throughput"]["frames_per_wall_s"] / n for r, n in zip(runs[name], net_fps[name])])
+        stages = {k: med([r["stages"][k]["mean_ms"] for r in runs[name]]) for k in runs[name][0]["stages"]}
+        rows.append([name, f"{fps:.1f}", f"{net:.1f}", f"{ratio:.2f}", *(f"{stages[k]:.0f}" for k in (
+            "read", "build_frame", "input_arrays", "network", "postprocess", "track_write"))])
+        results[name] = {"fps": fps, "network_only_fps": net, "ratio": ratio, "stages_mean_ms": stages,
+                         "runs": [r["throughput"] for r in runs[name]], "network_only_runs": net_fps[name]}
+    o = results["ONNX Runtime FP32"]
+    nd_fps = med([r["throughput"]["frames_per_wall_s"] for r in no_draft])
+    nd_read = med([r["stages"]["read"]["mean_ms"] for r in no_draft])
+    lag = {k: med([r["latency"]["behind_real_time"][k] for r in paced]) for k in ("p50_ms", "p90_ms", "p99_ms")}
+    late = med([r["frames"]["late"] for r in paced])
+    results["realtime"] = {"lag_ms": lag, "late_frames": late, "frames_built": paced[0]["frames"]["built_by_player"],
+                           "runs": [{"latency": r["latency"], "frames": r["frames"]} for r in paced]}
+    results["no_draft"] = {"fps": nd_fps, "read_ms": nd_read}
+    period_ms = 1000 / CAMERA_HZ
+    t_ratio = "met" if o["ratio"] >= 0.9 else "missed"
+    t_fps = "met" if o["fps"] >= 12 else "missed"
+    t_lag = "met" if lag["p50_ms"] <= 1.5 * period_ms else "missed"
+    busy = max(load_before[0], load_after[0]) > 1.5
+    md = ("## Replay (issues 9, 25)\n\n"
+          f"Command: `python -m benchmarks.bench_replay --repeats {args.repeats}` (one synthetic scene with all "
+          "sweeps, "
+          f"800x450 images, {frames} frames triggered by CAM_FRONT at {sensor:.1f} Hz; shipped tiny checkpoint; whole "
+          "replay path in four threads (read + decode, Frame + input arrays, network, tracker + MCAP/JSONL writers; "
+          "no PNG previews); 2 cores, ONNX Runtime at 2 intra-op threads, torch at 2; medians of the repeats, backends "
+          "interleaved; network only = the same backend's runner on the same frames' arrays, serially, in the same "
+          f"process). Load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after"
+          + (": **a busy machine** (shared with other jobs), so absolute figures are low and noisy; the ratios are "
+             "measured in the same run." if busy else ".") + "\n\n"
+          + table(["backend (--rate max)", "frames / s", "network only frames / s", "ratio",
+                   "read+decode ms", "Frame ms", "arrays ms", "network ms", "post ms", "track+write ms"], rows)
+          + "\n\nStage columns: mean milliseconds per frame inside each stage, measured while the stages overlap "
+            "(so they include the slowdown from sharing two cores; read+decode is the read thread's busy time per "
+            "frame, pacing excluded).\n\n"
+          + f"Targets, ONNX Runtime FP32: frames/s >= 0.9 x network only: **{t_ratio}** ({o['ratio']:.2f}); >= 12 "
+            f"frames/s: **{t_fps}** ({o['fps']:.1f}); `--rate 1.0` result lag p50 <= 1.5 camera periods "
+            f"({1.5 * period_ms:.0f} ms): **{t_lag}** (p50 {lag['p50_ms']:.0f} ms, p90 {lag['p90_ms']:.0f} ms, p99 "
+            f"{lag['p99_ms']:.0f} ms; {late:.0f} of {paced[0]['frames']['built_by_player']} frames skipped as "
+            "stale).\n\n"
+          + f"JPEG decoding at the network's size (DCT scaling, 800x450 -> 400x225 for width 352) vs full size then "
+            f"resize, ONNX Runtime FP32: {o['fps']:.1f} vs {nd_fps:.1f} frames/s; read+decode "
+            f"{o['stages_mean_ms']['read']:.0f} vs {nd_read:.0f} ms per frame. Outputs of the two paths over "
+            f"{len(full.dets)} frames: max score difference {outputs['max_d_score']:.3f}, confident boxes' centres "
+            f"within {outputs['max_d_centre_m']:.2f} m ({outputs['confident_boxes']} boxes with score > 0.3), network "
+            f"input images {outputs['max_mean_abs_pixel']:.2f} grey levels apart on average (the test's tolerances: "
+            "scores 0.02, centres 0.1 m, 2 grey levels, tests/perception/replay/test_replay.py).")
     publish("replay", results, md)
-    print(md)
     return 0
 
 

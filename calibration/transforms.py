@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-from pyquaternion import Quaternion
 
 if TYPE_CHECKING:  # torch is imported by the torch functions' callers; the numpy side (and the runtimes) need none
     import torch
@@ -53,6 +52,8 @@ def matrix_to_quaternion(rotation: np.ndarray) -> np.ndarray:
     """rotation: (3, 3) orthonormal, det +1. Returns (4,) float64 [w, x, y, z] with w >= 0."""
     rotation = np.asarray(rotation, dtype=np.float64)
     assert rotation.shape == (3, 3), f"rotation must be (3, 3), got {rotation.shape}"
+    from pyquaternion import Quaternion  # imported here: a command's --help must not need it
+
     # pyquaternion checks orthogonality at 1e-7 by default; calibration files
     # carry ~1e-6 rounding, so re-orthonormalise (nearest rotation) first.
     q = Quaternion(matrix=nearest_rotation(rotation)).elements
@@ -190,6 +191,8 @@ def interpolate_pose(pose_a: np.ndarray, pose_b: np.ndarray, alpha: float) -> np
     alpha = 0 gives pose_a, 1 gives pose_b; values outside [0, 1] extrapolate
     (constant linear and angular velocity).
     """
+    from pyquaternion import Quaternion
+
     qa = Quaternion(matrix=nearest_rotation(pose_a[:3, :3]))
     qb = Quaternion(matrix=nearest_rotation(pose_b[:3, :3]))
     if np.dot(qa.elements, qb.elements) < 0.0:  # shortest arc

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from perception.cli.common import EXIT_OK, HelpFormatter, error_line, number, run
+from perception.cli.common import EXIT_OK, HelpFormatter, checkpoint_errors, error_line, number, run
 from perception.outputs import OutputError, atomic_write, folder_output
 
 EXAMPLES = """examples:
@@ -97,7 +97,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, 
 
     from calibration.io import load_rig
     from export.budget import check_budget
-    from export.onnx import export_onnx, stamp_metadata
+    from export.onnx import GEOMETRY_INPUTS, export_onnx, fp32_geometry_nodes, stamp_metadata
     from perception.config import config_hash, config_to_dict, rig_path as cfg_rig_path
     from perception.coverage import rig_coverage
     from perception.model.decode import OUTPUT_NAMES
@@ -143,6 +143,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, 
         meta["lift_coverage"] = {"voxels_by_camera_count": list(cov.counts),
                                  "cameras_per_voxel": cov.cameras_per_voxel, "voxels_over": cov.voxels_over,
                                  "summary": cov.summary()}
+    # the layers a reduced-precision TensorRT build keeps in FP32, for trtexec --layerPrecisions (docs/deploy.md)
+    meta["fp32_layers"] = {"inputs": list(GEOMETRY_INPUTS), "layers": fp32_geometry_nodes(model)}
     atomic_write(out / "model.json", json.dumps(meta, indent=1))
     return meta
 
@@ -208,14 +210,16 @@ class CheckpointErrorArgs(ValueError):
     """Inconsistent export options."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _errors() -> tuple[type[BaseException], ...]:
     from export.budget import BudgetError
-    from perception.train.checkpoint import CheckpointError
 
     from perception.runtime.onnxruntime import RuntimeConfigError
 
-    return run(_main, argv, (CheckpointError, BudgetError, CheckpointErrorArgs, ParityError, OutputError,
-                             RuntimeConfigError))
+    return (BudgetError, CheckpointErrorArgs, ParityError, OutputError, RuntimeConfigError, *checkpoint_errors())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(_main, argv, _errors)  # errors resolved lazily: --help works without torch
 
 
 if __name__ == "__main__":

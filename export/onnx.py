@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from export.tensorrt import GEOMETRY_INPUTS
 from perception.model.decode import OUTPUT_NAMES
 from perception.model.network import INPUT_NAMES, FusionNet
 
@@ -77,3 +78,28 @@ def export_onnx(net: FusionNet, example: Sequence[Tensor], path: str | Path, ops
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
     return path
+
+
+def fp32_geometry_nodes(model: "onnx.ModelProto", inputs: Sequence[str] = GEOMETRY_INPUTS) -> list[str]:
+    """Names of the nodes a reduced-precision TensorRT build must keep in FP32, from the ONNX graph alone: every
+    node computed from ``inputs`` whose outputs are floating point, following the data flow up to the
+    convolutions and up to and including the GridSample nodes that consume the grids (their outputs are image
+    features again). Integer and boolean nodes (masks, indices) are followed but not listed. The same rule as
+    ``export.tensorrt.pin_geometry_fp32`` applies to the parsed TensorRT network; TensorRT's ONNX parser names
+    layers after these nodes, so the list feeds trtexec's ``--layerPrecisions`` (docs/deploy.md)."""
+    import onnx
+
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    elem = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.value_info, *graph.output]}
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    tainted = {i.name for i in graph.input} & set(inputs)
+    out = []
+    for node in graph.node:  # ONNX graphs are topologically sorted
+        if node.op_type in ("Conv", "ConvTranspose") or not any(i in tainted for i in node.input):
+            continue
+        outs = [o for o in node.output if o]
+        if outs and all(elem.get(o) in floats for o in outs):
+            out.append(node.name)
+        if node.op_type != "GridSample":
+            tainted.update(outs)
+    return out

@@ -27,6 +27,7 @@ from perception.runtime.tensorrt import ENGINE_JSON_SCHEMA, device_info, import_
 
 PRECISIONS = ("fp16", "int8", "fp32")
 ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.onnx", "int8": "model_int8.onnx"}
+# the inputs carrying the run-time geometry: the calibration and the radar points (projected into the images)
 GEOMETRY_INPUTS = ("img_from_ego", "radar_points")
 
 
@@ -34,11 +35,18 @@ class EngineBuildError(ValueError):
     """The ONNX file does not parse or the engine does not build (the message names the nodes and the fix)."""
 
 
-def trtexec_command(onnx_file: str | Path, engine_file: str | Path, precision: str, workspace_gb: float) -> str:
-    """The trtexec command building the same engine (without the FP32 geometry pinning, see docs/deploy.md)."""
+def trtexec_command(onnx_file: str | Path, engine_file: str | Path, precision: str, workspace_gb: float,
+                    fp32_layers: Sequence[str] = ()) -> str:
+    """The trtexec command building the same engine. ``fp32_layers`` (model.json's ``fp32_layers.layers``, from
+    ``export.onnx.fp32_geometry_nodes``): under fp16/int8 these layers are held to FP32 with
+    ``--precisionConstraints=obey`` (the build fails rather than run them in FP16) and FP32 outputs."""
     flags = {"fp32": "", "fp16": " --fp16", "int8": " --int8 --fp16"}[precision] + " --noTF32"
-    return (f"trtexec --onnx={onnx_file} --saveEngine={engine_file}{flags} "
-            f"--memPoolSize=workspace:{round(workspace_gb * 1024)}M")
+    cmd = (f"trtexec --onnx={onnx_file} --saveEngine={engine_file}{flags} "
+           f"--memPoolSize=workspace:{round(workspace_gb * 1024)}M")
+    if precision != "fp32" and fp32_layers:
+        spec = ",".join(f"{name}:fp32" for name in fp32_layers)
+        cmd += f" --precisionConstraints=obey '--layerPrecisions={spec}' '--layerOutputTypes={spec}'"
+    return cmd
 
 
 def pin_geometry_fp32(trt: Any, network: Any, inputs: Sequence[str] = GEOMETRY_INPUTS) -> list[str]:
@@ -108,7 +116,8 @@ def build_engine(onnx_folder: str | Path, out_folder: str | Path, precision: str
                else "export with perception-export --checkpoint CKPT --out " + str(src))
         raise FileNotFoundError(f"{onnx_file} does not exist: {fix}")
     engine_file = out / "model.engine"
-    trt = import_tensorrt(trtexec_command(onnx_file, engine_file, precision, workspace_gb))
+    fp32_layers = meta.get("fp32_layers", {}).get("layers", []) if fp32_geometry else []
+    trt = import_tensorrt(trtexec_command(onnx_file, engine_file, precision, workspace_gb, fp32_layers))
 
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -158,7 +167,7 @@ def build_engine(onnx_folder: str | Path, out_folder: str | Path, precision: str
         "onnx_file": onnx_file.name, "onnx_sha256": _sha256(onnx_file),
         "model_json_sha256": _sha256(src / "model.json"), "engine_sha256": _sha256(engine_file),
         "fp32_geometry": {"inputs": list(GEOMETRY_INPUTS) if pinned else [], "layers": pinned},
-        "trtexec_equivalent": trtexec_command(onnx_file, engine_file, precision, workspace_gb),
+        "trtexec_equivalent": trtexec_command(onnx_file, engine_file, precision, workspace_gb, fp32_layers),
         "built_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     (out / "engine.json").write_text(json.dumps(sidecar, indent=1))

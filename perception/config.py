@@ -12,6 +12,7 @@ Each later part of the system adds its section here; everything goes through thi
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import types
@@ -506,8 +507,6 @@ def _check_override_path(cls: type, parts: list[str], text: str) -> None:
 
 def apply_overrides(data: dict, overrides: Sequence[str], cls: type = Config) -> dict:
     """Return a copy of the raw YAML dict with ``a.b.c=value`` overrides applied (checked against ``cls``)."""
-    import copy
-
     out = copy.deepcopy(data) if data else {}
     for text in overrides:
         parts, value = parse_override(text)

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from perception.data.transforms import input_affine
+
 log = logging.getLogger(__name__)
 
 
@@ -87,8 +89,6 @@ def coverage(cfg: Any, img_from_ego: np.ndarray, camera_valid: np.ndarray | None
 
 def rig_coverage(cfg: Any, rig: Any) -> Coverage:
     """Coverage of a ``calibration.rig.Rig``'s cameras (static mounts, no augmentation) at the config's input size."""
-    from perception.data.transforms import input_affine
-
     mats = [input_affine((cam.height, cam.width), tuple(cfg.data.image_size)) @ cam.img_from_ego
             for cam in rig.cameras.values()]
     return coverage(cfg, np.stack(mats))

@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from perception.data.frame import Frame
-from perception.data.io import SensorFileError, read_image, read_points
+from perception.data.io import read_image, read_points
 
 RAW_T0 = 0  # µs: raw files carry no time; every file is taken as captured at t0
 

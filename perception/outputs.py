@@ -103,9 +103,13 @@ def check_file_target(path: str | Path) -> Path:
 
 def check_folder_target(out: str | Path) -> Path:
     """An output that must be a folder: refuse a file at ``out`` or above it."""
-    out = Path(out)
+    out = Path(os.path.abspath(out))
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file, not a folder; choose a folder path")
+    cwd = Path(os.getcwd())
+    if out == cwd or out in cwd.parents:
+        raise OutputError(f"--out {out} is the current folder or above it; give a folder of its own (it is "
+                          "replaced as a whole)")
     _check_parent(out)
     return out
 
@@ -135,7 +139,8 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
 
 
 def _leftovers(out: Path, kind: str) -> list[Path]:
-    return sorted(out.parent.glob(f".{out.name}.{kind}-*")) if out.parent.is_dir() else []
+    prefix = f".{out.name}.{kind}-"  # not a glob: a name may hold [ ] * ?
+    return sorted(out.parent / n for n in os.listdir(out.parent) if n.startswith(prefix)) if out.parent.is_dir() else []
 
 
 def _recover(out: Path) -> None:

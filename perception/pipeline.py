@@ -14,15 +14,21 @@ Frame -> ``perception.data.batch.input_arrays`` (the same pillarisation and tens
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
-from perception.config import Config
+from calibration.transforms import yaw_to_quaternion
+from perception.attributes import attribute_from_class_and_speed
+from perception.config import Config, config_from_dict, config_to_dict, load_config
 from perception.coverage import CoverageCheck
+from perception.data.batch import PillarSpec, input_arrays
 from perception.data.frame import Frame
+from perception.runtime.onnxruntime import OnnxRunner
+from perception.runtime.tensorrt import TensorRTRunner
 
 
 @dataclass
@@ -51,8 +57,6 @@ class Detections:
     def to_nuscenes(self) -> list[dict[str, Any]]:
         """nuScenes detection results (global frame): translation, size [w, l, h], rotation [w, x, y, z],
         velocity [vx, vy] (global axes), detection_name, float detection_score, attribute_name."""
-        from calibration.transforms import yaw_to_quaternion
-
         g = self.global_from_ego
         out = []
         ego_yaw = np.arctan2(g[1, 0], g[0, 0])
@@ -71,8 +75,6 @@ class Detections:
 def postprocess(raw: dict[str, np.ndarray], frame: Frame, class_names: tuple[str, ...], score_threshold: float,
                 index: int = 0) -> Detections:
     """Fixed-size decoded outputs (batch item ``index``) -> Detections above ``score_threshold``."""
-    from perception.attributes import attribute_from_class_and_speed
-
     scores = np.asarray(raw["scores"][index])
     keep = (scores > score_threshold) & (np.asarray(raw["labels"][index]) >= 0)
     boxes = np.asarray(raw["boxes"][index])[keep]
@@ -106,7 +108,6 @@ def load_network(checkpoint: str | Path, config: str | Path | None = None, overr
     as ``--set``) applied, loaded with the checkpoint's weights (strict: weights that do not fit the network are a
     CheckpointError naming them). The checkpoint is read once. ``build_options`` go to ``build_model`` (other
     forms of blocks with the same weights, e.g. the defining lift of ``tests/reference/model.py``)."""
-    from perception.config import config_from_dict, config_to_dict, load_config
     from perception.model.network import build_model
     from perception.train.checkpoint import load_checkpoint, load_weights
 
@@ -156,9 +157,6 @@ class Pipeline:
                   model_file: str = "model.onnx") -> "Pipeline":
         """ONNX Runtime on ``<folder>/model.onnx`` (or ``model_int8.onnx``, the Q/DQ graph) written by
         perception-export; the config travels in model.json. No torch in the inference path."""
-        from perception.config import config_from_dict
-        from perception.runtime.onnxruntime import OnnxRunner
-
         runner = OnnxRunner(folder, model_file=model_file, threads=threads)
         cfg = config_from_dict(runner.meta["config"], source=str(Path(folder) / "model.json"))
         return cls(cfg, ArrayRunner(runner), tuple(tuple(p) for p in runner.meta["stereo_pairs"]), score_threshold)
@@ -167,26 +165,30 @@ class Pipeline:
     def from_engine(cls, folder: str | Path, score_threshold: float = 0.05) -> "Pipeline":
         """TensorRT on ``<folder>/model.engine`` written by perception-engine build (the folder carries the
         export's model.json, hence the config). Raises TensorRTNotAvailable when ``tensorrt`` does not import."""
-        from perception.config import config_from_dict
-        from perception.runtime.tensorrt import TensorRTRunner
-
         runner = TensorRTRunner(folder)
         cfg = config_from_dict(runner.meta["config"], source=str(Path(folder) / "model.json"))
         return cls(cfg, ArrayRunner(runner), tuple(tuple(p) for p in runner.meta["stereo_pairs"]), score_threshold)
 
     def infer(self, frame: Frame) -> Detections:
-        import time
-
-        from perception.data.batch import PillarSpec, input_arrays
-
         t = time.perf_counter()
+        batch = self.prepare(frame)
+        det = self.infer_prepared(frame, batch)
+        det.timing["preprocess_s"] = time.perf_counter() - t - det.timing["network_s"] - det.timing["postprocess_s"]
+        return det
+
+    def prepare(self, frame: Frame) -> dict[str, np.ndarray]:
+        """The network's input arrays for one Frame (pillarisation included): the CPU work before the network,
+        which a real-time caller runs in another thread while the network runs on the previous frame."""
         self.coverage_check(tuple(str(c) for c in frame.camera_channels), frame.img_from_ego, frame.camera_valid)
-        batch = input_arrays([frame], PillarSpec.from_config(self.cfg))
-        t_pre = time.perf_counter()
+        return input_arrays([frame], PillarSpec.from_config(self.cfg))
+
+    def infer_prepared(self, frame: Frame, batch: dict[str, np.ndarray]) -> Detections:
+        """Network and post-processing on the arrays ``prepare(frame)`` returned."""
+        t = time.perf_counter()
         raw = self.runner(batch)
         t_net = time.perf_counter()
         det = postprocess(raw, frame, self.cfg.classes, self.score_threshold)
-        det.timing = {"preprocess_s": t_pre - t, "network_s": t_net - t_pre, "postprocess_s": time.perf_counter() - t_net}
+        det.timing = {"preprocess_s": 0.0, "network_s": t_net - t, "postprocess_s": time.perf_counter() - t_net}
         return det
 
 

@@ -169,3 +169,17 @@ def small_ckpt(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("small_ckpt") / "small.pt"
     save_checkpoint(path, build_model(cfg), cfg)
     return path
+
+
+@pytest.fixture(scope="session")
+def small_onnx_export(tmp_path_factory) -> Path:
+    """perception-export of the small test network (small_net: non-trivial BatchNorm statistics): the folder."""
+    from export.cli import main as export_main
+    from perception.train.checkpoint import save_checkpoint
+    from small_model import small_config, small_net
+
+    cfg = small_config()
+    root = tmp_path_factory.mktemp("small_onnx")
+    save_checkpoint(root / "small.pt", small_net(cfg), cfg)
+    assert export_main(["--checkpoint", str(root / "small.pt"), "--out", str(root / "onnx")]) == 0
+    return root / "onnx"

@@ -5,11 +5,15 @@ of calibration/, perception/ and export/ with ``ast``: a rule broken by a lazy i
 - perception/ never imports export/ (export imports perception; the demo runs perception-export as a process);
 - perception/model/ imports no dataset, training, evaluation or replay code;
 - perception/runtime/ imports no torch, directly or through a module of ours it imports at module level;
-- no private name (``_name``) is imported from another module of ours.
+- no private name (``_name``) is imported from another module of ours;
+- the inference-side modules import no heavy dependency when imported (torch, numba, the devkit, matplotlib, ONNX
+  Runtime): those stay lazy imports inside the functions that need them, which is what a lazy import is kept for.
 """
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,6 +116,21 @@ def test_no_private_names_across_modules(graph):
            if target.split(".")[0] in PACKAGES and target != mod
            and any(n.startswith("_") and not n.startswith("__") for n in names)]
     assert bad == []
+
+
+LIGHT_MODULES = ("perception.pipeline", "perception.data.assemble", "perception.data.nuscenes", "perception.data.batch",
+                 "perception.replay.readers", "perception.replay.player", "perception.replay.frames",
+                 "perception.eval.benchmark", "perception.runtime.onnxruntime", "perception.runtime.tensorrt")
+HEAVY = ("torch", "numba", "nuscenes", "matplotlib", "onnxruntime")
+
+
+def test_inference_side_modules_import_no_heavy_dependency():
+    """In a fresh interpreter: importing these modules (a Pipeline over ONNX Runtime, replay, Frame assembly,
+    perception-test's engine) loads none of HEAVY; they load when a function that needs them runs."""
+    code = (f"import importlib, sys\nfor m in {LIGHT_MODULES!r}:\n    importlib.import_module(m)\n"
+            f"print(sorted(h for h in {HEAVY!r} if h in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_the_checker_sees_function_local_and_relative_imports(tmp_path):

@@ -27,14 +27,60 @@ EXIT_USAGE = 2
 INPUT_ERRORS = (CalibrationError, SensorFileError, ConfigError, SyncError, OutputError, OSError,
                 sqlite3.DatabaseError)
 
+# Optional dependencies (top-level module -> (pip package, extra of setup.cfg that installs it)). The base install
+# is the torch-free runtime (ONNX Runtime / TensorRT inference, replay); see docs/deploy.md.
+OPTIONAL_MODULES = {
+    "torch": ("torch", "train"), "onnx": ("onnx", "train"), "onnxscript": ("onnxscript", "train"),
+    "tensorboard": ("tensorboard", "train"), "nuscenes": ("nuscenes-devkit", "eval"),
+    "matplotlib": ("matplotlib", "eval"), "rosbags": ("rosbags", "ros"), "mcap": ("mcap", "ros"),
+    "mcap_ros2": ("mcap-ros2-support", "ros"), "foxglove": ("foxglove-sdk", "ros"),
+    "polygraphy": ("polygraphy", "jetson"), "onnxslim": ("onnxslim", "trt-tools"),
+    "onnx_graphsurgeon": ("onnx-graphsurgeon", "trt-tools"),
+}
+
+
+def missing_dependency(err: ModuleNotFoundError) -> str | None:
+    """One line naming the package and the extra that installs it, for a known optional module; else None."""
+    top = (err.name or "").split(".")[0]
+    if top not in OPTIONAL_MODULES:
+        return None
+    package, extra = OPTIONAL_MODULES[top]
+    return (f"this command needs the Python package '{package}', which is not installed: "
+            f"pip install \"bevfusion-rc[{extra}]\" (or pip install {package}; docs/deploy.md lists what each extra "
+            "holds)")
+
+
+def checkpoint_errors() -> tuple[type[BaseException], ...]:
+    """``(CheckpointError,)`` where torch imports (its module needs torch), else ``()``: for ``run``'s error list of
+    commands that also work without torch."""
+    try:
+        from perception.train.checkpoint import CheckpointError
+    except ModuleNotFoundError:
+        return ()
+    return (CheckpointError,)
+
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None,
-        extra_errors: tuple[type[BaseException], ...] = ()) -> int:
+        extra_errors: tuple[type[BaseException], ...] | Callable[[], tuple[type[BaseException], ...]] = ()) -> int:
     """Call ``main(argv)``; turn known input errors (plus ``extra_errors``, the command's own) into one
-    'error: <Kind>: ...' line on stderr and exit 1."""
+    'error: <Kind>: ...' line on stderr and exit 1. ``extra_errors`` may be a function returning them, called only
+    when something was raised, so that a command whose error classes live in torch-importing modules still shows
+    its --help without torch. A missing optional dependency is one line naming the package and its extra."""
     try:
         return main(argv)
-    except INPUT_ERRORS + extra_errors as err:
+    except ModuleNotFoundError as err:
+        line = missing_dependency(err)
+        if line is None:
+            raise
+        print(f"error: MissingDependency: {line}", file=sys.stderr)
+        return EXIT_INPUT
+    except Exception as err:
+        try:
+            extra = extra_errors() if callable(extra_errors) else extra_errors
+        except ModuleNotFoundError:  # the module defining them does not import: err cannot be one of them
+            extra = ()
+        if not isinstance(err, INPUT_ERRORS + tuple(extra)):
+            raise
         print(error_line(err), file=sys.stderr)
         return EXIT_INPUT
 

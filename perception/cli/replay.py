@@ -3,10 +3,11 @@ real sensor timing, track what it detects, and write what it saw (Foxglove MCAP,
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Sequence
 
-from perception.cli.common import EXIT_OK, HelpFormatter, run
+from perception.cli.common import EXIT_INPUT, EXIT_OK, HelpFormatter, checkpoint_errors, number, run
 
 EXAMPLES = """examples:
   perception-replay --bag demo_out/synth/bags/scene-0000 --onnx demo_out/export --out replay/scene-0000   # after make demo
@@ -20,20 +21,22 @@ OUT/detections.mcap (open it in Foxglove: 3D panel for /detections and /radar, I
 OUT/detections.jsonl, OUT/preview/*.png and OUT/report.json (every input message accounted for: received = used
 + late + dropped, with reasons; latency percentiles; processing vs sensor rate).
 Bags from perception-synth --bags need no --topics; others need a topic map (docs/replay.md).
-exit codes: 0 ok (also when messages were dropped: see report.json); 1 invalid input (bag, map, rig, model);
-2 bad arguments."""
+exit codes: 0 ok (also when messages were dropped: see report.json); 1 invalid input (bag, map, rig, model), or
+no frame at all was produced (the main reasons are printed, with counts and an example); 2 bad arguments."""
+
+
+_POSITIVE = number(float, min=0, min_exclusive=True)
 
 
 def _rate(text: str) -> float | None:
+    """'max' or a positive finite factor of real time."""
     if text == "max":
         return None
     try:
-        v = float(text)
-        if v <= 0:
-            raise ValueError
-        return v
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--rate must be a positive number (1.0 = real time) or 'max'; got '{text}'")
+        return _POSITIVE(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number (1.0 = real time) or 'max'; got "
+                                         f"'{text}'") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,10 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topics", help="topic map YAML (schema perception-topics/1); not needed for perception-synth bags")
     p.add_argument("--rig", help="rig YAML: calibration instead of /tf_static + CameraInfo")
     p.add_argument("--reference", default="CAM_FRONT", help="camera whose images trigger frames (t0)")
-    p.add_argument("--max-wait-ms", type=float, default=60.0, help="wait after a trigger for the other sensors")
-    p.add_argument("--max-frames", type=int, help="stop after N frames")
-    p.add_argument("--score-threshold", type=float, default=0.3, help="detections below it are not output")
-    p.add_argument("--preview-every", type=int, default=10, help="write a PNG preview every N frames (0: none)")
+    p.add_argument("--max-wait-ms", type=number(float, min=0), default=60.0,
+                   help="wait after a trigger for the other sensors")
+    p.add_argument("--max-frames", type=number(int, min=1), help="stop after N frames")
+    p.add_argument("--score-threshold", type=number(float, min=0, max=1), default=0.3,
+                   help="detections below it are not output")
+    p.add_argument("--preview-every", type=number(int, min=0), default=10,
+                   help="write a PNG preview every N frames (0: none)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -74,7 +80,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from calibration.io import load_rig
     from perception.pipeline import Pipeline
     from perception.replay.readers import BagReader, NuScenesSceneReader
-    from perception.replay.run import one_line, replay
+    from perception.replay.run import diagnose, one_line, replay
     from perception.replay.topics import load_topic_map
 
     if args.precision == "int8" and not args.onnx:
@@ -105,16 +111,25 @@ def _main(argv: Sequence[str] | None) -> int:
     for e in report["events"]:
         print(f"warning: {e}")
     print(f"wrote {Path(args.out) / 'detections.mcap'} (open in Foxglove), detections.jsonl, preview/, report.json")
-    return EXIT_OK
+    why = diagnose(report)  # no frame, or far fewer than the reference camera's images: the main reasons
+    if why:
+        head = "error: NoFrames: " if report["frames"]["emitted"] == 0 else "warning: "
+        print("\n".join([head + why[0], *why[1:]]), file=sys.stderr)
+    return EXIT_INPUT if report["frames"]["emitted"] == 0 else EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _errors() -> tuple[type[BaseException], ...]:
     from perception.replay.readers import ReplayInputError
     from perception.replay.topics import TopicMapError
     from perception.runtime.onnxruntime import RuntimeConfigError
-    from perception.train.checkpoint import CheckpointError
+    from perception.runtime.tensorrt import TensorRTNotAvailable
 
-    return run(_main, argv, (ReplayInputError, TopicMapError, ReplayArgsError, RuntimeConfigError, CheckpointError))
+    return (ReplayInputError, TopicMapError, ReplayArgsError, RuntimeConfigError, TensorRTNotAvailable,
+            *checkpoint_errors())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(_main, argv, _errors)  # errors resolved lazily: --onnx/--engine and --help work without torch
 
 
 if __name__ == "__main__":

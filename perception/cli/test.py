@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from perception.cli.common import EXIT_OK, HelpFormatter, number, run, torch_device
+from perception.cli.common import EXIT_OK, HelpFormatter, checkpoint_errors, number, run, torch_device
 from perception.outputs import OutputError, folder_output
 
 EXAMPLES = """examples:
@@ -54,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-noise-deg", type=number(float, min=0.0, max=180.0), default=0.0, help="random extrinsic rotation error per sensor")
     p.add_argument("--max-samples", type=number(int, min=1), help="score only the first N samples of the split")
     p.add_argument("--seed", type=number(int, min=0), default=0, help="seed of the calibration noise")
-    p.add_argument("--device", type=torch_device, help="torch device for --checkpoint (default: cuda:LOCAL_RANK if CUDA is available, "
-                                    "else cpu)")
+    p.add_argument("--device", type=torch_device,
+                   help="torch device for --checkpoint (default: cuda:LOCAL_RANK if CUDA is available, else cpu)")
     p.add_argument("--results-only", action="store_true",
                    help="for splits without annotations (v1.0-test): write OUT/results_nusc.json (the submission "
                         "format, meta block included), checked with the devkit's loader; no evaluation")
@@ -141,15 +141,18 @@ def _device(requested: str | None) -> str:
     return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _errors() -> tuple[type[BaseException], ...]:
     from perception.data.nuscenes import DatasetError
     from perception.runtime.onnxruntime import RuntimeConfigError
-    from perception.train.checkpoint import CheckpointError
 
     from perception.eval.detection import ResultsFormatError
 
-    return run(_main, argv, (DatasetError, CheckpointError, BackendNotAvailable, RuntimeConfigError, OutputError,
-                             ResultsFormatError))
+    return (DatasetError, BackendNotAvailable, RuntimeConfigError, OutputError, ResultsFormatError,
+            *checkpoint_errors())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(_main, argv, _errors)  # errors resolved lazily: --onnx/--engine and --help work without torch
 
 
 if __name__ == "__main__":

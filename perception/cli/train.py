@@ -4,14 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
-from perception.cli.common import EXIT_OK, HelpFormatter, run, torch_device
+from perception.cli.common import EXIT_OK, HelpFormatter, checkpoint_errors, run, torch_device
 from perception.outputs import OutputError, atomic_write, check_folder_target, output_lock
-
-RUN_FILES = ("config.resolved.yaml", "history.jsonl", "last.pt", "model.pt", "summary.json", "backbone.pt",
-             "pretrain_history.jsonl")
 
 EXAMPLES = """examples:
   perception-synth --out data/synth --scenes 40 --samples-per-scene 20 --keyframes-only
@@ -23,9 +21,9 @@ EXAMPLES = """examples:
   torchrun --nproc_per_node 8 -m perception.cli.train configs/nuscenes_r50_256x704.yaml \\
       --dataroot data/nuscenes --version v1.0-trainval --out runs/r50
 
-An --out that already holds a run's weights is refused unless --resume (continue it from last.pt; refused, touching nothing,
-when last.pt is unreadable or from another config) or --overwrite (delete it and start again); a run folder in use
-by another perception-train (its lock file .OUT.lock) is refused.
+An --out that already holds a run's weights is refused unless --resume (continue it from last.pt; refused,
+touching nothing, when last.pt is unreadable or from another config) or --overwrite (delete it and start again);
+a run folder in use by another perception-train (its lock file .OUT.lock) is refused.
 The run folder holds config.resolved.yaml, history.jsonl, tb/ (tensorboard --logdir RUN/tb), last.pt (resumable),
 model.pt (for perception-test / Pipeline.from_checkpoint), eval/ (devkit metrics) and training_curve.png.
 --stage backbone pretrains the image backbone alone on the split's images (perspective-view targets from the GT
@@ -58,14 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # before the torch import: --help works on a torch-free install
+    if args.stage == "backbone" and args.resume:
+        parser.error("--stage backbone runs are short and not resumable: drop --resume (or --overwrite to redo one)")
     from perception.config import load_config
     from perception.data.nuscenes import DatasetError
     from perception.train.loop import train
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.stage == "backbone" and args.resume:
-        parser.error("--stage backbone runs are short and not resumable: drop --resume (or --overwrite to redo one)")
     cfg = load_config(args.config, args.set)
     synthetic = cfg.train.split.startswith("synth")
     version = args.version or ("v1.0-synth" if synthetic else "v1.0-trainval")
@@ -76,7 +74,7 @@ def _main(argv: Sequence[str] | None) -> int:
         raise DatasetError(f"{dataroot / version} does not exist; {hint}")
     out = check_folder_target(args.out or f"runs/{cfg.name}")
     main_rank = os.environ.get("RANK", "0") == "0"  # one writer under torchrun: rank 0 checks and locks
-    with output_lock(out) if main_rank else _nothing():
+    with output_lock(out) if main_rank else nullcontext():
         if main_rank:
             _claim_run_folder(out, cfg, args.resume, args.overwrite)
         if args.stage == "backbone":
@@ -102,12 +100,6 @@ def _main(argv: Sequence[str] | None) -> int:
     return EXIT_OK
 
 
-def _nothing():
-    from contextlib import nullcontext
-
-    return nullcontext()
-
-
 def _claim_run_folder(out: Path, cfg, resume: bool, overwrite: bool) -> None:
     """Before anything is written: refuse a folder holding a run with weights (last.pt or model.pt) unless --resume
     (whose last.pt must load and match the config) or --overwrite (which empties it). A refusal leaves OUT exactly
@@ -128,7 +120,7 @@ def _claim_run_folder(out: Path, cfg, resume: bool, overwrite: bool) -> None:
                 p.unlink()
         return
     weights = [n for n in ("model.pt", "last.pt", "backbone.pt") if (out / n).exists()]
-    if not resume and not weights:
+    if not weights:
         return  # a run stopped before its first checkpoint: nothing to lose, start again (as before)
     if not resume:
         finished = "model.pt" in weights
@@ -146,11 +138,14 @@ def _claim_run_folder(out: Path, cfg, resume: bool, overwrite: bool) -> None:
                               "--out")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _errors() -> tuple[type[BaseException], ...]:
     from perception.data.nuscenes import DatasetError
-    from perception.train.checkpoint import CheckpointError
 
-    return run(_main, argv, (DatasetError, CheckpointError, OutputError))
+    return (DatasetError, OutputError, *checkpoint_errors())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(_main, argv, _errors)  # errors resolved lazily: --help works without torch
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ Frames with more GT boxes than G keep the G nearest to the ego (reported in ``me
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Sequence
 
 import numpy as np
@@ -153,8 +154,6 @@ def make_loader(frames: Any, batch_size: int, max_boxes: int, shuffle: bool, wor
     """A DataLoader over an indexable of Frames (e.g. ``NuScenesFrames``). Single process: the order of
     ``epoch`` from ``EpochSampler`` (resumable at ``start_batch``). With ``distributed`` a ``DistributedSampler``
     shards the indices across ranks (its epoch is set here)."""
-    from functools import partial
-
     ds = _TorchFrames(frames)
     if distributed:
         sampler = torch.utils.data.distributed.DistributedSampler(ds, shuffle=shuffle, seed=seed, drop_last=drop_last)

@@ -8,7 +8,7 @@ one 4x4 ``A`` (augmented_from_ego) applied to boxes, velocities, radar, trajecto
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -210,6 +210,4 @@ def modality_dropout(frame: Frame, rng: np.random.Generator, camera_one: float, 
 
 
 def _replace(frame: Frame, **kw) -> Frame:
-    from dataclasses import replace
-
     return replace(frame, **kw)

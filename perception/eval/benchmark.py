@@ -19,9 +19,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from perception.config import ConfigError
 from perception.data.frame import Frame
-from perception.eval.detection import results_json, run_devkit, summary_line
+from perception.eval.detection import gt_boxes_as_results, results_json, run_devkit, summary_line
 from perception.eval.trajectory import SampleForecast, forecasting_metrics
+from perception.visualize import draw_bev_predictions
 
 
 @dataclass
@@ -110,8 +112,6 @@ def model_predictor(pipeline: Any) -> Callable[[Frame], Prediction]:
 def oracle_predictor(nusc: Any) -> Callable[[Frame], Prediction]:
     """GT through the same path: the boxes the devkit evaluates as detections (score 1) and the GT futures as a
     one-mode forecast. Its NDS is 1 by construction (a test)."""
-    from perception.eval.detection import gt_boxes_as_results
-
     def predict(frame: Frame) -> Prediction:
         t = time.perf_counter()
         boxes = gt_boxes_as_results(nusc, [frame.sample_token])[frame.sample_token]
@@ -171,8 +171,6 @@ def run_benchmark(predict: Callable[[Frame], Prediction], frames: Any, out_dir: 
         if drop:
             unknown = drop - set(frame.camera_channels) - set(radar_channels)
             if unknown:  # a typo would otherwise score the unperturbed model
-                from perception.config import ConfigError
-
                 raise ConfigError(f"--drop-sensors names {sorted(unknown)}, which sample {frame.sample_token} does not "
                                  f"have; its sensors are {list(frame.camera_channels) + radar_channels}")
         if drop or calib_noise_deg > 0:
@@ -262,8 +260,6 @@ def _report(out: Path, summary: dict, traj: dict, lat: dict, snaps: list, setup:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from perception.visualize import draw_bev_predictions
 
     tp = summary["tp_errors"]
     fig, ax = plt.subplots(figsize=(6, 3), dpi=100)

@@ -5,6 +5,8 @@ from ``nuscenes.eval.detection.evaluate.DetectionEval``.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -116,8 +118,6 @@ def run_devkit(nusc: Any, results: dict, eval_set: str, out_dir: str | Path, ver
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "results_nusc.json"
     path.write_text(json.dumps(results))
-    import contextlib
-    import io
 
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     original_tqdm = loaders.tqdm

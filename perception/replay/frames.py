@@ -2,12 +2,16 @@
 path (``perception.data.nuscenes``): only the inputs differ (messages chosen by the causal player, not files)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
+from calibration.rig import Camera
 from perception.config import Config
 from perception.data.assemble import CameraShot, assemble_frame
 from perception.data.frame import Frame
 from perception.data.radar import SweepRef
+from perception.replay.messages import CameraImage
 from perception.replay.player import FrameJob
 
 
@@ -18,10 +22,24 @@ def build_frame(job: FrameJob, cfg: Config, camera_order: tuple[str, ...], radar
     shots = []
     for ch in camera_order:
         m = job.cameras.get(ch)
-        shots.append(CameraShot(ch, job.camera_calib.get(ch), m.payload.rgb if m is not None else None,
+        cam = job.camera_calib.get(ch)
+        if m is not None:
+            cam = decoded_camera(cam, m.payload)
+        shots.append(CameraShot(ch, cam, m.payload.rgb if m is not None else None,
                                 m.stamp_us if m is not None else None))
     index = {ch: k for k, ch in enumerate(radar_order)}
     sweeps = [SweepRef(job.radar_calib[m.channel], index[m.channel], f"{m.topic}@{m.stamp_us}", m.stamp_us, m.payload)
               for m in job.radars if m.channel in job.radar_calib]
     return assemble_frame(cfg.data, job.t0, job.poses, shots, sweeps, token=f"{name}:{job.t0}",
                           stereo_pairs=stereo_pairs)
+
+
+def decoded_camera(cam: Camera | None, image: CameraImage) -> Camera | None:
+    """The calibration of the pixels actually decoded: for a reduced (DCT-scaled) decode, the same camera with
+    K' = A K and the decoded size, A mapping full-image pixels to decoded ones (``CameraImage.decoded_from_full``).
+    Lens distortion acts on normalised coordinates, so the same coefficients undistort the reduced image exactly,
+    and the projection (``img_from_ego``) lands in the decoded pixels: the Frame is assembled from them directly."""
+    if cam is None or image.reduction == 1:
+        return cam
+    h, w = image.rgb.shape[:2]
+    return replace(cam, width=int(w), height=int(h), intrinsics=image.decoded_from_full() @ cam.intrinsics)

@@ -9,10 +9,13 @@ Drop reasons (``report.json`` counts each per topic): see ``DROP_REASONS``.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from calibration.transforms import make_transform
 
 DROP_REASONS = {
     "undecodable": "the payload could not be decoded (corrupt CDR, corrupt JPEG, unsupported encoding, bad layout)",
@@ -26,13 +29,34 @@ DROP_REASONS = {
     "not_selected": "arrived in time but a closer message of the same sensor was used, or no frame needed it",
     "duplicate": "the same stamp again on the same topic",
     "unused_transform": "a transform between frames the replay does not use",
+    "stamp_outlier": "the stamp is far ahead of the stream's time (more than the player's max_stamp_lead, 1 s by "
+                     "default, ahead of the arrival clock's usual offset); kept, it would push every later message "
+                     "out of the reorder buffer",
 }
 
 
 @dataclass
 class CameraImage:
-    rgb: np.ndarray  # (H, W, 3) uint8
+    """A decoded camera image. ``rgb`` may be a reduced decode (JPEG DCT scaling, ``decode_image(draft_width=)``):
+    ``reduction`` is then 2, 4 or 8 and pixel (u', v') of ``rgb`` covers the full image's pixels
+    [s u', s u' + s) x [s v', s v' + s), s = ``reduction``; ``size`` is always the full image's (width, height),
+    the size the calibration refers to."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8; (ceil(H0 / s), ceil(W0 / s), 3) for a reduced decode
     jpeg: bytes | None = None  # the original compressed bytes (kept for the MCAP output)
+    reduction: int = 1
+    full_size: tuple[int, int] | None = None  # (W0, H0) when reduced
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the full image."""
+        return self.full_size or (int(self.rgb.shape[1]), int(self.rgb.shape[0]))
+
+    def decoded_from_full(self) -> np.ndarray:
+        """(3, 3) pixels of the decoded ``rgb`` <- pixels of the full image (pixel centres at integers):
+        u' = (u + 0.5) / s - 0.5, the same for v. The identity for a full-size decode."""
+        s = float(self.reduction)
+        return np.array([[1 / s, 0, 0.5 / s - 0.5], [0, 1 / s, 0.5 / s - 0.5], [0, 0, 1]])
 
 
 @dataclass
@@ -53,8 +77,6 @@ class Transform:
     rotation_wxyz: np.ndarray  # (4,)
 
     def matrix(self) -> np.ndarray:
-        from calibration.transforms import make_transform
-
         return make_transform(self.rotation_wxyz, self.translation)
 
 
@@ -86,27 +108,45 @@ def stamp_us(header: Any) -> int:
     return int(header.stamp.sec) * 1_000_000 + int(header.stamp.nanosec) // 1000
 
 
-def decode_jpeg(data: bytes) -> np.ndarray:
-    import io
-
+def decode_image(data: bytes, draft_width: int | None = None) -> CameraImage:
+    """JPEG (or PNG) bytes -> CameraImage. ``draft_width``: the width the network resizes the image to; a JPEG is
+    then decoded directly at 1/2, 1/4 or 1/8 of its size by libjpeg's DCT scaling (PIL ``Image.draft``), the
+    largest reduction that keeps at least ``draft_width`` columns (and the rows of the same aspect), which costs a
+    fraction of a full decode followed by a resize. PNG and other formats are decoded at full size."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
+            w0, h0 = im.size
+            reduction = 1
+            if draft_width and im.format == "JPEG" and draft_width < w0:
+                # draft() picks the largest scale whose result is at least the requested size
+                im.draft("RGB", (draft_width, max(1, -(-h0 * draft_width // w0))))
+                reduction = max(1, round(w0 / im.size[0]))
             im.load()
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
     except Exception as err:  # PIL raises several types for corrupt data
         raise DecodeError("undecodable", f"image bytes cannot be decoded ({type(err).__name__}: {err})") from None
+    return CameraImage(rgb, data, reduction, (w0, h0) if reduction > 1 else None)
 
 
-def image_from_ros(msg: Any, msgtype: str) -> CameraImage:
-    """sensor_msgs/CompressedImage (jpeg/png) or sensor_msgs/Image (rgb8, bgr8, mono8)."""
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """Full-size decode of JPEG (or PNG) bytes -> (H, W, 3) uint8."""
+    return decode_image(data).rgb
+
+
+def image_from_ros(msg: Any, msgtype: str, draft_width: int | None = None) -> CameraImage:
+    """sensor_msgs/CompressedImage (jpeg/png) or sensor_msgs/Image (rgb8, bgr8, mono8). ``draft_width``: see
+    ``decode_image``."""
     if msgtype.endswith("CompressedImage"):
         fmt = str(msg.format).lower()
         if not any(k in fmt for k in ("jpeg", "jpg", "png")):
             raise DecodeError("undecodable", f"CompressedImage format '{msg.format}' is not jpeg or png")
         data = bytes(np.asarray(msg.data, dtype=np.uint8).tobytes())
-        return CameraImage(decode_jpeg(data), data if "png" not in fmt else None)
+        img = decode_image(data, draft_width)
+        if "png" in fmt:
+            img.jpeg = None
+        return img
     enc = str(msg.encoding).lower()
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     raw = np.asarray(msg.data, dtype=np.uint8)

@@ -17,7 +17,7 @@ the frame that would have used it was emitted, and no later frame used it) or dr
 """
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,8 @@ class PlayerConfig:
     radar_future_us: int = 50_000
     radar_sweeps: int = 6
     max_extrapolation_us: int = 100_000
+    # a sensor message or pose stamped further ahead of the stream's time than this is dropped (stamp_outlier)
+    max_stamp_lead_us: int = 1_000_000
 
 
 @dataclass
@@ -61,11 +63,17 @@ class FrameJob:
 
 
 class Ledger:
-    """One final status per input message: used, late or dropped (with a reason); counts per topic."""
+    """One final status per input message: used, late or dropped (with a reason); counts per topic.
+
+    A frame that the real-time replay skips after the player built it (a stale frame, when the network falls
+    behind) gives its messages back (``release``): a message no other frame uses becomes late, or pending when
+    the run stopped (``--max-frames``) before the frame was processed. A released message that a later frame uses
+    becomes used again."""
 
     def __init__(self) -> None:
         self.topics: dict[str, dict[str, Any]] = {}
         self.status: dict[int, str] = {}
+        self.refs: dict[int, int] = defaultdict(int)  # frames using the message
         self.examples: dict[str, list[str]] = defaultdict(list)
 
     def _topic(self, topic: str) -> dict[str, Any]:
@@ -82,8 +90,29 @@ class Ledger:
         return True
 
     def use(self, m: Message) -> None:
+        st = self.status.get(m.seq)
+        if st == "late" and m.meta.get("released"):  # a skipped frame gave it back; this frame uses it
+            self._topic(m.topic)["late"] -= 1
+            self.status[m.seq] = "pending"
         if self._final(m, "used"):
             self._topic(m.topic)["used"] += 1
+        if self.status.get(m.seq) == "used":
+            self.refs[m.seq] += 1
+
+    def release(self, m: Message, to: str = "late") -> None:
+        """A frame that used ``m`` was not processed: ``m`` becomes ``to`` ("late" or "pending") unless another
+        frame uses it."""
+        assert to in ("late", "pending"), to
+        if self.status.get(m.seq) != "used":
+            return
+        self.refs[m.seq] -= 1
+        if self.refs[m.seq] > 0:
+            return
+        self._topic(m.topic)["used"] -= 1
+        self.status[m.seq] = to
+        m.meta["released"] = True
+        if to == "late":
+            self._topic(m.topic)["late"] += 1
 
     def late(self, m: Message) -> None:
         if self._final(m, "late"):
@@ -101,12 +130,15 @@ class Ledger:
         return sum(1 for s in self.status.values() if s == "pending")
 
     def totals(self) -> dict[str, Any]:
+        """received, used, late, dropped and pending (not settled: only when a run stopped early) over all topics;
+        received = used + late + dropped + pending."""
         out = {"received": 0, "used": 0, "late": 0, "dropped": 0}
         for t in self.topics.values():
             out["received"] += t["received"]
             out["used"] += t["used"]
             out["late"] += t["late"]
             out["dropped"] += sum(t["dropped"].values())
+        out["pending"] = self.pending()
         return out
 
 
@@ -135,6 +167,7 @@ class Player:
         self.pending: list[Message] = []  # triggers waiting for their deadline, in arrival order
         self.recent: list[_Emitted] = []
         self.newest_stamp: int | None = None
+        self._offsets: deque[int] = deque(maxlen=64)  # arrival - stamp of recent accepted sensor messages and poses
         self.last_t0: int | None = None
         self.frames = 0
         self.skipped: dict[str, int] = defaultdict(int)  # frames not built: reason -> count
@@ -238,7 +271,24 @@ class Player:
         else:
             self.ledger.drop(m, "unused_transform", "an empty /tf_static message")
 
+    def _stamp_outlier(self, m: Message, stamp_us: int) -> bool:
+        """Drop (stamp_outlier) a message stamped far ahead of the stream's time: arrival - stamp compared with the
+        median of the last 64 accepted messages (at least 3 needed). A stamp far *behind* needs no rule: it is
+        older than the reorder buffer and dropped alone (out_of_order); one far ahead would move the newest stamp
+        and push every later message out of the buffer."""
+        offset = m.log_time_us - stamp_us
+        if len(self._offsets) >= 3:
+            lead = float(np.median(self._offsets)) - offset
+            if lead > self.cfg.max_stamp_lead_us:
+                self.ledger.drop(m, "stamp_outlier", f"stamp {lead / 1e6:.1f} s ahead of the stream's time (limit "
+                                                     f"{self.cfg.max_stamp_lead_us / 1e6:g} s)")
+                return True
+        self._offsets.append(offset)
+        return False
+
     def _pose(self, m: Message) -> None:
+        if m.payload and self._stamp_outlier(m, max(t.stamp_us for t in m.payload)):
+            return
         reason = "unused_transform"
         for t in m.payload:
             if (t.parent, t.child) != (self.map.pose_parent, self.map.pose_child):
@@ -259,6 +309,8 @@ class Player:
 
     def _sensor(self, m: Message) -> None:
         c = self.cfg
+        if self._stamp_outlier(m, m.stamp_us):
+            return
         if self.newest_stamp is not None and m.stamp_us < self.newest_stamp - c.reorder_us:
             self.ledger.drop(m, "out_of_order", f"stamp {(self.newest_stamp - m.stamp_us) / 1000:.0f} ms behind the "
                                                 f"newest ({c.reorder_us / 1000:.0f} ms buffer)")
@@ -297,7 +349,7 @@ class Player:
             cam, why = self.camera(m.channel)
             if cam is None:
                 return "no_calibration", why
-            h, w = m.payload.rgb.shape[:2]
+            w, h = m.payload.size
             if (w, h) != (cam.width, cam.height):
                 return "wrong_size", f"image {w}x{h}, calibration {cam.width}x{cam.height}"
             return "", ""

@@ -12,23 +12,28 @@ Both set ``self.events`` (stream-level problems such as truncation) and ``self.t
 """
 from __future__ import annotations
 
+from itertools import groupby
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from perception.replay.messages import (CameraImage, CameraInfo, DecodeError, Message, ReplayInputError, Transform,
-                                        camera_info_from_ros, check_cloud, cloud_from_ros, decode_jpeg,
+from perception.replay.messages import (CameraInfo, DecodeError, Message, ReplayInputError, Transform,
+                                        camera_info_from_ros, check_cloud, cloud_from_ros, decode_image,
                                         image_from_ros, odometry_from_ros, stamp_us, transforms_from_ros)
 from perception.replay.topics import BAG_TOPICS, POSE_CHILD, POSE_PARENT, TopicMap, default_topic_map
+from calibration.io import load_rig
+from perception.data.io import SensorFileError, read_radar_records
+from perception.data.nuscenes import scene_sample_data
 
 
-def decode(kind: str, msgtype: str, msg: Any) -> tuple[int, Any]:
-    """A deserialised ROS message of role ``kind`` -> (stamp µs, payload). Raises DecodeError."""
+def decode(kind: str, msgtype: str, msg: Any, draft_width: int | None = None) -> tuple[int, Any]:
+    """A deserialised ROS message of role ``kind`` -> (stamp µs, payload). Raises DecodeError. ``draft_width``:
+    JPEGs are decoded at the smallest DCT scale that keeps this width (``messages.decode_image``)."""
     if kind == "camera":
         if not msgtype.endswith(("CompressedImage", "/Image")):
             raise DecodeError("undecodable", f"camera topic carries {msgtype}, not an image")
-        img = image_from_ros(msg, msgtype)
+        img = image_from_ros(msg, msgtype, draft_width)
         return stamp_us(msg.header), img
     if kind == "camera_info":
         return stamp_us(msg.header), camera_info_from_ros(msg)
@@ -60,6 +65,7 @@ class BagReader:
         self.topics = self._topics()
         self.topic_map = topic_map or default_topic_map(self.topics)
         self.roles = self.topic_map.roles()
+        self.draft_width: int | None = None  # set by the replay: decode JPEGs at the network's size
 
     # -- layout ---------------------------------------------------------------
     def _locate(self) -> tuple[str, list[Path]]:
@@ -174,7 +180,7 @@ class BagReader:
             m.reason, m.detail = "undecodable", f"{msgtype} payload cannot be deserialised ({type(err).__name__})"
             return m
         try:
-            m.stamp_us, m.payload = decode(kind, msgtype, msg)
+            m.stamp_us, m.payload = decode(kind, msgtype, msg, self.draft_width)
         except DecodeError as err:
             m.reason, m.detail = err.reason, err.detail
             try:
@@ -188,9 +194,6 @@ class NuScenesSceneReader:
     """Every sample_data row of one scene (key frames and sweeps), as the bag of that scene would carry them."""
 
     def __init__(self, dataroot: str | Path, version: str, scene: str, nusc: Any = None):
-        from calibration.io import load_rig
-        from perception.data.nuscenes import scene_sample_data
-
         if nusc is None:
             from nuscenes.nuscenes import NuScenes
 
@@ -219,15 +222,12 @@ class NuScenesSceneReader:
         doppler = {n: r.doppler for n, r in file_rig.radars.items()} if file_rig else {}
         self.topic_map = default_topic_map(topics, doppler)
         self.roles = self.topic_map.roles()
+        self.draft_width: int | None = None  # set by the replay: decode JPEGs at the network's size
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __iter__(self) -> Iterator[Message]:
-        from itertools import groupby
-
-        from perception.data.io import SensorFileError, read_radar_records
-
         seq = 0
         first = self.rows[0]["timestamp"]
         static = []
@@ -259,7 +259,7 @@ class NuScenesSceneReader:
                 try:
                     if mod == "camera":
                         data = path.read_bytes()
-                        m.payload = CameraImage(decode_jpeg(data), data)
+                        m.payload = decode_image(data, self.draft_width)
                     elif mod == "radar":
                         rec = read_radar_records(path)
                         check_cloud(rec)

@@ -7,11 +7,12 @@ Run folder: ``config.resolved.yaml``, ``history.jsonl`` (one line per logged ste
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,17 @@ import numpy as np
 import torch
 
 from perception.config import Config, config_hash, dump_config
+from perception.data.loader import PillarSpec, make_loader
+from perception.data.nuscenes import DatasetError, NuScenesFrames
+from perception.eval.detection import evaluate_split, summary_line
+from perception.model.decode import BevGrid
+from perception.model.network import INPUT_NAMES, build_model
+from perception.pipeline import Pipeline
+from perception.train.camera_aux import TrainNet, camera_aux_losses
+from perception.train.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from perception.train.losses import detection_losses
+from perception.train.recipe import WeightEma, sync_batchnorm
+from perception.train.targets import build_targets
 
 LOSS_NAMES = ("heatmap", "regression", "trajectory", "mode")
 AUX_LOSS_NAMES = ("depth", "perspective_heatmap", "perspective_regression")  # when train.depth_loss / perspective
@@ -60,8 +72,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 def data_hash(frames: Any) -> str:
     """A short hash of what the model is trained on: the sample tokens of the split and the generator's
     options for synthetic roots (so a regenerated dataset is noticed)."""
-    import hashlib
-
     h = hashlib.sha256("".join(s.token for s in frames.samples).encode())
     gen = Path(frames.dataroot) / frames.version / "generator.json"
     if gen.exists():
@@ -106,10 +116,6 @@ class _Optimisation:
 
 
 def _build_optimisation(cfg: Config, stereo: tuple, dev: torch.device, dist_info: DistInfo) -> _Optimisation:
-    from perception.model.network import build_model
-    from perception.train.camera_aux import TrainNet
-    from perception.train.recipe import WeightEma, sync_batchnorm
-
     tc = cfg.train
     # the network with the training-only camera supervision around it (saved apart: model.pt stays the FusionNet)
     train_net = TrainNet(sync_batchnorm(build_model(cfg, stereo), dist_info.world, dev), cfg).to(dev)
@@ -129,8 +135,6 @@ def _build_optimisation(cfg: Config, stereo: tuple, dev: torch.device, dist_info
 
 def _resume(path: Path, o: _Optimisation, hashes: dict) -> tuple[int, float]:
     """Load ``last.pt`` into ``o`` and the global RNGs; returns (step, training minutes of the runs resumed)."""
-    from perception.train.checkpoint import CheckpointError, load_checkpoint, load_weights
-
     ck = load_checkpoint(path)
     load_weights(o.model, ck["model"], path)
     o.opt.load_state_dict(ck["optimizer"])
@@ -152,11 +156,6 @@ def _train_step(o: _Optimisation, batch: dict, grid: Any, cfg: Config, dev: torc
     """One optimiser step on ``batch`` (targets built on ``grid``, gradients clipped to ``train.grad_clip``, the
     training-only camera losses of ``camera_aux`` added, the EMA updated); returns (total loss, loss terms,
     gradient norm before clipping)."""
-    from perception.model.network import INPUT_NAMES
-    from perception.train.camera_aux import camera_aux_losses
-    from perception.train.losses import detection_losses
-    from perception.train.targets import build_targets
-
     targets = build_targets(batch["gt_boxes"], batch["gt_labels"], batch["gt_mask"], batch["gt_future"],
                             batch["gt_future_valid"], grid, cfg.num_classes)
     inputs = [batch[k].to(dev, non_blocking=True) for k in INPUT_NAMES]
@@ -196,11 +195,6 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
           stop_after: int | None = None) -> dict:
     """Train ``cfg`` on ``cfg.train.split`` of the root; returns a summary (final losses, evaluation metrics).
     ``stop_after`` ends the run early at that step with a resumable checkpoint (as an interruption would)."""
-    from perception.data.loader import PillarSpec, make_loader
-    from perception.data.nuscenes import DatasetError, NuScenesFrames
-    from perception.model.decode import BevGrid
-    from perception.train.checkpoint import save_checkpoint
-
     dist_info = init_distributed()
     tc = cfg.train
     seed_everything(tc.seed + dist_info.rank, tc.deterministic)
@@ -302,8 +296,6 @@ def _leave_distributed(dist_info: DistInfo) -> None:
 
 
 def _to(t: Any, dev: torch.device) -> Any:
-    from dataclasses import fields, replace
-
     return replace(t, **{f.name: getattr(t, f.name).to(dev) for f in fields(t)})
 
 
@@ -329,8 +321,6 @@ def _save_state(path: Path, model, cfg, stereo, opt, sched, step: int, hashes: d
                 extra: dict | None = None) -> None:
     """``minutes``: training time up to this step, over every run resumed into this one; ``extra``: more entries
     (``_Optimisation.extra_state``)."""
-    from perception.train.checkpoint import save_checkpoint
-
     save_checkpoint(path, model, cfg, stereo, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                                "step": step, "rng": _rng_state(), "minutes": minutes, **hashes,
                                                **(extra or {})})
@@ -338,10 +328,6 @@ def _save_state(path: Path, model, cfg, stereo, opt, sched, step: int, hashes: d
 
 def _evaluate(model, cfg, dataroot, version, out_dir: Path, writer, step: int, stereo) -> dict:
     """The minimal evaluation of the current weights on cfg.train.val_split (devkit metrics)."""
-    from perception.data.nuscenes import NuScenesFrames
-    from perception.eval.detection import evaluate_split, summary_line
-    from perception.pipeline import Pipeline
-
     model.eval()
     frames = NuScenesFrames(cfg, dataroot, version, cfg.train.val_split)
     pipe = Pipeline.from_module(model, cfg, stereo)

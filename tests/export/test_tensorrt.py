@@ -348,7 +348,7 @@ def trt_exports(tmp_path_factory, request):
     from perception.data.nuscenes import NuScenesFrames
     from perception.data.synthetic.generate import VERSION
     from perception.model.network import INPUT_NAMES
-    from perception.runtime.onnxruntime import read_model_json
+    from perception.runtime.onnxruntime import file_sha256, read_model_json
     from perception.train.checkpoint import save_checkpoint
     from small_model import small_config, small_net
 
@@ -366,6 +366,7 @@ def trt_exports(tmp_path_factory, request):
         ref = net(*[torch.from_numpy(example[k]) for k in INPUT_NAMES])
     raw_meta = dict(meta, outputs=[{"name": n, "shape": list(ref[n].shape), "dtype": "float32"}
                                    for n in RAW_OUTPUT_NAMES])
+    raw_meta["files"] = {"model.onnx": file_sha256(raw / "model.onnx")}  # this folder's own graph
     (raw / "model.json").write_text(json.dumps(raw_meta))
     return {"root": root, "onnx": root / "onnx", "raw": raw, "cfg": cfg, "synth_root": synth_root}
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass
@@ -31,11 +32,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from calibration.io import save_rig
+from calibration.io import load_rig, save_rig
 from calibration.rig import Camera, Lidar, Rig
 from calibration.transforms import make_transform, matrix_to_quaternion, transform_points, yaw_to_quaternion
 from perception.data.io import write_radar_pcd
 from perception.data.synthetic import world as W
+from perception.data.synthetic.bags import write_scene_bag
 from perception.data.synthetic.lidar import points_in_boxes, simulate_lidar
 from perception.data.synthetic.radar import simulate_radar
 from perception.data.synthetic.render import CameraRenderer, make_textures
@@ -167,8 +169,6 @@ def scaled_rig(rig: Rig, scale: float) -> Rig:
 def generate(opts: SynthOptions, progress: Callable[[str, int], Any] | None = None) -> dict:
     """Write the dataset. ``progress(desc, total)`` may return a tqdm-like object (update/close).
     Returns a summary dict (counts per class and split, timings)."""
-    from calibration.io import load_rig
-
     base_rig = opts.rig or load_rig(Path(__file__).resolve().parents[3] / "configs" / "rigs" / "nuscenes.yaml")
     rig = scaled_rig(base_rig, opts.image_scale)
     out = Path(opts.out)
@@ -441,15 +441,11 @@ def write_bags(out: Path) -> dict:
     """One rosbag2 (MCAP) per scene under out/bags/<scene name>/."""
     from nuscenes.nuscenes import NuScenes
 
-    from perception.data.synthetic.bags import write_scene_bag
-
     nusc = NuScenes(VERSION, str(out), verbose=False)
     result = {}
     for scene in nusc.scene:
         target = out / "bags" / scene["name"]
         if target.exists():
-            import shutil
-
             shutil.rmtree(target)
         result[scene["name"]] = write_scene_bag(nusc, scene["token"], target)
     return result

@@ -42,6 +42,7 @@ from perception.model.decode import BevGrid
 from perception.model.network import INPUT_NAMES, build_model
 from perception.train.losses import detection_losses
 from perception.train.targets import Targets, build_targets
+from perception.train.checkpoint import load_checkpoint, load_weights
 
 
 @MODELS.register_module()
@@ -62,8 +63,6 @@ class FusionDetector(Base3DDetector):
         state = None
         stereo = tuple((int(a), int(b)) for a, b in stereo_pairs)
         if checkpoint is not None:
-            from perception.train.checkpoint import load_checkpoint
-
             ck = load_checkpoint(checkpoint)
             state = ck["model"]
             stereo = tuple(tuple(int(v) for v in p) for p in ck.get("stereo_pairs", ())) or stereo
@@ -72,8 +71,6 @@ class FusionDetector(Base3DDetector):
         self.output_frame = output_frame
         self.net = build_model(cfg, stereo)
         if state is not None:
-            from perception.train.checkpoint import load_weights
-
             load_weights(self.net, state, Path(checkpoint))
         self.grid = BevGrid.from_config(cfg.data.grid)
 

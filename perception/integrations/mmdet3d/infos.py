@@ -34,12 +34,12 @@ import numpy as np
 
 from calibration.io import read_mmdet3d_info
 from calibration.rig import CalibrationError, Camera, check_pose
-from calibration.transforms import intrinsics_to_4x4, invert, make_transform
+from calibration.transforms import intrinsics_to_4x4, invert, make_transform, quaternion_to_matrix
 from perception.config import Config
 from perception.data.assemble import CameraShot, assemble_frame, still_poses
 from perception.data.frame import Frame
 from perception.data.io import SensorFileError, read_image
-from perception.data.nuscenes import CAMERA_ORDER
+from perception.data.nuscenes import CAMERA_ORDER, DatasetError, split_scene_names
 from perception.integrations.mmdet3d.boxes import transform_boxes, wrap_angle
 
 # metainfo.categories of mmdet3d's nuScenes infos (its NuScenesDataset.METAINFO order, not this project's)
@@ -223,9 +223,6 @@ def write_infos(dataroot: str | Path, version: str, split: str, out: str | Path,
     mmdet3d's nuScenes category order, -1 for other categories). Returns the ``data_prefix`` (camera -> image
     folder under ``dataroot``) to read it back with."""
     from nuscenes.eval.detection.utils import category_to_detection_name
-
-    from calibration.transforms import quaternion_to_matrix
-    from perception.data.nuscenes import DatasetError, split_scene_names
 
     if nusc is None:
         from nuscenes.nuscenes import NuScenes

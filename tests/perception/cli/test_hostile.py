@@ -6,6 +6,10 @@ output exists, that it is byte-identical afterwards. Most cases run in-process t
 warmed once, so the time measured is the rejection itself); a few run as real processes to check the traceback
 policy end to end and to kill a writer half-way (the old output must survive).
 
+Time: the LIMIT_S bound is asserted on the CPU time of the rejection (``time.process_time``), which a busy
+machine does not inflate (this one has 2 cores shared by several jobs: wall times there vary 5x); a run is
+interrupted and counted as a hang after HANG_S of wall time. Both are recorded.
+
 The module prints its tally at the end: cases, tracebacks, hangs (over LIMIT_S), silent wrong answers (exit 0
 where a refusal was due) and data losses (a prior output changed by a refused or killed run).
 """
@@ -33,7 +37,8 @@ BIN = Path(sys.executable).parent
 RIG = REPO / "configs" / "rigs" / "nuscenes.yaml"
 TINY = REPO / "configs" / "synthetic_tiny.yaml"
 SETS = [a for o in SMALL_OVERRIDES for a in ("--set", o)]
-LIMIT_S = 5.0
+LIMIT_S = 5.0  # CPU seconds per rejection
+HANG_S = 30.0  # wall seconds before a run is interrupted as hung
 TALLY: list[dict] = []
 
 
@@ -57,14 +62,14 @@ def _cli(name: str):
     return importlib.import_module(module).main
 
 
-def run_inprocess(cli: str, argv: list[str], capsys) -> tuple[int, str, float]:
-    """(exit code, stderr, seconds) of ``main(argv)``; a run past 3 x LIMIT_S is interrupted and reported as a
-    hang (exit code None)."""
+def run_inprocess(cli: str, argv: list[str], capsys) -> tuple[int, str, float, float]:
+    """(exit code, stderr, CPU seconds, wall seconds) of ``main(argv)``; a run past HANG_S of wall time is
+    interrupted and reported as a hang (exit code None)."""
     main = _cli(cli)
     capsys.readouterr()
     old = signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, 3 * LIMIT_S)
-    t = time.perf_counter()
+    signal.setitimer(signal.ITIMER_REAL, HANG_S)
+    t, cpu = time.perf_counter(), time.process_time()
     try:
         rc = main([str(a) for a in argv])
     except SystemExit as err:  # argparse
@@ -74,8 +79,7 @@ def run_inprocess(cli: str, argv: list[str], capsys) -> tuple[int, str, float]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-    seconds = time.perf_counter() - t
-    return rc, capsys.readouterr().err, seconds
+    return rc, capsys.readouterr().err, time.process_time() - cpu, time.perf_counter() - t
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -88,14 +92,14 @@ def expect(case: str, cli: str, argv: list, expected: int, capsys, says: tuple[s
            keep: Path | None = None) -> str:
     """Run, record in the tally, and assert the policy. ``keep``: a prior output that must be unchanged."""
     before = snapshot(keep) if keep is not None else None
-    rc, err, seconds = run_inprocess(cli, argv, capsys)
+    rc, err, seconds, wall = run_inprocess(cli, argv, capsys)
     lost = keep is not None and (not keep.exists() or snapshot(keep) != before)
     TALLY.append({"case": case, "cli": cli, "expected": expected, "rc": rc, "seconds": round(seconds, 3),
-                  "traceback": "Traceback" in err, "hang": rc is None or seconds > LIMIT_S,
+                  "wall_s": round(wall, 3), "traceback": "Traceback" in err, "hang": rc is None or seconds > LIMIT_S,
                   "silent_wrong": rc == 0 and expected != 0, "data_loss": bool(lost)})
     assert rc == expected, f"{case}: exit {rc}, expected {expected}; stderr: {err[-800:]}"
     assert "Traceback" not in err, err
-    assert seconds < LIMIT_S, f"{case}: {seconds:.1f} s"
+    assert seconds < LIMIT_S, f"{case}: {seconds:.1f} CPU s ({wall:.1f} s wall)"
     errors = [ln for ln in err.splitlines() if "error:" in ln]
     assert len(errors) == 1, f"{case}: expected one error line, got {err!r}"
     if expected == 1:
@@ -113,10 +117,11 @@ def tally(request):
         return
     keys = ("traceback", "hang", "silent_wrong", "data_loss")
     counts = {k: sum(r[k] for r in TALLY) for k in keys}
-    slowest = max(TALLY, key=lambda r: r["seconds"])
+    slowest = max((r for r in TALLY if not r["cli"].startswith("perception-")), key=lambda r: r["seconds"])
     line = (f"hostile inputs: {len(TALLY)} cases over {len({r['cli'] for r in TALLY})} CLIs; tracebacks "
             f"{counts['traceback']}, hangs {counts['hang']}, silent wrong answers {counts['silent_wrong']}, data "
-            f"loss {counts['data_loss']}; slowest rejection {slowest['seconds']:.2f} s ({slowest['case']})")
+            f"loss {counts['data_loss']}; slowest in-process rejection {slowest['seconds']:.2f} CPU s "
+            f"({slowest['wall_s']:.2f} s wall, {slowest['case']})")
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line("")
@@ -678,13 +683,13 @@ def test_real_processes_exit_cleanly(script, args, code, small_ckpt, tmp_path):
     t = time.perf_counter()
     proc = _spawn(script, *[subst.get(a, a) for a in args], cwd=tmp_path)
     try:
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=HANG_S)
     except subprocess.TimeoutExpired:
         proc.kill()
         _, err = proc.communicate()
     seconds = time.perf_counter() - t
     TALLY.append({"case": f"process: {script} {' '.join(args)}", "cli": script, "expected": code,
-                  "rc": proc.returncode, "seconds": round(seconds, 3), "traceback": "Traceback" in err,
+                  "rc": proc.returncode, "seconds": None, "wall_s": round(seconds, 3), "traceback": "Traceback" in err,
                   "hang": proc.returncode is None or proc.returncode < 0, "silent_wrong": proc.returncode == 0,
                   "data_loss": False})
     assert proc.returncode == code, err
@@ -720,7 +725,7 @@ def test_killed_export_leaves_the_previous_export_intact(small_ckpt, export_dir,
     killed = _kill_when(proc, lambda: any((p / "model.onnx").exists() for p in tmp_path.glob(".exp.tmp-*")))
     lost = snapshot(out) != before
     TALLY.append({"case": "process: perception-export killed mid-write", "cli": "perception-export", "expected": -9,
-                  "rc": proc.returncode, "seconds": 0.0, "traceback": False, "hang": False, "silent_wrong": False,
+                  "rc": proc.returncode, "seconds": None, "wall_s": None, "traceback": False, "hang": False, "silent_wrong": False,
                   "data_loss": lost})
     assert killed, "the export finished before it could be killed mid-write"
     assert not lost
@@ -744,7 +749,7 @@ def test_killed_synth_leaves_the_previous_dataset_intact(tmp_path):
                                           if (p / "samples").is_dir()))
     lost = snapshot(out) != before
     TALLY.append({"case": "process: perception-synth killed mid-write", "cli": "perception-synth", "expected": -9,
-                  "rc": proc.returncode, "seconds": 0.0, "traceback": False, "hang": False, "silent_wrong": False,
+                  "rc": proc.returncode, "seconds": None, "wall_s": None, "traceback": False, "hang": False, "silent_wrong": False,
                   "data_loss": lost})
     assert killed, "perception-synth finished before it could be killed mid-write"
     assert not lost
