@@ -316,6 +316,9 @@ def _report(out: Path, summary: dict, traj: dict, lat: dict, snaps: list, setup:
             d = depth[g]
             rel, d1 = (("n/a" if v is None else f"{v:.3f}") for v in (d["abs_rel"], d["delta1"]))
             lines.append(f"| {g.replace('_', ' ')} | {rel} | {d1} | {d['cells']} |")
+        for ch, d in depth.get("per_camera", {}).items():
+            rel, d1 = (("n/a" if v is None else f"{v:.3f}") for v in (d["abs_rel"], d["delta1"]))
+            lines.append(f"| {ch} | {rel} | {d1} | {d['cells']} |")
     lines += ["", "## Latency (ms)", "", "| stage | median | p90 |", "|---|---|---|"]
     lines += [f"| {k} | {v['median_ms']:.1f} | {v['p90_ms']:.1f} |" for k, v in lat.items()]
     lines += ["", "## BEV snapshots (predictions score >= 0.3 vs GT)", ""] + [f"![{p}]({p})" for p in pics]

@@ -61,33 +61,50 @@ def depth_error_sums(pred: np.ndarray, target: np.ndarray, bins: DepthBins) -> d
     return {"cells": float(ok.sum()), "abs_rel": float((np.abs(p - t) / t).sum()), "delta1": float((ratio < 1.25).sum())}
 
 
+def _zero() -> dict[str, float]:
+    return {"cells": 0.0, "abs_rel": 0.0, "delta1": 0.0}
+
+
+def _ratios(s: dict[str, float]) -> dict[str, Any]:
+    n = s["cells"]
+    return {"abs_rel": s["abs_rel"] / n if n else None, "delta1": s["delta1"] / n if n else None, "cells": int(n)}
+
+
 class DepthMeter:
-    """Accumulates ``depth_error_sums`` over frames; ``summary()`` gives AbsRel and delta1 per group."""
+    """Accumulates ``depth_error_sums`` over frames; ``summary()`` gives AbsRel and delta1 per group, and for all
+    returns per camera channel (``per_camera``: e.g. the stereo cameras against the others)."""
 
     def __init__(self, bins: DepthBins):
         self.bins = bins
-        self.sums = {g: {"cells": 0.0, "abs_rel": 0.0, "delta1": 0.0} for g in GROUPS}
+        self.sums = {g: _zero() for g in GROUPS}
+        self.per_camera: dict[str, dict[str, float]] = {}
         self.frames = 0
 
-    def frame_sums(self, pred: np.ndarray, frame: Frame) -> dict[str, dict[str, float]]:
-        """pred: (N, Hf, Wf) predicted depth of the frame's cameras. The frame's sums per group (not added)."""
+    def frame_sums(self, pred: np.ndarray, frame: Frame) -> dict[str, Any]:
+        """pred: (N, Hf, Wf) predicted depth of the frame's cameras. The frame's sums per group and per camera
+        (not added)."""
         targets = frame_depth_targets(frame, pred.shape[-2:])
-        return {g: depth_error_sums(pred, targets[g], self.bins) for g in GROUPS}
+        out: dict[str, Any] = {g: depth_error_sums(pred, targets[g], self.bins) for g in GROUPS}
+        out["per_camera"] = {str(ch): depth_error_sums(pred[k], targets["all"][k], self.bins)
+                             for k, ch in enumerate(frame.camera_channels)}
+        return out
 
-    def add(self, sums: dict[str, dict[str, float]]) -> None:
+    def add(self, sums: dict[str, Any]) -> None:
         self.frames += 1
         for g in GROUPS:
             for k in self.sums[g]:
                 self.sums[g][k] += sums[g][k]
+        for ch, s in sums.get("per_camera", {}).items():
+            acc = self.per_camera.setdefault(ch, _zero())
+            for k in acc:
+                acc[k] += s[k]
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"frames": self.frames, "protocol": "nearest lidar return per stride-16 cell, "
                                "targets in the depth bins' range, prediction = mean of the distribution"}
         for g in GROUPS:
-            s = self.sums[g]
-            n = s["cells"]
-            out[g] = {"abs_rel": s["abs_rel"] / n if n else None, "delta1": s["delta1"] / n if n else None,
-                      "cells": int(n)}
+            out[g] = _ratios(self.sums[g])
+        out["per_camera"] = {ch: _ratios(s) for ch, s in self.per_camera.items()}
         return out
 
 

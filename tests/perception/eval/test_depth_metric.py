@@ -40,6 +40,7 @@ def test_depth_metric_golden():
     assert s["frames"] == 2 and s["all"]["abs_rel"] == pytest.approx((0.2 + 0.25 + 1.0 + 0.0) / 4)
     assert s["all"]["delta1"] == pytest.approx(2 / 4) and s["in_boxes"]["delta1"] == pytest.approx(1 / 2)
     assert "AbsRel 0.362" in depth_line(s)
+    assert s["per_camera"]["CAM_FRONT"] == s["all"]  # one camera: its own figures are the total
 
 
 def test_perception_test_reports_depth_where_there_is_lidar(synth_root, small_ckpt, tmp_path, capsys):
@@ -51,6 +52,8 @@ def test_perception_test_reports_depth_where_there_is_lidar(synth_root, small_ck
                  "synth_val", "--out", str(out), "--no-progress", "--max-samples", "3"]) == 0
     depth = json.loads((out / "depth_metrics.json").read_text())
     assert depth["frames"] == 3 and depth["all"]["cells"] > depth["in_boxes"]["cells"] > 0
+    assert sum(c["cells"] for c in depth["per_camera"].values()) == depth["all"]["cells"]
+    assert len(depth["per_camera"]) == 6
     assert 0 < depth["all"]["abs_rel"] < 10 and 0 <= depth["all"]["delta1"] <= 1
     assert json.loads((out / "summary.json").read_text())["depth"]["all"] == depth["all"]
     assert "Camera depth against lidar" in (out / "report.md").read_text()
