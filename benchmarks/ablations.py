@@ -235,7 +235,8 @@ def build_plan(settings: Settings, out_dir: Path, only: Iterable[str] | None = N
     them), then the other trainings, each followed by its evaluation."""
     names = select(only)
     trains = [TRAIN_BY_NAME[n] for n in ("main", "camera_only", "radar_only", "conv_fusion", "sync_off", "stereo",
-                                         "main_seed1") if n in names]
+                                         "main_seed1", "camera_only_depth", "main_depth", "main_dropout")
+              if n in names]
     tests = [TEST_BY_NAME[n] for n in TEST_BY_NAME if n in names]
     steps: list[Step] = []
     if any(not v.stereo for v in trains):
