@@ -77,6 +77,7 @@ class _Item:
     batch: Any = None
     det: Any = None
     error: str | None = None
+    submitted: float = 0.0  # perf_counter when the player built it
     started: float = 0.0  # perf_counter when the prepare stage took it
     times: dict[str, float] = field(default_factory=dict)
 
@@ -89,6 +90,7 @@ class _Stats:
                                                 "postprocess": [], "track_write": []}
         self.processing_s: list[float] = []  # per frame: prepare start -> tracked
         self.lag_s: list[float] = []  # per frame: tracked - due (paced runs)
+        self.queued_s: list[float] = []  # per frame: built by the player -> taken by the prepare stage
         self.frame_errors: dict[str, int] = {}
         self.frame_issues: list[str] = []  # problems inside used messages (e.g. a sweep without Doppler fields)
         self.frames_with_issues = 0
@@ -241,7 +243,8 @@ class _Replay:
 
     def _submit(self, jobs: list[FrameJob]) -> None:
         for job in jobs:
-            self.to_prepare.put(_Item(job, self._due(job.emit_us) if self.rate is not None else None))
+            self.to_prepare.put(_Item(job, self._due(job.emit_us) if self.rate is not None else None,
+                                      submitted=time.perf_counter()))
 
     def prepare(self) -> None:
         """FrameJob -> Frame -> input arrays."""
@@ -309,6 +312,7 @@ class _Replay:
                 s.frames_with_issues += 1
                 s.frame_issues.extend(f"t0 {job.t0}: {i}" for i in frame.issues[:2] if len(s.frame_issues) < 10)
             s.processing_s.append(done - item.started)
+            s.queued_s.append(item.started - item.submitted)
             s.last_done = done
             s.n_frames += 1
             s.t0_first = job.t0 if s.t0_first is None else s.t0_first
@@ -405,7 +409,7 @@ def _report(run: _Replay, reader: Any, pcfg: PlayerConfig, wall: float, written:
                      "examples": dict(player.ledger.examples)},
         "stopped_after_max_frames": run.stopped_early,
         "events": list(getattr(reader, "events", [])),
-        "latency": {"processing": _percentiles(s.processing_s),
+        "latency": {"processing": _percentiles(s.processing_s), "queued": _percentiles(s.queued_s),
                     "behind_real_time": _percentiles(s.lag_s) if rate else None,
                     "frames_behind": s.behind if rate else None},
         "stages": stages,
