@@ -109,6 +109,12 @@ TRAIN_VARIANTS = (
                  test_sets=("data.sync.enabled=false",)),
     TrainVariant("stereo", "main model, stereo rig (same world)", config=STEREO_CONFIG, stereo=True),
     TrainVariant("main_seed1", "main model, seed 1", ("train.seed=1",)),
+    # issue 21: lidar depth supervision of the camera depth head, and stronger whole-modality dropout
+    TrainVariant("camera_only_depth", "cameras only, lidar depth supervision", ("model.radar.enabled=false",
+                                                                               "train.depth_loss.enabled=true")),
+    TrainVariant("main_depth", "main model, lidar depth supervision", ("train.depth_loss.enabled=true",)),
+    TrainVariant("main_dropout", "main model, modality dropout radar_all 0.25 camera_all 0.1",
+                 ("data.dropout.radar_all=0.25", "data.dropout.camera_all=0.1")),
 )
 TEST_VARIANTS = (
     TestVariant("calib_0", "main, calibration noise 0 deg", alias_of_main=True),
@@ -124,7 +130,8 @@ TRAIN_BY_NAME = {v.name: v for v in TRAIN_VARIANTS}
 TEST_BY_NAME = {v.name: v for v in TEST_VARIANTS}
 ALL_NAMES = tuple(TRAIN_BY_NAME) + tuple(TEST_BY_NAME)
 # the order of the table rows (the plan runs main, its test-time variants, then the other trainings)
-ROW_ORDER = ("main", "main_seed1", "camera_only", "radar_only", "conv_fusion", "sync_off", "stereo") + \
+ROW_ORDER = ("main", "main_seed1", "camera_only", "camera_only_depth", "main_depth", "main_dropout", "radar_only",
+             "conv_fusion", "sync_off", "stereo") + \
     tuple(TEST_BY_NAME)
 
 
@@ -228,7 +235,8 @@ def build_plan(settings: Settings, out_dir: Path, only: Iterable[str] | None = N
     them), then the other trainings, each followed by its evaluation."""
     names = select(only)
     trains = [TRAIN_BY_NAME[n] for n in ("main", "camera_only", "radar_only", "conv_fusion", "sync_off", "stereo",
-                                         "main_seed1") if n in names]
+                                         "main_seed1", "camera_only_depth", "main_depth", "main_dropout")
+              if n in names]
     tests = [TEST_BY_NAME[n] for n in TEST_BY_NAME if n in names]
     steps: list[Step] = []
     if any(not v.stereo for v in trains):

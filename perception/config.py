@@ -146,12 +146,15 @@ class AugmentConfig:
     image_scale: tuple[float, float] = (0.94, 1.06)
     image_crop_jitter: float = 0.05  # of the input height/width
     image_flip: bool = True
+    image_rotate_deg: float = 0.0  # in-plane rotation about the input's centre, uniform in +-this (BEVDepth: 5.4)
 
     def __post_init__(self) -> None:
         for name in ("bev_scale", "image_scale"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise ConfigError(f"data.augment.{name}: must be 0 < low <= high, got [{lo}, {hi}]")
+        if not 0.0 <= self.image_rotate_deg <= 45.0:
+            raise ConfigError(f"data.augment.image_rotate_deg: must be in [0, 45] degrees, got {self.image_rotate_deg}")
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,14 @@ class LoaderConfig:
 
 
 @dataclass(frozen=True)
+class LidarDataConfig:
+    """The key frame's LIDAR_TOP returns in ``Frame.lidar_points`` (depth targets and the depth metric only; never
+    a network input). Empty where the root has no lidar."""
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Frames: camera images resized to fit ``image_size`` in width, then cropped to its height keeping the
     bottom (the sky carries nothing); radar from several sweeps; GT in ego@t0."""
@@ -194,6 +205,7 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     dropout: DropoutConfig = field(default_factory=DropoutConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
+    lidar: LidarDataConfig = field(default_factory=LidarDataConfig)
     future_steps: int = 12  # 2 Hz trajectory targets (6 s)
     on_bad_file: Literal["mask", "skip"] = "mask"
 
@@ -286,6 +298,35 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class AuxLossConfig:
+    """A training-only loss term (``enabled``) and its weight in the total loss."""
+
+    enabled: bool = False
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.weight >= 0:
+            raise ConfigError(f"train: an auxiliary loss weight must be >= 0, got {self.weight}")
+
+
+def _depth_loss_default() -> AuxLossConfig:
+    return AuxLossConfig(False, 3.0)  # BEVDepth's depth_loss_factor
+
+
+@dataclass(frozen=True)
+class EmaConfig:
+    """Exponential moving average of the weights (evaluated and saved in ``model.pt``); the effective decay ramps
+    up as min(decay, (1 + step) / (10 + step)) so early averages do not hold the random init."""
+
+    enabled: bool = False
+    decay: float = 0.999
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.decay < 1.0:
+            raise ConfigError(f"train.ema.decay: must be in (0, 1), got {self.decay}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Optimisation (AdamW + one-cycle), budget (steps and/or minutes), logging, evaluation and checkpoints."""
 
@@ -302,6 +343,12 @@ class TrainConfig:
     eval_every: int = 0  # 0: evaluate at the end only
     checkpoint_every: int = 200
     deterministic: bool = False
+    # lidar depth supervision of the camera depth distribution (BCE over the bins at cells with a lidar return)
+    depth_loss: AuxLossConfig = field(default_factory=_depth_loss_default)
+    # perspective-view auxiliary head on the image features (2D centre heatmap, 2D size, centre depth); training only
+    perspective: AuxLossConfig = field(default_factory=AuxLossConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    cbgs: Switch = field(default_factory=lambda: Switch(False))  # class-balanced grouping and sampling (CBGS)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.lr <= 0 or self.log_every < 1 or self.checkpoint_every < 1:

@@ -119,7 +119,9 @@ def load_network(checkpoint: str | Path, config: str | Path | None = None, overr
     else:
         cfg = ckpt["config"]
     stereo = tuple(tuple(int(i) for i in p) for p in ckpt.get("stereo_pairs", []))
-    net = build_model(cfg, stereo, **build_options)
+    # the checkpoint's weights replace any initialisation: model.camera.pretrained (a backbone file used when the
+    # run started) is not read, so a checkpoint loads where that file does not exist
+    net = build_model(cfg, stereo, init_weights=False, **build_options)
     load_weights(net, ckpt["model"], checkpoint if config is None else f"{checkpoint} (into the network of {config})")
     return LoadedNetwork(net, cfg, stereo)
 

@@ -23,11 +23,12 @@ EXAMPLES = """examples:
       --out submission --results-only                # the submission JSON (checked by the devkit's loader)
 
 Writes OUT/results_nusc.json, metrics_summary.json and metrics_details.json (nuscenes-devkit), plots/ (devkit PR
-curves), trajectory_metrics.json, latency.json, report.md with pictures (BEV snapshots: boxes with heading,
-velocity and every forecast mode beside the GT); prints one summary line. With --results-only: results_nusc.json
-only. They are written into a staging folder beside OUT and renamed to OUT at the end (an interrupted run leaves
-an existing OUT intact); an OUT holding files is refused unless --overwrite, one in use by another run
-(.OUT.lock) is refused.
+curves), trajectory_metrics.json, latency.json, depth_metrics.json (with --checkpoint on data with lidar: camera
+depth AbsRel and delta<1.25 against lidar, all and inside GT boxes), report.md with pictures (BEV snapshots: boxes
+with heading, velocity and every forecast mode beside the GT); prints one summary line (after a depth line when
+measured). With --results-only: results_nusc.json only. They are written into a staging folder beside OUT and
+renamed to OUT at the end (an interrupted run leaves an existing OUT intact); an OUT holding files is refused
+unless --overwrite, one in use by another run (.OUT.lock) is refused.
 exit codes: 0 ok; 1 invalid input (checkpoint, dataset, options); 2 bad arguments."""
 
 
@@ -119,9 +120,13 @@ def _score(args: argparse.Namespace, out: str | Path) -> int:
         print(f"wrote {Path(args.out) / 'results_nusc.json'}: {summary['boxes']} boxes over {summary['samples']} "
               "samples, accepted by the nuScenes devkit's loader (no evaluation: --results-only)")
     elif summary is not None:
+        if summary.get("depth"):
+            from perception.eval.depth import depth_line
+
+            print(depth_line(summary["depth"]))
         print(one_line(summary))
         (Path(out) / "summary.json").write_text(json.dumps({k: summary[k] for k in (
-            "nd_score", "mean_ap", "tp_errors")}, indent=1))
+            "nd_score", "mean_ap", "tp_errors", "depth")}, indent=1))
     return EXIT_OK
 
 

@@ -16,6 +16,8 @@ EXAMPLES = """examples:
   perception-train configs/synthetic_tiny.yaml --dataroot data/synth --out runs/tiny
   perception-train configs/synthetic_tiny.yaml --dataroot data/synth --out runs/tiny --resume
   perception-train configs/synthetic_tiny.yaml --dataroot data/synth --out runs/quick --set train.steps=50
+  perception-train configs/synthetic_tiny.yaml --stage backbone --out runs/backbone --set train.steps=700
+  perception-train configs/synthetic_tiny.yaml --out runs/tiny_pre --set model.camera.pretrained=runs/backbone/backbone.pt
   torchrun --nproc_per_node 8 -m perception.cli.train configs/nuscenes_r50_256x704.yaml \\
       --dataroot data/nuscenes --version v1.0-trainval --out runs/r50
 
@@ -24,6 +26,9 @@ touching nothing, when last.pt is unreadable or from another config) or --overwr
 a run folder in use by another perception-train (its lock file .OUT.lock) is refused.
 The run folder holds config.resolved.yaml, history.jsonl, tb/ (tensorboard --logdir RUN/tb), last.pt (resumable),
 model.pt (for perception-test / Pipeline.from_checkpoint), eval/ (devkit metrics) and training_curve.png.
+--stage backbone pretrains the image backbone alone on the split's images (perspective-view targets from the GT
+boxes + lidar depth; perception/train/pretrain.py) and writes OUT/backbone.pt (flat state dict, torchvision names)
+and OUT/pretrain_history.jsonl; a detection run loads it with --set model.camera.pretrained=OUT/backbone.pt.
 exit codes: 0 ok; 1 invalid input (config, dataset, checkpoint); 2 bad arguments."""
 
 
@@ -43,12 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=torch_device, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--no-eval", action="store_true", help="skip the devkit evaluation on the val split at the end "
                                                           "(score later with perception-test)")
+    p.add_argument("--stage", choices=["detect", "backbone"], default="detect",
+                   help="detect: train the whole network (default); backbone: pretrain the image backbone alone and "
+                        "write OUT/backbone.pt (no --resume)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)  # before the torch import: --help works on a torch-free install
+    parser = build_parser()
+    args = parser.parse_args(argv)  # before the torch import: --help works on a torch-free install
+    if args.stage == "backbone" and args.resume:
+        parser.error("--stage backbone runs are short and not resumable: drop --resume (or --overwrite to redo one)")
     from perception.config import load_config
     from perception.data.nuscenes import DatasetError
     from perception.train.loop import train
@@ -66,6 +77,14 @@ def _main(argv: Sequence[str] | None) -> int:
     with output_lock(out) if main_rank else nullcontext():
         if main_rank:
             _claim_run_folder(out, cfg, args.resume, args.overwrite)
+        if args.stage == "backbone":
+            from perception.train.pretrain import pretrain_backbone
+
+            summary = pretrain_backbone(cfg, dataroot, version, out, progress=not args.no_progress, device=args.device)
+            atomic_write(out / "summary.json", json.dumps(summary, indent=1, default=str))
+            print(f"done: backbone pretrained for {summary['steps']} steps in {summary['minutes']:.1f} min "
+                  f"({summary['seconds_per_step']:.2f} s/step); use it with --set {summary['use'].replace(': ', '=')}")
+            return EXIT_OK
         summary = train(cfg, dataroot, version, out, resume=args.resume, progress=not args.no_progress,
                         device=args.device, evaluate=not args.no_eval)
         if summary and main_rank:
@@ -100,7 +119,7 @@ def _claim_run_folder(out: Path, cfg, resume: bool, overwrite: bool) -> None:
             else:
                 p.unlink()
         return
-    weights = [n for n in ("model.pt", "last.pt") if (out / n).exists()]
+    weights = [n for n in ("model.pt", "last.pt", "backbone.pt") if (out / n).exists()]
     if not weights:
         return  # a run stopped before its first checkpoint: nothing to lose, start again (as before)
     if not resume:

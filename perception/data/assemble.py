@@ -27,6 +27,7 @@ from calibration.sync import PoseStream, SyncError, camera_img_from_ego
 from perception.config import DataConfig
 from perception.data.frame import Frame
 from perception.data.io import RadarFilter, SensorFileError, read_image
+from perception.data.lidar import LidarShot, lidar_to_ego
 from perception.data.radar import SweepRef, accumulate
 from perception.data.transforms import (
     ImageAug,
@@ -80,7 +81,8 @@ def stereo_indices(pairs: Iterable[StereoPair], channels: Sequence[str]) -> np.n
 def assemble_frame(data: DataConfig, t0: int, poses: PoseStream, cameras: Sequence[CameraShot],
                    sweeps: Sequence[SweepRef] = (), *, token: str = "", stereo_pairs: np.ndarray | None = None,
                    targets: Mapping[str, np.ndarray] | None = None, issues: Sequence[str] = (),
-                   train: bool = False, rng: np.random.Generator | None = None) -> Frame:
+                   train: bool = False, rng: np.random.Generator | None = None,
+                   lidar: LidarShot | None = None) -> Frame:
     """Build the Frame of reference time ``t0`` (µs) from chosen sensor inputs.
 
     data: ``cfg.data`` (network image size, radar fields / filter / ``max_points``, ``sync.enabled``, and for
@@ -94,6 +96,9 @@ def assemble_frame(data: DataConfig, t0: int, poses: PoseStream, cameras: Sequen
     issues: the producer's own findings, kept first in ``Frame.issues``.
     train: apply ``data.augment`` (image scale/crop/flip per camera, then BEV rotation/scale/flip when enabled)
         and ``data.dropout``, drawn from ``rng`` in that order (per camera, BEV, dropout).
+    lidar: the key frame's lidar sweep (training targets and the depth metric only; the network never takes it),
+        carried into ``Frame.lidar_points`` in ego@t0 (and moved by the BEV augmentation with everything else).
+        ``None``: no lidar (empty ``lidar_points``).
 
     One-frame inference from raw files (no poses, sync off or a still ego)::
 
@@ -133,7 +138,7 @@ def assemble_frame(data: DataConfig, t0: int, poses: PoseStream, cameras: Sequen
         aug = ImageAug()
         if train and aug_cfg.enabled:
             aug = random_image_aug(rng, (cam.height, cam.width), (h, w), aug_cfg.image_scale,
-                                   aug_cfg.image_crop_jitter, aug_cfg.image_flip)
+                                   aug_cfg.image_crop_jitter, aug_cfg.image_flip, aug_cfg.image_rotate_deg)
         if raw is not None:
             try:
                 raw = _checked_image(raw, cam)
@@ -154,9 +159,14 @@ def assemble_frame(data: DataConfig, t0: int, poses: PoseStream, cameras: Sequen
         pts, r_valid = np.zeros((rcfg.max_points, len(rcfg.fields)), np.float32), np.zeros(rcfg.max_points, bool)
         r_issues = [f"{err}; radar masked"]
     out_issues += r_issues
+    lidar_pts = np.zeros((0, 3), np.float32)
+    if lidar is not None:
+        lidar_pts, l_issues = lidar_to_ego(lidar, t0, poses, sync)
+        out_issues += l_issues
     stereo = np.zeros((0, 2), np.int64) if stereo_pairs is None else np.asarray(stereo_pairs, np.int64).reshape(-1, 2)
     frame = Frame(token, t0, poses.at(t0), images, img_from_ego, np.array([s.channel for s in cameras]), valid,
-                  times, pts, np.array(rcfg.fields), r_valid, stereo, **dict(targets or {}), issues=out_issues)
+                  times, pts, np.array(rcfg.fields), r_valid, stereo, **dict(targets or {}), lidar_points=lidar_pts,
+                  issues=out_issues)
     if train:
         if aug_cfg.enabled:
             frame = apply_bev(frame, random_bev(rng, aug_cfg.bev_rotate_deg, aug_cfg.bev_scale, aug_cfg.bev_flip))

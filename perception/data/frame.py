@@ -25,6 +25,10 @@ gt_attributes          (G,) str        nuScenes attribute name or ""
 gt_instance_tokens     (G,) str
 gt_future              (G, T, 2) f32   absolute future x, y (m) in ego@t0 at 2 Hz (T = 12: 6 s)
 gt_future_valid        (G, T) bool
+lidar_points           (L, 3) f32      optional, training/evaluation only: the key frame's LIDAR_TOP returns
+                                       x, y, z in ego@t0 (L = 0 where the data has no lidar). Depth targets and
+                                       the depth metric project them through ``img_from_ego``; the model and
+                                       the exported graph never take them
 =====================  ==============  =======================================================================
 
 ``issues`` (not saved) lists what went wrong while building the Frame (file, reason) under the stated
@@ -40,6 +44,7 @@ import numpy as np
 NPZ_KEYS = ("sample_token", "t0", "global_from_ego", "images", "img_from_ego", "camera_channels", "camera_valid",
             "camera_time", "radar_points", "radar_fields", "radar_valid", "stereo_pairs", "gt_boxes", "gt_labels",
             "gt_names", "gt_attributes", "gt_instance_tokens", "gt_future", "gt_future_valid")
+OPTIONAL_NPZ_KEYS = ("lidar_points",)  # written always, read when present (files from before the field load)
 BOX_FIELDS = ("x", "y", "z", "w", "l", "h", "yaw", "vx", "vy")
 
 
@@ -64,6 +69,7 @@ class Frame:
     gt_instance_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, "<U32"))
     gt_future: np.ndarray = field(default_factory=lambda: np.zeros((0, 12, 2), np.float32))
     gt_future_valid: np.ndarray = field(default_factory=lambda: np.zeros((0, 12), bool))
+    lidar_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.float32))
     issues: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -90,6 +96,8 @@ class Frame:
              and self.radar_points.shape[1] == len(self.radar_fields)),
             ("radar_valid", self.radar_valid.shape == (self.radar_points.shape[0],) and self.radar_valid.dtype == bool),
             ("stereo_pairs", self.stereo_pairs.ndim == 2 and self.stereo_pairs.shape[1] == 2),
+            ("lidar_points", self.lidar_points.ndim == 2 and self.lidar_points.shape[1] == 3
+             and self.lidar_points.dtype == np.float32),
             ("gt_boxes", self.gt_boxes.ndim == 2 and self.gt_boxes.shape[1] == 9 and self.gt_boxes.dtype == np.float32),
         ]
         g = self.gt_boxes.shape[0]
@@ -106,7 +114,7 @@ class Frame:
     def save_npz(self, path: str | Path) -> None:
         """Write the contract fields (``NPZ_KEYS``) to ``path``; strings as fixed-width unicode, no pickle."""
         arrays = {}
-        for key in NPZ_KEYS:
+        for key in NPZ_KEYS + OPTIONAL_NPZ_KEYS:
             value = getattr(self, key)
             if key == "sample_token":
                 value = np.array(value, dtype=f"<U{max(len(value), 1)}")
@@ -123,7 +131,7 @@ class Frame:
             missing = [k for k in NPZ_KEYS if k not in data.files]
             if missing:
                 raise ValueError(f"{path}: not a Frame file, missing keys {missing}")
-            kw = {k: data[k] for k in NPZ_KEYS}
+            kw = {k: data[k] for k in NPZ_KEYS + OPTIONAL_NPZ_KEYS if k in data.files}
         kw["sample_token"] = str(kw["sample_token"])
         kw["t0"] = int(kw["t0"])
         return cls(**kw)

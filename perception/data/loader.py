@@ -16,6 +16,8 @@ gt_labels          (B, G) int64          -1 where padded
 gt_mask            (B, G) bool
 gt_future          (B, G, T, 2) f32
 gt_future_valid    (B, G, T) bool
+lidar_points       (B, L, 3) f32         training targets only: each frame's lidar (ego@t0) padded to the
+lidar_valid        (B, L) bool           batch's largest L (0 when no frame has lidar); never a network input
 =================  ====================  ==========================================================
 
 with a ``PillarSpec``, the radar encoder's inputs too: ``pillar_features`` (B, Pp, Np, 9) f32,
@@ -78,11 +80,23 @@ def collate_frames(frames: Sequence[Frame], max_boxes: int, pillars: PillarSpec 
         "stereo_pairs": torch.from_numpy(frames[0].stereo_pairs.astype(np.int64)),
         "gt_boxes": torch.from_numpy(boxes), "gt_labels": torch.from_numpy(labels), "gt_mask": torch.from_numpy(mask),
         "gt_future": torch.from_numpy(future), "gt_future_valid": torch.from_numpy(fvalid),
+        **_lidar_batch(frames),
         "meta": meta,
     }
     if pillars is not None:
         batch.update(pillar_inputs(frames, pillars))
     return batch
+
+
+def _lidar_batch(frames: Sequence[Frame]) -> dict[str, torch.Tensor]:
+    """Each frame's ``lidar_points`` padded to the largest count in the batch, with a validity mask."""
+    counts = [len(f.lidar_points) for f in frames]
+    pts = np.zeros((len(frames), max(counts, default=0), 3), np.float32)
+    valid = np.zeros(pts.shape[:2], bool)
+    for i, f in enumerate(frames):
+        pts[i, :counts[i]] = f.lidar_points
+        valid[i, :counts[i]] = True
+    return {"lidar_points": torch.from_numpy(pts), "lidar_valid": torch.from_numpy(valid)}
 
 
 class _TorchFrames(torch.utils.data.Dataset):

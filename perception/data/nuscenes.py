@@ -30,6 +30,7 @@ from perception.config import Config, DataConfig
 from perception.data.assemble import CameraShot, assemble_frame, stereo_indices
 from perception.data.frame import Frame
 from perception.data.io import RadarFilter
+from perception.data.lidar import LidarShot
 from perception.data.radar import SweepRef, select_sweeps
 
 CAMERA_ORDER = ["CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"]
@@ -192,6 +193,7 @@ class NuScenesFrames:
         pose_rows: dict[int, dict] = {}
         cameras: dict[str, tuple[Camera, dict]] = {}
         radars: list[tuple[str, Radar, dict]] = []
+        lidar = None
         for ch, sd in sds.items():
             cs, sensor = self._sensor(sd)
             pose_rows[sd["timestamp"]] = self.nusc.get("ego_pose", sd["ego_pose_token"])
@@ -199,6 +201,9 @@ class NuScenesFrames:
                 cameras[ch] = (self._camera(ch, sd, cs), sd)
             elif sensor["modality"] == "radar":
                 radars.append((ch, self._radar(ch, cs), sd))
+            elif sensor["modality"] == "lidar" and ch == "LIDAR_TOP" and self.dcfg.lidar.enabled:
+                lidar = LidarShot(make_transform(cs["rotation"], cs["translation"]), self.dataroot / sd["filename"],
+                                  int(sd["timestamp"]))
         radars.sort(key=lambda r: r[0])
         sweeps: list[SweepRef] = []
         rcfg = self.dcfg.radar
@@ -219,7 +224,7 @@ class NuScenesFrames:
             stereo = stereo_indices(self.file_rig.stereo_pairs, order)
         gt = self._targets(sample, poses.at(t0))
         return assemble_frame(self.dcfg, t0, poses, shots, sweeps, token=sample["token"], stereo_pairs=stereo,
-                              targets=gt, train=self.train, rng=rng)
+                              targets=gt, train=self.train, rng=rng, lidar=lidar)
 
     def _sweep_chain(self, sd: dict, lo: int, hi: int) -> list[dict]:
         """The radar's sample_data rows around key-frame row ``sd``: walked along ``next`` and ``prev`` until

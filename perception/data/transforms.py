@@ -19,12 +19,14 @@ from perception.data.frame import Frame
 @dataclass(frozen=True)
 class ImageAug:
     """Resize by ``scale`` (relative to fitting the input width), crop at (crop_x, crop_y) in resized pixels,
-    then flip horizontally if ``flip``. ``scale = 1`` with ``crop_y`` at the bottom is the evaluation setting."""
+    then flip horizontally if ``flip``, then rotate by ``rotate`` degrees (counter-clockwise as seen) about the
+    input's centre. ``scale = 1`` with ``crop_y`` at the bottom is the evaluation setting."""
 
     scale: float = 1.0
     crop_x: int = 0
     crop_y: int | None = None  # None: keep the bottom rows
     flip: bool = False
+    rotate: float = 0.0
 
 
 def pixel_affine_4x4(sx: float, sy: float, tx: float, ty: float, flip_width: int | None = None) -> np.ndarray:
@@ -51,7 +53,25 @@ def input_affine(image_hw: tuple[int, int], out_hw: tuple[int, int], aug: ImageA
     and flips it."""
     nw, nh, cx, cy = _resize_crop(image_hw, out_hw, aug)
     sx, sy = nw / image_hw[1], nh / image_hw[0]
-    return pixel_affine_4x4(sx, sy, sx * 0.5 - 0.5 - cx, sy * 0.5 - 0.5 - cy, out_hw[1] if aug.flip else None)
+    m = pixel_affine_4x4(sx, sy, sx * 0.5 - 0.5 - cx, sy * 0.5 - 0.5 - cy, out_hw[1] if aug.flip else None)
+    if aug.rotate:
+        m = rotation_affine_4x4(aug.rotate, out_hw) @ m
+    return m
+
+
+def _rotation_2x3(degrees: float, out_hw: tuple[int, int]) -> np.ndarray:
+    """OpenCV's forward map (input pixel -> rotated pixel) of a rotation by ``degrees`` about the image centre."""
+    import cv2
+
+    h, w = out_hw
+    return cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), float(degrees), 1.0)
+
+
+def rotation_affine_4x4(degrees: float, out_hw: tuple[int, int]) -> np.ndarray:
+    """(4, 4) on ``[u*d, v*d, d, 1]`` of the in-plane rotation ``preprocess_image`` applies (``ImageAug.rotate``)."""
+    m = np.eye(4)
+    m[:2, :3] = _rotation_2x3(degrees, out_hw)
+    return m
 
 
 def preprocess_image(image: np.ndarray, img_from_ego: np.ndarray, out_hw: tuple[int, int],
@@ -75,6 +95,9 @@ def preprocess_image(image: np.ndarray, img_from_ego: np.ndarray, out_hw: tuple[
         out[y0 - cy:y1 - cy, x0 - cx:x1 - cx] = resized[y0:y1, x0:x1]
     if aug.flip:
         out = out[:, ::-1].copy()
+    if aug.rotate:
+        out = cv2.warpAffine(out, _rotation_2x3(aug.rotate, out_hw), (w_out, h_out), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_CONSTANT)
     return out, input_affine((h0, w0), out_hw, aug) @ img_from_ego
 
 
@@ -101,9 +124,11 @@ def undistort(image: np.ndarray, cam: Camera) -> np.ndarray:
 
 
 def random_image_aug(rng: np.random.Generator, image_hw: tuple[int, int], out_hw: tuple[int, int],
-                     scale_range: tuple[float, float], crop_jitter: float, flip: bool) -> ImageAug:
+                     scale_range: tuple[float, float], crop_jitter: float, flip: bool,
+                     rotate_deg: float = 0.0) -> ImageAug:
     """Draw an ImageAug: scale in ``scale_range``, crop centred horizontally and at the bottom, jittered by
-    ``crop_jitter`` of the output size, horizontal flip with p = 0.5 if ``flip``."""
+    ``crop_jitter`` of the output size, horizontal flip with p = 0.5 if ``flip``, rotation uniform in
+    +-``rotate_deg`` (drawn last and only when > 0, so configs without rotation keep their draws)."""
     h0, w0 = image_hw
     h_out, w_out = out_hw
     s = float(rng.uniform(*scale_range))
@@ -111,7 +136,9 @@ def random_image_aug(rng: np.random.Generator, image_hw: tuple[int, int], out_hw
     jx, jy = crop_jitter * w_out, crop_jitter * h_out
     cx = int(round((nw - w_out) / 2 + rng.uniform(-jx, jx)))
     cy = int(round(nh - h_out - rng.uniform(0, jy)))
-    return ImageAug(s, cx, cy, bool(flip and rng.random() < 0.5))
+    flipped = bool(flip and rng.random() < 0.5)
+    rot = float(rng.uniform(-rotate_deg, rotate_deg)) if rotate_deg > 0 else 0.0
+    return ImageAug(s, cx, cy, flipped, rot)
 
 
 def bev_matrix(rotation: float = 0.0, scale: float = 1.0, flip_x: bool = False, flip_y: bool = False) -> np.ndarray:
@@ -143,7 +170,9 @@ def apply_bev(frame: Frame, a: np.ndarray) -> Frame:
     pts[:, [ix, iy, iz]] = (pts[:, [ix, iy, iz]].astype(np.float64) @ lin.T).astype(np.float32)
     pts[:, [ivx, ivy]] = (pts[:, [ivx, ivy]].astype(np.float64) @ lin[:2, :2].T).astype(np.float32)
     pts[~frame.radar_valid] = 0.0
+    lidar = (frame.lidar_points.astype(np.float64) @ lin.T).astype(np.float32)
     return _replace(frame, gt_boxes=b.astype(np.float32), gt_future=fut.astype(np.float32), radar_points=pts,
+                    lidar_points=lidar,
                     img_from_ego=(frame.img_from_ego.astype(np.float64) @ a_inv).astype(np.float32),
                     global_from_ego=frame.global_from_ego @ a_inv)
 

@@ -34,6 +34,7 @@ class Prediction:
     forecast: SampleForecast
     timing: dict[str, float]
     ego_boxes: np.ndarray | None = None  # (K, 9) the same boxes in ego@t0 (the BEV snapshots draw them)
+    depth: np.ndarray | None = None  # (N, Hf, Wf) predicted camera depth (m) where the predictor exposes it
 
 
 def _rotation(axis_seed: int, degrees: float) -> np.ndarray:
@@ -88,12 +89,23 @@ def gt_forecast(frame: Frame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
 
 
 def model_predictor(pipeline: Any) -> Callable[[Frame], Prediction]:
+    """Predictions of a ``Pipeline``; with a PyTorch network that has cameras, also the camera depth
+    (``perception.eval.depth.DepthProbe``: the exported graph has no depth output)."""
+    probe = None
+    net = getattr(pipeline.runner, "net", None)
+    if net is not None and getattr(net, "camera", None) is not None:
+        from perception.eval.depth import DepthProbe
+        from perception.train.camera_aux import depth_bins
+
+        probe = DepthProbe(net, depth_bins(pipeline.cfg))
+
     def predict(frame: Frame) -> Prediction:
         det = pipeline.infer(frame)
         gxy, gn, gf, gv = gt_forecast(frame)
         fc = SampleForecast(det.boxes[:, :2].astype(np.float64), det.names, det.scores, det.trajectories.astype(np.float64),
                             det.mode_probs, det.boxes[:, 7:9].astype(np.float64), gxy, gn, gf, gv)
-        return Prediction(det.to_nuscenes(), fc, det.timing, det.boxes)
+        return Prediction(det.to_nuscenes(), fc, det.timing, det.boxes, None if probe is None else probe.last[0])
+    predict.depth_bins = None if probe is None else probe.bins  # type: ignore[attr-defined]
     return predict
 
 
@@ -144,6 +156,11 @@ def run_benchmark(predict: Callable[[Frame], Prediction], frames: Any, out_dir: 
 
         it = tqdm(mine, desc="test", unit="frame")
     snaps = []
+    depth_meter = None
+    if getattr(predict, "depth_bins", None) is not None and not results_only:
+        from perception.eval.depth import DepthMeter
+
+        depth_meter = DepthMeter(predict.depth_bins)  # type: ignore[attr-defined]
     for i in it:
         t = time.perf_counter()
         frame = frames[i]
@@ -160,7 +177,11 @@ def run_benchmark(predict: Callable[[Frame], Prediction], frames: Any, out_dir: 
             frame = perturb(frame, radar_channels, drop, calib_noise_deg, seed)
         t_data = time.perf_counter() - t
         pred = predict(frame)
+        depth_sums = None
+        if depth_meter is not None and pred.depth is not None and len(frame.lidar_points):
+            depth_sums = depth_meter.frame_sums(pred.depth, frame)
         rows.append({"index": i, "token": frame.sample_token, "boxes": pred.boxes, "forecast": pred.forecast,
+                     "depth": depth_sums,
                      # data: loading and preprocessing (shared with training, incl. pillarisation); network: the
                      # graph including its in-graph decoding (NMS, top-k); decode: post-processing to Detections
                      "latency": {"data_s": t_data + pred.timing.get("preprocess_s", 0.0),
@@ -198,10 +219,19 @@ def run_benchmark(predict: Callable[[Frame], Prediction], frames: Any, out_dir: 
         v = np.array([r["latency"][key] for r in rows])
         lat[key] = {"median_ms": float(np.median(v) * 1e3), "p90_ms": float(np.percentile(v, 90) * 1e3)}
     (out / "latency.json").write_text(json.dumps({"schema": "latency/1", "frames": len(rows), **lat}, indent=1))
+    depth = None
+    if depth_meter is not None:
+        for r in rows:
+            if r["depth"] is not None:
+                depth_meter.add(r["depth"])
+        depth = depth_meter.summary() if depth_meter.frames else None
+    if depth is not None:
+        (out / "depth_metrics.json").write_text(json.dumps({"schema": "depth-metrics/1", **depth}, indent=1))
     _report(out, summary, traj, lat, snaps, dict(drop_sensors=sorted(drop), calib_noise_deg=calib_noise_deg,
-                                                 samples=n, split=frames.split))
+                                                 samples=n, split=frames.split), depth)
     summary["trajectory"] = traj
     summary["latency"] = lat
+    summary["depth"] = depth
     return summary
 
 
@@ -223,7 +253,8 @@ def one_line(summary: dict) -> str:
     return f"{summary_line(summary)} minADE6(car) {car['minADE_6']:.3f}"
 
 
-def _report(out: Path, summary: dict, traj: dict, lat: dict, snaps: list, setup: dict) -> None:
+def _report(out: Path, summary: dict, traj: dict, lat: dict, snaps: list, setup: dict,
+            depth: dict | None = None) -> None:
     """report.md with TP-error bars, the devkit's PR curves, the trajectory table and BEV snapshots."""
     import matplotlib
 
@@ -274,6 +305,20 @@ def _report(out: Path, summary: dict, traj: dict, lat: dict, snaps: list, setup:
             m = traj[method][group]
             lines.append(f"| {group} | {method} | {m['minADE_1']:.3f} | {m['minFDE_1']:.3f} | {m['MR_1']:.3f} | "
                          f"{m['minADE_6']:.3f} | {m['minFDE_6']:.3f} | {m['MR_6']:.3f} | {m['EPA']:.3f} | {m['matched']} |")
+    lines += ["", "## Camera depth against lidar", ""]
+    if depth is None:
+        lines += ["Not measured: the split has no lidar, or the model ran outside PyTorch (the exported graph has "
+                  "no depth output)."]
+    else:
+        lines += [f"{depth['frames']} frames; {depth['protocol']} (`perception/eval/depth.py`).", "",
+                  "| cells | AbsRel | delta < 1.25 | scored cells |", "|---|---|---|---|"]
+        for g in ("all", "in_boxes"):
+            d = depth[g]
+            rel, d1 = (("n/a" if v is None else f"{v:.3f}") for v in (d["abs_rel"], d["delta1"]))
+            lines.append(f"| {g.replace('_', ' ')} | {rel} | {d1} | {d['cells']} |")
+        for ch, d in depth.get("per_camera", {}).items():
+            rel, d1 = (("n/a" if v is None else f"{v:.3f}") for v in (d["abs_rel"], d["delta1"]))
+            lines.append(f"| {ch} | {rel} | {d1} | {d['cells']} |")
     lines += ["", "## Latency (ms)", "", "| stage | median | p90 |", "|---|---|---|"]
     lines += [f"| {k} | {v['median_ms']:.1f} | {v['p90_ms']:.1f} |" for k, v in lat.items()]
     lines += ["", "## BEV snapshots (predictions score >= 0.3 vs GT)", ""] + [f"![{p}]({p})" for p in pics]

@@ -104,12 +104,13 @@ class FusionNet(nn.Module):
 
 def build_model(cfg: Config, stereo_pairs: tuple[tuple[int, int], ...] = (), *,
                 lift_voxels: Callable[..., Tensor] | None = None,
-                radar_splat: Callable[..., Tensor] = radar_image_features) -> FusionNet:
+                radar_splat: Callable[..., Tensor] = radar_image_features, init_weights: bool = True) -> FusionNet:
     """The network of ``cfg.model`` for the input of ``cfg.data`` (image size, BEV grid, radar fields).
     ``stereo_pairs``: (left, right) camera indices of the rig (its topology is part of the network; the
     calibration is a run-time input). Ignored when ``model.camera.stereo.enabled`` is false.
     ``lift_voxels`` / ``radar_splat``: other forms of the camera lift and the radar-in-image splat (same weights,
-    same function: the defining forms of ``tests/reference/model.py``, for before/after benchmarks)."""
+    same function: the defining forms of ``tests/reference/model.py``, for before/after benchmarks).
+    ``init_weights``: load ``model.camera.pretrained`` into the backbone (False when a checkpoint's weights follow)."""
     m, d = cfg.model, cfg.data
     bev_shape = d.grid.bev_shape
     camera = None
@@ -117,7 +118,7 @@ def build_model(cfg: Config, stereo_pairs: tuple[tuple[int, int], ...] = (), *,
         c = m.camera
         backbone = ResNet(depth=c.backbone_depth, width=c.backbone_width, blocks=c.backbone_blocks,
                           out_indices=(2, 3), norm=m.norm, frozen_stages=c.frozen_stages)
-        if c.pretrained:
+        if c.pretrained and init_weights:  # init_weights=False: a checkpoint's weights follow (no file needed)
             load_pretrained(backbone, c.pretrained)
         neck = FPNNeck(backbone.out_channels, c.neck_channels, norm=m.norm)
         bins = DepthBins(c.depth_range[0], c.depth_range[1], c.depth_bins)

@@ -26,11 +26,14 @@ from perception.eval.detection import evaluate_split, summary_line
 from perception.model.decode import BevGrid
 from perception.model.network import INPUT_NAMES, build_model
 from perception.pipeline import Pipeline
+from perception.train.camera_aux import TrainNet, camera_aux_losses
 from perception.train.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from perception.train.losses import detection_losses
+from perception.train.recipe import WeightEma, sync_batchnorm
 from perception.train.targets import build_targets
 
 LOSS_NAMES = ("heatmap", "regression", "trajectory", "mode")
+AUX_LOSS_NAMES = ("depth", "perspective_heatmap", "perspective_regression")  # when train.depth_loss / perspective
 
 
 @dataclass
@@ -85,8 +88,10 @@ def generator_version(frames: Any) -> str:
 
 @dataclass
 class _Optimisation:
-    """What a training step changes: the network (``net``: DDP-wrapped when distributed; ``model``: the FusionNet
-    itself), AdamW, the one-cycle schedule and the AMP gradient scaler."""
+    """What a training step changes: the network (``net``: the ``camera_aux.TrainNet`` around the FusionNet,
+    DDP-wrapped when distributed; ``model``: the FusionNet itself; ``train_net``: the TrainNet, which also holds the
+    training-only heads), AdamW, the one-cycle schedule, the AMP gradient scaler and the weight EMA (``train.ema``;
+    ``final`` is what is evaluated and saved: the EMA's network when on)."""
 
     net: Any
     model: Any
@@ -94,20 +99,38 @@ class _Optimisation:
     sched: Any
     scaler: Any
     use_amp: bool
+    train_net: Any = None
+    ema: Any = None
+
+    @property
+    def final(self) -> Any:
+        return self.ema.module if self.ema is not None else self.model
+
+    def extra_state(self) -> dict:
+        """What ``last.pt`` carries beside the network for an exact resume: the training-only heads (``aux``)
+        and the EMA weights (``ema``)."""
+        out = {"aux": self.train_net.aux_state_dict()}
+        if self.ema is not None:
+            out["ema"] = self.ema.state_dict()
+        return out
 
 
 def _build_optimisation(cfg: Config, stereo: tuple, dev: torch.device, dist_info: DistInfo) -> _Optimisation:
     tc = cfg.train
-    net = build_model(cfg, stereo).to(dev)
+    # the network with the training-only camera supervision around it (saved apart: model.pt stays the FusionNet)
+    train_net = TrainNet(sync_batchnorm(build_model(cfg, stereo), dist_info.world, dev), cfg).to(dev)
+    net = train_net
     if dist_info.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None,
+        net = torch.nn.parallel.DistributedDataParallel(train_net, device_ids=[dev.index] if dev.type == "cuda" else None,
                                                         find_unused_parameters=True)
-    model = net.module if hasattr(net, "module") else net
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    model = train_net.net
+    opt = torch.optim.AdamW(train_net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.steps, pct_start=0.3,
                                                 div_factor=10.0, final_div_factor=100.0)
     use_amp = tc.amp and dev.type == "cuda"
-    return _Optimisation(net, model, opt, sched, torch.amp.GradScaler("cuda", enabled=use_amp), use_amp)
+    ema = WeightEma(model, tc.ema.decay) if tc.ema.enabled else None
+    return _Optimisation(net, model, opt, sched, torch.amp.GradScaler("cuda", enabled=use_amp), use_amp, train_net,
+                         ema)
 
 
 def _resume(path: Path, o: _Optimisation, hashes: dict) -> tuple[int, float]:
@@ -120,29 +143,38 @@ def _resume(path: Path, o: _Optimisation, hashes: dict) -> tuple[int, float]:
     if ck.get("config_hash") != hashes["config_hash"]:
         raise CheckpointError(f"{path} was trained with another config (hash {ck.get('config_hash')} vs "
                               f"{hashes['config_hash']}); resume with the same config or start a new run")
+    o.train_net.load_aux_state_dict(ck.get("aux", {}))
+    if o.ema is not None:
+        if "ema" not in ck:
+            raise CheckpointError(f"{path} has no EMA weights but train.ema is on; resume with the same config")
+        o.ema.load_state_dict(ck["ema"])
     return int(ck["step"]), float(ck.get("minutes", 0.0))
 
 
-def _train_step(o: _Optimisation, batch: dict, grid: Any, num_classes: int, grad_clip: float, dev: torch.device,
+def _train_step(o: _Optimisation, batch: dict, grid: Any, cfg: Config, dev: torch.device,
                 step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """One optimiser step on ``batch`` (targets built on ``grid``, gradients clipped to ``grad_clip``); returns
-    (total loss, loss terms, gradient norm before clipping)."""
+    """One optimiser step on ``batch`` (targets built on ``grid``, gradients clipped to ``train.grad_clip``, the
+    training-only camera losses of ``camera_aux`` added, the EMA updated); returns (total loss, loss terms,
+    gradient norm before clipping)."""
     targets = build_targets(batch["gt_boxes"], batch["gt_labels"], batch["gt_mask"], batch["gt_future"],
-                            batch["gt_future_valid"], grid, num_classes)
+                            batch["gt_future_valid"], grid, cfg.num_classes)
     inputs = [batch[k].to(dev, non_blocking=True) for k in INPUT_NAMES]
     with torch.autocast(dev.type, enabled=o.use_amp):
-        outputs = o.net(*inputs)
+        outputs, extras = o.net(*inputs)
     losses = detection_losses({k: v.float() for k, v in outputs.items()}, _to(targets, dev))
+    losses.update(camera_aux_losses(extras, batch, cfg))
     loss = sum(losses.values())
     if not torch.isfinite(loss):
         raise FloatingPointError(f"step {step}: loss is {loss.item()} ({ {k: v.item() for k, v in losses.items()} })")
     o.opt.zero_grad(set_to_none=True)
     o.scaler.scale(loss).backward()
     o.scaler.unscale_(o.opt)
-    gnorm = torch.nn.utils.clip_grad_norm_(o.model.parameters(), grad_clip)
+    gnorm = torch.nn.utils.clip_grad_norm_(o.train_net.parameters(), cfg.train.grad_clip)
     o.scaler.step(o.opt)
     o.scaler.update()
     o.sched.step()
+    if o.ema is not None:
+        o.ema.update(o.model, step + 1)
     return loss, losses, gnorm
 
 
@@ -180,6 +212,10 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
               "data_hash": data_hash(frames)}
     if resume and (out / "last.pt").exists():
         step, prior_minutes = _resume(out / "last.pt", o, hashes)
+    if tc.cbgs.enabled:
+        from perception.data.cbgs import ResampledFrames, cbgs_indices, split_sample_classes
+
+        frames = ResampledFrames(frames, cbgs_indices(split_sample_classes(frames), cfg.num_classes, tc.seed))
     bs = cfg.data.loader.batch_size
     per_epoch = len(frames) // (bs * dist_info.world)
     if per_epoch < 1:
@@ -213,7 +249,7 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
         frames.set_epoch(epoch)
         start = step - epoch * per_epoch  # resuming mid-epoch: start after the batches already seen
         for batch in epoch_loader(epoch, start):
-            loss, losses, gnorm = _train_step(o, batch, grid, len(cfg.classes), tc.grad_clip, dev, step)
+            loss, losses, gnorm = _train_step(o, batch, grid, cfg, dev, step)
             step += 1
             if bar is not None:
                 bar.update(1)
@@ -223,9 +259,10 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
             timed_out = (tc.max_minutes > 0 and (time.time() - t_start) / 60 >= tc.max_minutes) or \
                 (stop_after is not None and step >= stop_after)
             if dist_info.main and (step % tc.checkpoint_every == 0 or step == tc.steps or timed_out):
-                _save_state(out / "last.pt", o.model, cfg, stereo, o.opt, o.sched, step, hashes, minutes())
+                _save_state(out / "last.pt", o.model, cfg, stereo, o.opt, o.sched, step, hashes, minutes(),
+                            o.extra_state())
             if evaluate and tc.eval_every and step % tc.eval_every == 0 and dist_info.main and step < tc.steps:
-                _evaluate(o.model, cfg, dataroot, version, out / f"eval_step{step}", writer, step, stereo)
+                _evaluate(o.final, cfg, dataroot, version, out / f"eval_step{step}", writer, step, stereo)
                 o.net.train()
             if step >= tc.steps or timed_out:
                 stop = True
@@ -236,9 +273,10 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
     total = minutes()
     summary: dict[str, Any] = {"steps": step, "minutes": total, "minutes_this_run": total - prior_minutes, **hashes}
     if dist_info.main:
-        save_checkpoint(out / "model.pt", o.model, cfg, stereo, {**hashes, "steps": step})
+        # train.ema: the averaged weights are the model that is saved and evaluated
+        save_checkpoint(out / "model.pt", o.final, cfg, stereo, {**hashes, "steps": step, "ema": o.ema is not None})
         if evaluate:
-            summary["metrics"] = _evaluate(o.model, cfg, dataroot, version, out / "eval", writer, step, stereo)
+            summary["metrics"] = _evaluate(o.final, cfg, dataroot, version, out / "eval", writer, step, stereo)
         plot_history(history, out / "training_curve.png")
         writer.close()
     _leave_distributed(dist_info)
@@ -279,10 +317,13 @@ def _set_rng(state: dict) -> None:
                      state["python_gauss"]))
 
 
-def _save_state(path: Path, model, cfg, stereo, opt, sched, step: int, hashes: dict, minutes: float) -> None:
-    """``minutes``: training time up to this step, over every run resumed into this one."""
+def _save_state(path: Path, model, cfg, stereo, opt, sched, step: int, hashes: dict, minutes: float,
+                extra: dict | None = None) -> None:
+    """``minutes``: training time up to this step, over every run resumed into this one; ``extra``: more entries
+    (``_Optimisation.extra_state``)."""
     save_checkpoint(path, model, cfg, stereo, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                               "step": step, "rng": _rng_state(), "minutes": minutes, **hashes})
+                                               "step": step, "rng": _rng_state(), "minutes": minutes, **hashes,
+                                               **(extra or {})})
 
 
 def _evaluate(model, cfg, dataroot, version, out_dir: Path, writer, step: int, stereo) -> dict:
@@ -315,8 +356,9 @@ def plot_history(history: Path, out_png: Path) -> None:
         return
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    for key in ("loss",) + LOSS_NAMES:
-        ax.plot(steps, [r[key] for r in rows], label=key, lw=1.5 if key == "loss" else 1.0)
+    for key in ("loss",) + LOSS_NAMES + AUX_LOSS_NAMES:
+        if key in rows[0]:
+            ax.plot(steps, [r[key] for r in rows], label=key, lw=1.5 if key == "loss" else 1.0)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")

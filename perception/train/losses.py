@@ -23,7 +23,7 @@ def gaussian_focal_loss(logits: Tensor, target: Tensor, alpha: float = 2.0, gamm
     return (pos_loss.sum() + neg_loss.sum()) / pos.sum().clamp(min=1.0)
 
 
-def _gather(maps: Tensor, ind: Tensor) -> Tensor:
+def gather_cells(maps: Tensor, ind: Tensor) -> Tensor:
     """maps (B, C, H, W), ind (B, G) flat cell -> (B, G, C)."""
     b, c = maps.shape[:2]
     flat = maps.reshape(b, c, -1)  # (B, C, H*W)
@@ -33,15 +33,15 @@ def _gather(maps: Tensor, ind: Tensor) -> Tensor:
 def detection_losses(out: dict[str, Tensor], t: Targets) -> dict[str, Tensor]:
     """out: the network's head maps; t: targets. Returns named scalar losses (their sum is trained)."""
     heat = gaussian_focal_loss(out["heatmap"], t.heatmap)
-    pred = torch.cat([_gather(out[name], t.ind) for name in ("offset", "z", "log_size", "rotation", "velocity")],
+    pred = torch.cat([gather_cells(out[name], t.ind) for name in ("offset", "z", "log_size", "rotation", "velocity")],
                      dim=2)  # (B, G, 10)
     m = t.mask.unsqueeze(-1).float()
     w = pred.new_tensor(REG_WEIGHTS)
     n = t.mask.sum().clamp(min=1).float()
     reg = (F.l1_loss(pred, t.regression, reduction="none") * m * w).sum() / n
     # trajectories: (B, G, M, T, 2)
-    offs = _gather(out["traj_offsets"], t.ind)  # (B, G, M*T*2)
-    logits = _gather(out["traj_mode_logits"], t.ind)  # (B, G, M)
+    offs = gather_cells(out["traj_offsets"], t.ind)  # (B, G, M*T*2)
+    logits = gather_cells(out["traj_mode_logits"], t.ind)  # (B, G, M)
     b, g, modes = logits.shape
     steps = t.traj.shape[2]
     offs = offs.view(b, g, modes, steps, 2)

@@ -8,7 +8,7 @@ import torch
 
 from calibration.transforms import project_points
 from perception.config import load_config
-from perception.data.frame import NPZ_KEYS, Frame
+from perception.data.frame import NPZ_KEYS, OPTIONAL_NPZ_KEYS, Frame
 from perception.data.loader import collate_frames, make_loader
 from perception.data.nuscenes import NuScenesFrames
 from perception.data.synthetic.generate import VERSION
@@ -44,10 +44,11 @@ def test_frame_contract_and_npz_round_trip(val, tmp_path):
     path = tmp_path / "f.npz"
     f.save_npz(path)
     with np.load(path, allow_pickle=False) as d:
-        assert sorted(d.files) == sorted(NPZ_KEYS)
+        assert sorted(d.files) == sorted(NPZ_KEYS + OPTIONAL_NPZ_KEYS)
         assert d["sample_token"].dtype.kind == "U" and d["t0"].dtype == np.int64
     g = Frame.load_npz(path)
-    for key in NPZ_KEYS:
+    assert len(f.lidar_points) > 1000  # the key frame's LIDAR_TOP in ego@t0
+    for key in NPZ_KEYS + OPTIONAL_NPZ_KEYS:
         a, b = getattr(f, key), getattr(g, key)
         assert np.array_equal(np.asarray(a), np.asarray(b)), key
 
@@ -324,11 +325,28 @@ def test_inspect_cli(synth_root, tmp_path, capsys):
                "--png", str(tmp_path / "f.png"), "--set", "data.sync.enabled=false"])
     assert rc == 0, capsys.readouterr().err
     with np.load(out, allow_pickle=False) as d:
-        assert sorted(d.files) == sorted(NPZ_KEYS)
+        assert sorted(d.files) == sorted(NPZ_KEYS + OPTIONAL_NPZ_KEYS)
     assert (tmp_path / "f.png").stat().st_size > 50_000
+    assert (tmp_path / "f_depth.png").stat().st_size > 20_000  # the lidar depth targets per camera
     assert main(["--config", str(REPO / "configs" / "synthetic_tiny.yaml"), "--dataroot", str(synth_root),
                  "--version", VERSION, "--split", "synth_val", "--index", "999", "--out", str(out)]) == 1
     assert "out of range" in capsys.readouterr().err
     assert main(["--config", str(REPO / "configs" / "synthetic_tiny.yaml"), "--dataroot", str(tmp_path / "nope"),
                  "--version", VERSION, "--split", "synth_val", "--index", "0", "--out", str(out)]) == 1
     assert "perception-synth" in capsys.readouterr().err
+
+
+def test_frames_without_lidar_field_still_load(tmp_path, val):
+    """A Frame file written before lidar_points existed loads with no lidar; the lidar is in ego@t0 near the
+    ground (the lidar's mounting and ego pose applied)."""
+    from perception.data.frame import NPZ_KEYS
+
+    f = val[0]
+    path = tmp_path / "old.npz"
+    f.save_npz(path)
+    with np.load(path, allow_pickle=False) as d:
+        np.savez(tmp_path / "older.npz", **{k: d[k] for k in NPZ_KEYS})
+    g = Frame.load_npz(tmp_path / "older.npz")
+    assert g.lidar_points.shape == (0, 3)
+    # the synthetic world is flat: most returns are ground hits at z ~ 0 in ego (not at the lidar's 1.84 m)
+    assert abs(np.median(f.lidar_points[:, 2])) < 0.3
