@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from perception.cli.common import EXIT_OK, HelpFormatter, number, run
+from perception.cli.common import EXIT_OK, HelpFormatter, checkpoint_errors, number, run
 from perception.outputs import atomic_file, check_file_target
 
 EXAMPLES = """examples:
@@ -114,12 +114,14 @@ def _draw_depth(frame, cfg, args: argparse.Namespace, path: str) -> None:
     print(f"wrote {path}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _errors() -> tuple[type[BaseException], ...]:
     from perception.data.nuscenes import DatasetError
 
-    from perception.train.checkpoint import CheckpointError
+    return (DatasetError, IndexError, *checkpoint_errors())
 
-    return run(_main, argv, (DatasetError, IndexError, CheckpointError))
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(_main, argv, _errors)  # errors resolved lazily: --help works without torch
 
 
 if __name__ == "__main__":
