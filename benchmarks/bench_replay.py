@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import REPO, publish, table
+from perception.replay.writers import MemoryWriter
 
 DATA = REPO / "benchmarks" / "out" / "replay_data"
 CAMERA_HZ = 12.0
@@ -40,20 +41,6 @@ def _dataset(samples: int) -> Path:
     return next((DATA / "bags").iterdir())
 
 
-class _Capture:
-    """A writer that keeps Frames and Detections (for the network-only pass and the draft-vs-full comparison)."""
-
-    def __init__(self):
-        self.frames, self.dets = [], []
-
-    def write(self, frame, det, ids, jpegs, emit_us, cameras=None):
-        self.frames.append(frame)
-        self.dets.append(det)
-
-    def close(self):
-        return {}
-
-
 def _network_only(pipe, frames) -> float:
     """Frames per second of the network alone (``runner`` on prepared arrays, serially)."""
     batches = [pipe.prepare(f) for f in frames]
@@ -64,7 +51,7 @@ def _network_only(pipe, frames) -> float:
     return len(batches) / (time.perf_counter() - t)
 
 
-def _compare(full: _Capture, draft: _Capture) -> dict:
+def _compare(full: MemoryWriter, draft: MemoryWriter) -> dict:
     """Network outputs with draft decoding vs full-size decoding, per frame: the largest score difference between
     the detections ranked alike, and for the full path's confident boxes (score > 0.5, clear of the 0.3 output
     threshold) the distance to the nearest draft box of the same class (median, 95th percentile, share within
@@ -122,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, list[dict]] = {k: [] for k in pipes}
         net_fps: dict[str, list[float]] = {k: [] for k in pipes}
         ort = pipes["ONNX Runtime FP32"]
-        full, draft = _Capture(), _Capture()
+        full, draft = MemoryWriter(), MemoryWriter()
         replay(BagReader(bag), ort, tmp / "full", progress=False, writer=full, draft_decode=False)
         replay(BagReader(bag), ort, tmp / "draft", progress=False, writer=draft)
         outputs = _compare(full, draft)

@@ -171,7 +171,7 @@ def radar_only_section(test_dir: Path, train_minutes: float | None = None) -> tu
         "--keyframes-only`, then `perception-train configs/synthetic_tiny.yaml --dataroot data/synth --version "
         "v1.0-synth --no-eval --set train.steps=700 --set train.checkpoint_every=100 --set model.camera.enabled=false` "
         "and `perception-test ... --split synth_val` (the commands of `benchmarks/ablations.py`; script: "
-        "`benchmarks/out/radar20/run.sh`)" + (f", training {train_minutes:.0f} min on a shared, busy 2-core machine" if train_minutes else "")
+        "`benchmarks/out/radar20/run.sh`)" + (f", training {train_minutes:.1f} min on the 2-core machine" if train_minutes else "")
         + ". **The ablation table above, the other variants and the shipped checkpoint are still from the old "
         "`synth/1` world** until issue 23 retrains them.", "",
         table(["figure", "radar_only, synth/2", "radar_only, synth/1 (ablations)", "real nuScenes, PillarNet on radar (test)"], rows), "",

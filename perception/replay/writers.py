@@ -385,6 +385,23 @@ class ReplayWriter:
         self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
 
 
+class MemoryWriter:
+    """A replay writer that keeps the Frames and Detections in memory (``replay(..., writer=MemoryWriter())``):
+    for notebooks, tests and benchmarks that look at what the pipeline produced without writing files."""
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.dets: list[Detections] = []
+
+    def write(self, frame: Frame, det: Detections, track_ids: np.ndarray | None, camera_jpegs: Any = None,
+              emit_us: int | None = None, cameras: Any = None, lidar: Any = None) -> None:
+        self.frames.append(frame)
+        self.dets.append(det)
+
+    def close(self) -> dict[str, int]:
+        return {"frames": len(self.frames)}
+
+
 def read_jsonl(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Read ``detections.jsonl``: (header, one dict per frame). Raises ValueError when the header's schema is not
     ``JSONL_SCHEMA``."""

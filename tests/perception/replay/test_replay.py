@@ -15,7 +15,7 @@ from perception.replay.player import Player, PlayerConfig
 from perception.replay.readers import BagReader, NuScenesSceneReader
 from perception.replay.run import player_config, replay
 from perception.replay.topics import TopicMap, CameraTopics, RadarTopic
-from perception.replay.writers import read_jsonl
+from perception.replay.writers import MemoryWriter, read_jsonl
 
 VERSION = "v1.0-synth"
 
@@ -415,20 +415,6 @@ def test_cli_replay_and_bad_reference(scene, small_ckpt, tmp_path, capsys):
 # -- real-time pipeline, draft decoding, robustness of the summary (issue 25) ---------------------------------
 
 
-class _Capture:
-    """A writer that keeps the Frames and Detections (replay(writer=...))."""
-
-    def __init__(self):
-        self.frames, self.dets = [], []
-
-    def write(self, frame, det, ids, jpegs, emit_us, cameras=None):
-        self.frames.append(frame)
-        self.dets.append(det)
-
-    def close(self):
-        return {"frames": len(self.frames)}
-
-
 def test_one_message_stamped_an_hour_ahead_is_dropped_alone(scene, pipe, clean_bag_run, tmp_path):
     _, _, bag = scene
     seen = {}
@@ -576,7 +562,7 @@ def test_draft_decoding_matches_the_full_size_path(scene, pipe, tmp_path):
     _rewrite(bag, tmp_path / "big", edit)
     runs = {}
     for draft in (False, True):
-        cap = _Capture()
+        cap = MemoryWriter()
         reader = BagReader(tmp_path / "big")
         replay(reader, pipe, tmp_path / f"o{draft}", progress=False, writer=cap, draft_decode=draft, max_frames=4)
         runs[draft] = cap
