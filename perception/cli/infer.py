@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Sequence
 
-from perception.cli.common import EXIT_OK, HelpFormatter, run
+from perception.cli.common import EXIT_OK, HelpFormatter, number, run
+from perception.outputs import folder_output
 
 EXAMPLES = """examples:
   perception-infer --checkpoint checkpoints/synthetic_tiny.pt --out infer/demo \\
@@ -46,10 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--engine", metavar="DIR", help="TensorRT engine folder (perception-engine build), no torch")
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
                    help="with --onnx: model.onnx or the INT8 Q/DQ graph model_int8.onnx")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (written in a staging folder and swapped in whole; refused while another run "
+                        "writes there)")
+    p.add_argument("--overwrite", action="store_true", help="replace the results an existing --out holds")
     info = p.add_argument_group("source: an mmdet3d info entry")
     info.add_argument("--info", metavar="FILE.pkl", help="mmdet3d v1.1 info file")
-    info.add_argument("--index", type=int, default=0, help="entry of its data_list")
+    info.add_argument("--index", type=number(int, min=0), default=0, help="entry of its data_list")
     info.add_argument("--data-prefix", metavar="DIR", help="folder the entries' img_path names are relative to")
     nusc = p.add_argument_group("source: a nuScenes sample")
     nusc.add_argument("--dataroot")
@@ -60,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     raw.add_argument("--image", action="append", default=[], metavar="CHANNEL=PATH", help="a camera image (repeat)")
     raw.add_argument("--radar", action="append", default=[], metavar="CHANNEL=PATH", help="a radar sweep (repeat)")
     raw.add_argument("--lidar", metavar="PATH", help="a lidar sweep, drawn in the preview (not a model input)")
-    p.add_argument("--score-threshold", type=float, default=0.05, help="detections above this score are kept")
+    p.add_argument("--score-threshold", type=number(float, min=0, max=1), default=0.05, help="detections above this score are kept")
     p.add_argument("--json", action="store_true", help="print the whole summary as JSON")
     return p
 
@@ -102,14 +107,9 @@ def _pipeline(args: argparse.Namespace):
         raise InferInputError(f"CheckpointError: {err}") from None
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def _infer(args: argparse.Namespace, kind: str, out_dir: Path) -> tuple[dict, object]:
     from perception import infer
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    kind = _source_kind(parser, args)
-    if args.precision != "fp32" and not args.onnx:
-        parser.error("--precision applies to --onnx (an engine's precision is fixed when it is built)")
     pipe = _pipeline(args)
     if kind == "info":
         source = infer.frame_from_info(pipe.cfg, args.info, args.index, args.data_prefix)
@@ -119,7 +119,19 @@ def _main(argv: Sequence[str] | None) -> int:
         source = infer.frame_from_files(pipe.cfg, args.rig, infer.parse_assignments(args.image, "--image"),
                                         infer.parse_assignments(args.radar, "--radar"), args.lidar,
                                         infer.exported_cameras(pipe))
-    summary = infer.infer_one(pipe, source, args.out)
+    return infer.infer_one(pipe, source, out_dir), source
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    kind = _source_kind(parser, args)
+    if args.precision != "fp32" and not args.onnx:
+        parser.error("--precision applies to --onnx (an engine's precision is fixed when it is built)")
+    with folder_output(args.out, args.overwrite, what="inference results") as staging:
+        summary, source = _infer(args, kind, staging)
+    out = Path(args.out)
+    summary["results"], summary["preview"] = str(out / "results_nusc.json"), str(out / "preview.png")
     if args.json:
         print(json.dumps(summary, indent=1))
     else:

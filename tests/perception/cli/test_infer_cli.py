@@ -71,6 +71,16 @@ def test_sample_token_source_equals_the_library_pipeline(small_ckpt, synth_root,
     assert [b.detection_name for b in got] == [w["detection_name"] for w in want]
     png = Image.open(out / "preview.png")
     assert png.width > 800 and png.height >= 480
+    # the folder now holds results: a second run is refused (naming --overwrite) and leaves them as they were
+    before = (out / "results_nusc.json").read_bytes()
+    argv = ["--checkpoint", str(small_ckpt), "--out", str(out), "--dataroot", str(synth_root), "--version", VERSION,
+            "--sample-token", sample["token"]]
+    capsys.readouterr()
+    assert main(argv) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "results_nusc.json").read_bytes() == before
+    assert main(argv + ["--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["preview.png", "results_nusc.json"]
 
 
 def test_raw_files_source_masks_the_cameras_without_an_image(small_ckpt, synth_root, synth_sample, tmp_path, capsys):
@@ -205,3 +215,11 @@ def test_real_raw_files_with_a_real_radar_sweep(realdata, small_ckpt, tmp_path, 
                  "--radar", f"RADAR_BACK_LEFT={radar}", "--lidar", str(next(demo.glob('*.pcd.bin'))), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert sum(summary["cameras"].values()) == 2 and summary["radar_points"] > 50
+
+
+@pytest.mark.parametrize("args", [["--score-threshold", "nan"], ["--score-threshold", "2"], ["--index", "-1"]])
+def test_bad_numbers_are_exit_2(args, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--onnx", str(tmp_path), "--out", str(tmp_path / "o"), "--info", str(tmp_path / "x.pkl"), *args])
+    assert e.value.code == 2
+    assert args[0] in capsys.readouterr().err
