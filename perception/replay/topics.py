@@ -48,8 +48,8 @@ class TopicPattern:
         return m.group(1) if m else None
 
 
-# The one table of the bag topic convention: perception-synth --bags writes with it
-# (perception.data.synthetic.bags), default_topic_map and NuScenesSceneReader parse / name with it.
+# The one table of the bag topic convention: perception-synth --bags writes with it (the generator imports this
+# module, never the reverse), default_topic_map and NuScenesSceneReader parse / name with it.
 BAG_TOPICS: dict[str, TopicPattern] = {p.kind: p for p in (
     TopicPattern("camera", "/cameras/{channel}/image/compressed", "sensor_msgs/msg/CompressedImage"),
     TopicPattern("camera_info", "/cameras/{channel}/camera_info", "sensor_msgs/msg/CameraInfo"),
