@@ -37,19 +37,27 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def read_model_json(folder: str | Path) -> dict[str, Any]:
-    """``<folder>/model.json``, parsed and checked for the fields and types the runtimes rely on."""
-    path = Path(folder) / "model.json"
+def read_sidecar_json(path: Path, schema: str, missing_fix: str, fix: str) -> dict[str, Any]:
+    """A runtime's JSON sidecar (model.json, engine.json): a JSON object with the ``schema`` key, else a one-line
+    error ending in what to do (``missing_fix`` when the file is absent, ``fix`` when it is unusable)."""
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: export with perception-export --out {folder}")
+        raise FileNotFoundError(f"{path} does not exist: {missing_fix}")
     try:
         meta = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RuntimeConfigError(f"{path}: not valid JSON ({err}); re-export with perception-export") from None
+        raise RuntimeConfigError(f"{path}: not valid JSON ({err}); {fix}") from None
     if not isinstance(meta, dict):
-        raise RuntimeConfigError(f"{path}: must be a JSON object, got {type(meta).__name__}; re-export")
-    if meta.get("schema") != MODEL_JSON_SCHEMA:
-        raise RuntimeConfigError(f"{path}: schema {meta.get('schema')!r}, expected {MODEL_JSON_SCHEMA!r}")
+        raise RuntimeConfigError(f"{path}: must be a JSON object, got {type(meta).__name__}; {fix}")
+    if meta.get("schema") != schema:
+        raise RuntimeConfigError(f"{path}: schema {meta.get('schema')!r}, expected {schema!r}")
+    return meta
+
+
+def read_model_json(folder: str | Path) -> dict[str, Any]:
+    """``<folder>/model.json``, parsed and checked for the fields and types the runtimes rely on."""
+    path = Path(folder) / "model.json"
+    meta = read_sidecar_json(path, MODEL_JSON_SCHEMA, f"export with perception-export --out {folder}",
+                             "re-export with perception-export")
     for key, kind in _FIELDS.items():
         if not isinstance(meta.get(key), kind):
             raise RuntimeConfigError(f"{path}: field '{key}' is {type(meta.get(key)).__name__}, expected "

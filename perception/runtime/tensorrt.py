@@ -9,13 +9,12 @@ the GPU they were built with: a mismatch is a clear error, not a crash inside Te
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from perception.runtime.onnxruntime import RuntimeConfigError, check_inputs, read_model_json
+from perception.runtime.onnxruntime import RuntimeConfigError, check_inputs, read_model_json, read_sidecar_json
 
 ENGINE_JSON_SCHEMA = "perception-engine/1"
 SUPPORTED_TENSORRT_MAJOR = 10
@@ -50,19 +49,9 @@ def import_tensorrt(equivalent: str = "") -> Any:
 
 
 def read_engine_json(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / "engine.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: build the engine folder with "
-                                f"perception-engine build --onnx EXPORT_DIR --out {folder}")
-    try:
-        meta = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RuntimeConfigError(f"{path}: not valid JSON ({err}); rebuild with perception-engine build") from None
-    if not isinstance(meta, dict):
-        raise RuntimeConfigError(f"{path}: must be a JSON object; rebuild with perception-engine build")
-    if meta.get("schema") != ENGINE_JSON_SCHEMA:
-        raise RuntimeConfigError(f"{path}: schema {meta.get('schema')!r}, expected {ENGINE_JSON_SCHEMA!r}")
-    return meta
+    return read_sidecar_json(Path(folder) / "engine.json", ENGINE_JSON_SCHEMA, "build the engine folder with "
+                             f"perception-engine build --onnx EXPORT_DIR --out {folder}",
+                             "rebuild with perception-engine build")
 
 
 def device_info() -> dict[str, Any]:
