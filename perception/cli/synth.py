@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from perception.data.synthetic.generate import VERSION, SynthError, SynthOptions, generate
+    from perception.data.synthetic.generate import VERSION, SynthOptions, generate
 
     args = build_parser().parse_args(argv)
     out = Path(args.out)

@@ -27,7 +27,6 @@ Frames with more GT boxes than G keep the G nearest to the ego (reported in ``me
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Sequence
 
