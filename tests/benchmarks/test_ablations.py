@@ -1,352 +1,391 @@
-"""benchmarks/ablations.py orchestration, cheaply: the plan, the resumable state (the subprocess runner mocked)
-and the targets table."""
+"""benchmarks/ablations.py, cheaply: the rows, the loop with the children mocked (a fake subprocess.run writes what
+perception-train / perception-test would), resume / skip / fail / blocked, the world check, adoption of an
+existing out-dir, the target rules at their boundaries and the table with pending rows."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import os
+import subprocess
+import types
 from pathlib import Path
 
 import pytest
+import yaml
 
 from benchmarks import ablations as A
+from benchmarks import report
 
 
-def _settings(tmp_path: Path, **kw) -> A.Settings:
-    return A.Settings(steps=kw.pop("steps", 5), dataroot=str(tmp_path / "mono"),
-                      stereo_dataroot=str(tmp_path / "stereo"), scenes=3, samples_per_scene=4, **kw)
+def _world(root: Path, stereo: bool = False, **changes) -> Path:
+    (root / A.VERSION).mkdir(parents=True)
+    gen = {"schema": "synth-generator/1", **A.WORLD, "rig": "stereo_radar" if stereo else "nuscenes", **changes}
+    (root / A.VERSION / "generator.json").write_text(json.dumps(gen))
+    return root
 
 
-def _write_root(root: Path, rig: str, seed: int = 0, scenes: int = 3, samples: int = 4) -> None:
-    v = root / A.VERSION
-    v.mkdir(parents=True)
-    (v / "generator.json").write_text(json.dumps({"seed": seed, "scenes": scenes, "samples_per_scene": samples,
-                                                  "image_scale": 0.5, "keyframes_only": True, "rig": rig}))
-    (v / "scene.json").write_text(json.dumps([{"token": "sc", "name": "scene-0000"}]))
-    (v / "sample.json").write_text(json.dumps([{"token": "s0", "scene_token": "sc"}]))
-    (v / "sample_annotation.json").write_text(json.dumps([
-        {"sample_token": "s0", "instance_token": "i0", "translation": [1.0, 2.0, 0.5], "size": [2.0, 4.0, 1.5]}]))
+def _metrics_files(test: Path, nds: float) -> None:
+    test.mkdir(parents=True, exist_ok=True)
+    (test / "metrics_summary.json").write_text(json.dumps({
+        "nd_score": nds, "mean_ap": nds / 2, "tp_errors": {"trans_err": 0.5, "vel_err": 0.6},
+        "mean_dist_aps": {"car": 0.4, "pedestrian": 0.1, "bicycle": 0.05, "traffic_cone": 0.02, "truck": 0.3}}))
+    (test / "depth_metrics.json").write_text(json.dumps({
+        "all": {"abs_rel": 0.3, "delta1": 0.6, "cells": 10}, "in_boxes": {"abs_rel": 0.2, "delta1": 0.7, "cells": 4},
+        "per_camera": {"CAM_FRONT_L": {"abs_rel": 0.1, "delta1": 0.9, "cells": 1},
+                       "CAM_BACK_R": {"abs_rel": 0.4, "delta1": 0.5, "cells": 3},
+                       "CAM_LEFT": {"abs_rel": 9.0, "delta1": 0.0, "cells": 100}}}))
+    (test / "trajectory_metrics.json").write_text(json.dumps({
+        "model": {"car": {"minADE_1": 1.0, "minADE_6": 0.7}},
+        "constant_velocity": {"car": {"minADE_1": 1.2, "minADE_6": 1.0}}}))
 
 
-def _metrics(nds: float, mAP: float = 0.3, mate: float = 0.5, mave: float = 0.5) -> dict:
-    return {"NDS": nds, "mAP": mAP, "mATE": mate, "mASE": 0.25, "mAOE": 0.9, "mAVE": mave, "mAAE": 0.05}
+class FakeChildren:
+    """Stands in for subprocess.run: writes what the CLIs would write, or fails with an error line for the
+    (row, step) pairs in ``fail`` (step: 'train' or 'test')."""
 
-
-class FakeRunner:
-    """Stands in for the subprocesses: writes what perception-train / perception-test would, or fails."""
-
-    def __init__(self, fail: set[str] = frozenset(), nds: dict[str, float] | None = None):
+    def __init__(self, fail=(), nds: dict[str, float] | None = None):
         self.calls: list[list[str]] = []
         self.fail = set(fail)
         self.nds = nds or {}
-        self.state_at_call: list[dict] = []
-        self.state_path: Path | None = None
 
-    def __call__(self, cmd, log: Path, env: dict) -> int:
+    def __call__(self, cmd, cwd, stdout, stderr, env):
+        assert cwd == A.REPO and stderr == subprocess.STDOUT
         assert env["GLIBC_TUNABLES"] == A.GLIBC_TUNABLES
         self.calls.append(list(cmd))
-        if self.state_path is not None and self.state_path.exists():
-            self.state_at_call.append(json.loads(self.state_path.read_text()))
-        log.parent.mkdir(parents=True, exist_ok=True)
-        out = A._abs(cmd[cmd.index("--out") + 1])
-        variant = out.parent.name
-        if variant in self.fail:
-            log.write_text("Traceback ...\nerror: DatasetError: something broke\n")
-            return 1
+        out = A.REPO / cmd[cmd.index("--out") + 1]
+        row, kind = out.parent.name, ("train" if cmd[2] == "perception.cli.train" else "test")
+        if (row, kind) in self.fail:
+            stdout.write("Traceback (most recent call last):\nerror: DatasetError: something broke\n")
+            return subprocess.CompletedProcess(cmd, 1)
         out.mkdir(parents=True, exist_ok=True)
-        if cmd[2] == "perception.cli.train":
+        if kind == "train":
+            (out / ("backbone.pt" if "backbone" in cmd else "model.pt")).write_bytes(b"weights")
             steps = int(next(s.split("=")[1] for s in cmd if s.startswith("train.steps=")))
-            (out / "model.pt").write_bytes(b"weights")
-            (out / "summary.json").write_text(json.dumps({"steps": steps, "minutes": 0.1, "config_hash": "c"}))
+            (out / "summary.json").write_text(json.dumps({"steps": steps, "minutes": 2.5}))
         else:
-            (out / "metrics_summary.json").write_text(json.dumps({
-                "nd_score": self.nds.get(variant, 0.4), "mean_ap": 0.3, "tp_errors": {
-                    "trans_err": 0.5, "scale_err": 0.25, "orient_err": 0.9, "vel_err": 0.5, "attr_err": 0.05}}))
-            (out / "trajectory_metrics.json").write_text(json.dumps({
-                "model": {"car": {"minADE_6": 1.2, "matched": 10}}, "constant_velocity": {"car": {"minADE_6": 1.5}}}))
-        return 0
+            _metrics_files(out, self.nds.get(row, 0.4))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    def rows(self, kind: str) -> list[str]:
+        return [Path(c[c.index("--out") + 1]).parent.name for c in self.calls
+                if (c[2] == "perception.cli.train") == (kind == "train")]
 
 
-def _ablations(tmp_path: Path, runner, only=None, settings=None, published=None) -> A.Ablations:
-    settings = settings or _settings(tmp_path)
-    out = tmp_path / "out" / "ablations"
-    state = A.State(tmp_path / "state.json", settings)
-    plan = A.build_plan(settings, out, only)
-    pub = (lambda ab: published.append(A.markdown(ab.settings, ab.state.steps))) if published is not None else None
-    return A.Ablations(settings, state, out, plan, runner=runner, publisher=pub, echo=lambda s: None, only=only)
+def _children(monkeypatch, fake) -> None:
+    """The driver's subprocess module, and only its, replaced (report.machine() still runs git)."""
+    monkeypatch.setattr(A, "subprocess", types.SimpleNamespace(run=fake, STDOUT=subprocess.STDOUT))
 
 
-# -- the plan -----------------------------------------------------------------------------------------------------
+@pytest.fixture
+def bench(tmp_path, monkeypatch):
+    """Worlds, an out dir and a BENCHMARKS.md in tmp_path; ``bench.run(args, children)`` calls main()."""
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n")
+    monkeypatch.setattr(report, "BENCHMARKS_MD", md)
 
-def test_plan_has_every_variant_with_its_commands(tmp_path):
-    settings = _settings(tmp_path, steps=700)
-    plan = A.build_plan(settings, tmp_path / "out")
-    keys = [s.key for s in plan]
-    assert keys[:3] == ["data:mono", "train:main", "eval:main"]
-    trains = [k.split(":")[1] for k in keys if k.startswith("train:")]
-    assert sorted(trains) == sorted(v.name for v in A.TRAIN_VARIANTS)
-    evals = {k.split(":")[1] for k in keys if k.startswith("eval:")}
-    assert evals == set(A.ALL_NAMES) - {"calib_0"}  # calibration noise 0 is the main evaluation itself
-    by = {s.key: s for s in plan}
-    for s in plan:  # dependencies come earlier
-        assert all(keys.index(d) < keys.index(s.key) for d in s.deps)
-    assert "train.steps=700" in by["train:camera_only"].cmd
-    assert "model.radar.enabled=false" in by["train:camera_only"].cmd
-    assert "model.camera.enabled=false" in by["train:radar_only"].cmd
-    assert "model.fusion.kind=conv" in by["train:conv_fusion"].cmd
-    assert "train.seed=1" in by["train:main_seed1"].cmd
-    # sync off: trained and tested without sync
-    assert "data.sync.enabled=false" in by["train:sync_off"].cmd
-    assert "data.sync.enabled=false" in by["eval:sync_off"].cmd
-    # stereo: its config on the stereo root, the same world (seed, scenes, samples) as the mono root
-    st = by["train:stereo"].cmd
-    assert A.STEREO_CONFIG in st and A._rel(settings.root(True)) in st
-    assert by["train:stereo"].deps == ("data:stereo",)
-    mono, stereo = by["data:mono"].cmd, by["data:stereo"].cmd
-    assert "--rig" in stereo and A.STEREO_RIG in stereo and "--rig" not in mono
-    for flag in ("--seed", "--scenes", "--samples-per-scene", "--image-scale"):
-        assert mono[mono.index(flag) + 1] == stereo[stereo.index(flag) + 1]
-    assert by["check:same_world"].deps == ("data:mono", "data:stereo")
-    # test-time variants of main
-    for name in ("calib_0.5", "calib_1", "calib_2", "drop_cam_front", "drop_all_cameras", "drop_radar_front",
-                 "drop_all_radar"):
-        s = by[f"eval:{name}"]
-        assert s.deps == ("train:main",)
-        assert s.cmd[s.cmd.index("--checkpoint") + 1].endswith("main/run/model.pt")
-    assert by["eval:calib_2"].cmd[-2:] == ["--calib-noise-deg", "2"]
-    drop = lambda k: by[k].cmd[by[k].cmd.index("--drop-sensors") + 1].split(",")
-    assert drop("eval:drop_cam_front") == ["CAM_FRONT"]
-    assert sorted(drop("eval:drop_all_cameras")) == sorted(A.CAMERAS) and len(A.CAMERAS) == 6
-    assert drop("eval:drop_radar_front") == ["RADAR_FRONT"]
-    assert sorted(drop("eval:drop_all_radar")) == sorted(A.RADARS) and len(A.RADARS) == 5
+    class Bench:
+        out = tmp_path / "out" / "ablations"
+        mono = _world(tmp_path / "synth")
+        stereo = _world(tmp_path / "synth_stereo", stereo=True)
+        benchmarks_md = md
+
+        def run(self, args: list[str], children: FakeChildren | None = None) -> int:
+            _children(monkeypatch, children or FakeChildren())
+            return A.main(["--dataroot", str(self.mono), "--stereo-dataroot", str(self.stereo), "--out-dir",
+                           str(self.out)] + args)
+
+        def status(self, name: str) -> str:
+            return A.status(A.BY_NAME[name], self.out)
+
+    return Bench()
 
 
-def test_rig_channel_names_match_the_drop_lists():
-    import yaml
+# -- the rows -----------------------------------------------------------------------------------------------------
 
-    rig = yaml.safe_load((A.REPO / A.MONO_RIG).read_text())
-    assert set(rig["cameras"]) == set(A.CAMERAS)
-    assert set(rig["radars"]) == set(A.RADARS)
+def test_rows_are_well_formed():
+    names = [r.name for r in A.ROWS]
+    assert len(names) == len(set(names))
+    for i, row in enumerate(A.ROWS):
+        assert all(names.index(d) < i for d in row.deps), f"{row.name} needs a later row"
+        assert not (row.test_of and row.checkpoint)
+        assert row.trains or not (row.sets or row.pretrain)
+    grouped = {n for _, rows in A.GROUPS.values() for n in rows}
+    assert grouped <= set(names) and set(names) <= grouped  # every row shows in some group table
+    for row in A.ROWS:
+        if row.trains and row.config != A.TEMPORAL:
+            assert (A.REPO / row.config).exists(), row.config
+    rig = yaml.safe_load((A.REPO / "configs/rigs/nuscenes.yaml").read_text())
+    assert set(rig["cameras"]) == set(A.CAMERAS) and set(rig["radars"]) == set(A.RADARS)
+    stereo = yaml.safe_load((A.REPO / A.STEREO_RIG).read_text())
+    assert {c for p in stereo["stereo_pairs"] for c in p.values()} == set(A.STEREO_CAMERAS)
 
 
-def test_only_adds_what_is_needed_and_rejects_unknown_names(tmp_path):
-    plan = A.build_plan(_settings(tmp_path), tmp_path / "out", ["drop_all_radar"])
-    assert [s.key for s in plan] == ["data:mono", "train:main", "eval:main", "eval:drop_all_radar"]
-    plan = A.build_plan(_settings(tmp_path), tmp_path / "out", ["stereo"])
-    assert [s.key for s in plan] == ["data:mono", "data:stereo", "check:same_world", "train:stereo", "eval:stereo"]
-    with pytest.raises(SystemExit, match="unknown variant"):
-        A.build_plan(_settings(tmp_path), tmp_path / "out", ["mian"])
+def test_the_issue_21_rows_keep_the_names_and_overrides_of_bench_cameras():
+    """So that --out-dir benchmarks/out/cameras adopts what the coordinator's queue trained there."""
+    b = A.BY_NAME
+    assert b["cam_base"].sets == ("model.radar.enabled=false",)
+    assert b["cam_depth"].sets == ("model.radar.enabled=false", "train.depth_loss.enabled=true")
+    assert b["cam_depth_persp"].sets == b["cam_depth"].sets + ("train.perspective.enabled=true",)
+    assert b["backbone_pre"].pretrain and b["backbone_pre"].sets == ("model.radar.enabled=false",)
+    assert b["cam_depth_persp_pre"].needs == ("backbone_pre",)
+    roots = {False: "D", True: "DS"}
+    cmd = A.train_cmd(b["cam_depth_persp_pre"], A.REPO / "benchmarks/out/cameras", roots)
+    assert "model.camera.pretrained=benchmarks/out/cameras/backbone_pre/run/backbone.pt" in cmd  # the queue's string
+    for name in ("cam_base", "cam_depth", "cam_depth_persp", "backbone_pre", "cam_depth_persp_pre"):
+        assert b[name].config == A.MONO and b[name].steps == 700 and not b[name].stereo
 
 
-def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
-    runner = FakeRunner()
-    ab = _ablations(tmp_path, runner, only=["main", "calib_0"])
-    ab.echo = print
-    ab.dry_run()
+def test_commands(tmp_path):
+    roots, out = {False: "D", True: "DS"}, tmp_path / "out"
+    cmd = A.train_cmd(A.BY_NAME["main"], out, roots)
+    assert cmd[1:4] == ["-m", "perception.cli.train", A.MONO]
+    assert cmd[cmd.index("--dataroot") + 1] == "D" and "--no-eval" in cmd and "--resume" not in cmd
+    assert "train.steps=700" in cmd and "train.checkpoint_every=100" in cmd
+    (out / "main" / "run").mkdir(parents=True)
+    (out / "main" / "run" / "last.pt").write_bytes(b"x")
+    assert A.train_cmd(A.BY_NAME["main"], out, roots)[-1] == "--resume"
+    pre = A.train_cmd(A.BY_NAME["backbone_pre"], out, roots)
+    assert pre[pre.index("--stage") + 1] == "backbone" and "--overwrite" in pre and "--resume" not in pre
+    st = A.train_cmd(A.BY_NAME["stereo_cv_off"], out, roots)
+    assert A.STEREO in st and st[st.index("--dataroot") + 1] == "DS" and "model.camera.stereo.enabled=false" in st
+    assert "train.steps=2800" in A.train_cmd(A.BY_NAME["cam_curve_2800"], out, roots)
+    t = A.test_cmd(A.BY_NAME["drop_all_radar"], out, roots)
+    assert t[t.index("--checkpoint") + 1].endswith("main/run/model.pt")
+    assert t[t.index("--out") + 1].endswith("drop_all_radar/test") and "--overwrite" in t
+    assert t[t.index("--drop-sensors") + 1].split(",") == list(A.RADARS)
+    assert A.test_cmd(A.BY_NAME["calib_2"], out, roots)[-2:] == ["--calib-noise-deg", "2"]
+    assert A.test_cmd(A.BY_NAME["sync_off"], out, roots)[-2:] == ["--set", "data.sync.enabled=false"]
+    assert A.test_cmd(A.BY_NAME["stereo"], out, roots)[5:7] == ["--dataroot", "DS"]
+    s = A.test_cmd(A.BY_NAME["shipped_no_cam_front"], out, roots)
+    assert s[s.index("--checkpoint") + 1] == A.SHIPPED and s[-2:] == ["--drop-sensors", "CAM_FRONT"]
+
+
+def test_select_expands_groups_and_adds_what_rows_need():
+    assert [r.name for r in A.select("drop_all_radar")] == ["main", "drop_all_radar"]
+    assert [r.name for r in A.select("cam_curve_2800")] == ["backbone_pre", "cam_curve_2800"]
+    assert [r.name for r in A.select("dropout_r50_c10_no_radar")] == ["dropout_r50_c10", "dropout_r50_c10_no_radar"]
+    assert {r.name for r in A.select("temporal")} == {"main", "temporal"}
+    assert len(A.select("all")) == len(A.ROWS) and A.select("") == []
+    with pytest.raises(ValueError, match="unknown row or group 'nope'"):
+        A.select("main,nope")
+
+
+# -- the loop -----------------------------------------------------------------------------------------------------
+
+def test_runs_every_row_once_then_skips_what_is_done(bench):
+    kids = FakeChildren(nds={"main": 0.5})
+    assert bench.run(["--run", "fusion"], kids) == 0
+    fusion = A.GROUPS["fusion"][1]
+    assert sorted(kids.rows("train")) == sorted(n for n in fusion if A.BY_NAME[n].trains)
+    assert sorted(kids.rows("test")) == sorted(fusion)
+    assert all(bench.status(n) == "done" for n in fusion)
+    assert float((bench.out / "main" / "train.done").read_text()) >= 0
+    md = bench.benchmarks_md.read_text()
+    assert "<!-- bench:ablations -->" in md and "| `main` | cross-attention fusion (main model), seed 0 | done | " \
+        "700 | 2.5 | 0.500 | 0.250 | 0.500 | 0.600 | 0.400 | 0.100 | 0.050 | 0.020 | 0.300 | 0.200 |" in md
+    assert json.loads((bench.out.parent / "ablations.json").read_text())["rows"]["main"]["nds"] == 0.5
+    again = FakeChildren()
+    assert bench.run(["--run", "fusion"], again) == 0
+    assert again.calls == []
+
+
+def test_a_failed_training_blocks_what_needs_it_and_the_loop_goes_on(bench):
+    kids = FakeChildren(fail={("main", "train")})
+    assert bench.run(["--run", "fusion"], kids) == 1
+    assert (bench.out / "main" / "train.failed").read_text() == "exit 1: error: DatasetError: something broke"
+    assert "main" not in kids.rows("test")  # neither main's test nor its test-time rows ran
+    assert not any(A.BY_NAME[n].test_of == "main" for n in kids.rows("test"))
+    assert bench.status("main_seed1") == "done" and bench.status("stereo") == "done"  # the loop went on
+    assert bench.status("main") == "failed (train)"
+    assert bench.status("drop_all_radar") == "blocked (needs main)"
+    md = bench.benchmarks_md.read_text()
+    assert "| `drop_all_radar` | main, all 5 radars masked | blocked (needs main) |" in md
+    assert "- `main`: exit 1: error: DatasetError: something broke" in md
+    # a rerun retries the failed step and clears its failure
+    kids = FakeChildren()
+    assert bench.run(["--run", "fusion"], kids) == 0
+    assert kids.rows("train") == ["main"] and not (bench.out / "main" / "train.failed").exists()
+    assert bench.status("drop_all_radar") == "done"
+
+
+def test_a_failed_test_is_retried_without_retraining(bench):
+    assert bench.run(["--run", "main"], FakeChildren(fail={("main", "test")})) == 1
+    assert bench.status("main") == "failed (test)" and (bench.out / "main" / "train.done").exists()
+    kids = FakeChildren()
+    assert bench.run(["--run", "main"], kids) == 0
+    assert kids.rows("train") == [] and kids.rows("test") == ["main"]
+    assert not (bench.out / "main" / "test.failed").exists()
+
+
+def test_an_interrupted_training_resumes_and_a_stale_test_is_redone(bench):
+    run = bench.out / "main" / "run"
+    run.mkdir(parents=True)
+    (run / "last.pt").write_bytes(b"step 300")
+    assert bench.status("main") == "started (run/last.pt)"
+    kids = FakeChildren()
+    assert bench.run(["--run", "main"], kids) == 0
+    assert kids.calls[0][-1] == "--resume"
+    # main retrained after its test-time row was scored: that test is redone, main's own test is not
+    assert bench.run(["--run", "drop_cam_front"], FakeChildren()) == 0
+    os.utime(bench.out / "drop_cam_front" / "test.done", (1_000_000, 1_000_000))
+    assert bench.status("drop_cam_front").startswith("stale")
+    kids = FakeChildren()
+    assert bench.run(["--run", "drop_cam_front"], kids) == 0
+    assert kids.rows("train") == [] and kids.rows("test") == ["drop_cam_front"]
+
+
+def test_ctrl_c_or_kill_stops_the_loop_and_leaves_it_resumable(bench):
+    def interrupted(cmd, **kw):
+        raise KeyboardInterrupt
+
+    assert bench.run(["--run", "main"], interrupted) == 130
+    assert not (bench.out / "main" / "train.done").exists() and not (bench.out / "main" / "train.failed").exists()
+
+
+def test_adopts_an_existing_out_dir_of_the_cameras_queue(bench):
+    """The layout benchmarks/cameras/run.sh writes (markers with integer seconds): nothing is redone."""
+    for name in ("cam_base", "cam_depth", "cam_depth_persp", "backbone_pre", "cam_depth_persp_pre"):
+        d = bench.out / name
+        (d / "run").mkdir(parents=True)
+        (d / "run" / ("backbone.pt" if name == "backbone_pre" else "model.pt")).write_bytes(b"w")
+        (d / "run" / "summary.json").write_text(json.dumps({"steps": 700, "minutes": 20.0}))
+        (d / "train.done").write_text("1260\n")
+        if name != "backbone_pre":
+            _metrics_files(d / "test", 0.3)
+            (d / "test.done").write_text("97\n")
+    kids = FakeChildren()
+    assert bench.run(["--run", "cam_base,cam_depth,cam_depth_persp,backbone_pre,cam_depth_persp_pre"], kids) == 0
+    assert kids.calls == []
+    md = bench.benchmarks_md.read_text()
+    assert "| `cam_depth_persp_pre` | camera only + depth + perspective + pretrained backbone | done | 700 | 20.0 | " \
+        "0.300 | 0.150 |" in md
+    assert "| `backbone_pre` | backbone pretraining stage (perspective + depth targets) | done | 700 | 20.0 | - |" in md
+
+
+def test_a_dataroot_that_is_not_the_ablation_world_is_an_error_with_the_command_to_make_it(bench, tmp_path, capsys):
+    wrong = _world(tmp_path / "other", scenes=40, generator="synth/1")
+    msg = A.check_world(str(wrong), False)
+    assert "scenes=40 (need 60)" in msg and "generator='synth/1' (need 'synth/2')" in msg
+    assert "perception-synth --out " + str(wrong) + " --scenes 60 --samples-per-scene 20 --seed 0 --keyframes-only" \
+        in msg
+    assert A.check_world(str(bench.mono), False) is None and A.check_world(str(bench.stereo), True) is None
+    assert "rig='nuscenes' (need 'stereo_radar')" in A.check_world(str(bench.mono), True)
+    missing = A.check_world(str(tmp_path / "none"), True)
+    assert "cannot read it" in missing and "--rig configs/rigs/stereo_radar.yaml" in missing
+    # a bad stereo root stops the stereo rows only
+    kids = FakeChildren()
+    assert bench.run(["--run", "main,stereo", "--stereo-dataroot", str(tmp_path / "none")], kids) == 1
+    assert kids.rows("train") == ["main"]
+    err = capsys.readouterr()
+    assert "error: " + missing in err.err and "skipped   stereo: its dataroot is not the ablation world" in err.out
+
+
+def test_a_row_whose_config_does_not_exist_yet_is_pending_and_skipped(bench, monkeypatch):
+    row = dataclasses.replace(A.BY_NAME["temporal"], config="configs/not_written_yet.yaml")
+    monkeypatch.setattr(A, "BY_NAME", {**A.BY_NAME, "temporal": row})
+    monkeypatch.setattr(A, "ROWS", tuple(row if r.name == "temporal" else r for r in A.ROWS))
+    kids = FakeChildren()
+    assert bench.run(["--run", "temporal"], kids) == 1
+    assert kids.rows("train") == ["main"]
+    assert bench.status("temporal") == "pending (configs/not_written_yet.yaml missing)"
+    assert "| `temporal` | main model, streaming temporal fusion | pending (configs/not_written_yet.yaml missing) |" \
+        in bench.benchmarks_md.read_text()
+
+
+def test_dry_run_prints_the_commands_and_runs_nothing(bench, capsys):
+    kids = FakeChildren()
+    assert bench.run(["--run", "drop_all_radar", "--dry-run"], kids) == 0
     out = capsys.readouterr().out
-    assert "[to generate] data:mono" in out and "[pending] train:main" in out and "perception.cli.test" in out
-    assert "calib_0" in out and runner.calls == [] and not (tmp_path / "state.json").exists()
+    assert kids.calls == [] and not bench.out.exists()
+    assert out.count("would run ") == 3 and "--drop-sensors RADAR_FRONT," in out
 
 
-# -- the state: resume, failures ------------------------------------------------------------------------------------
-
-def test_run_records_steps_skips_finished_ones_and_goes_on_after_a_failure(tmp_path):
-    _write_root(tmp_path / "mono", "nuscenes")
-    published: list[str] = []
-    runner = FakeRunner(fail={"camera_only"}, nds={"main": 0.55, "radar_only": 0.30})
-    runner.state_path = tmp_path / "state.json"
-    ab = _ablations(tmp_path, runner, only=["main", "camera_only", "radar_only"], published=published)
-    bad = ab.run()
-    assert bad == 2  # train:camera_only failed, eval:camera_only blocked; radar_only still ran
-    st = json.loads((tmp_path / "state.json").read_text())
-    steps = st["steps"]
-    assert steps["data:mono"]["status"] == "done" and steps["data:mono"]["generated"] is False
-    assert steps["train:main"]["status"] == "done" and steps["train:main"]["checkpoint"].endswith("main/run/model.pt")
-    assert steps["train:main"]["wall_s"] >= 0 and steps["train:main"]["steps"] == 5
-    assert steps["eval:main"]["metrics"]["NDS"] == 0.55 and steps["eval:main"]["metrics"]["car_minADE6"] == 1.2
-    assert steps["train:camera_only"]["status"] == "failed"
-    assert "DatasetError: something broke" in steps["train:camera_only"]["error"]
-    assert steps["eval:camera_only"]["status"] == "blocked"
-    assert steps["eval:radar_only"]["status"] == "done"
-    # the state on disk was up to date before every later step (atomic write after each step)
-    at_radar_train = runner.state_at_call[3]  # calls: train main, eval main, train camera_only, train radar_only
-    assert at_radar_train["steps"]["train:radar_only"]["status"] == "running"
-    assert at_radar_train["steps"]["train:camera_only"]["status"] == "failed"
-    assert at_radar_train["steps"]["eval:camera_only"]["status"] == "blocked"
-    # published after every step, partial results visible
-    assert len(published) == len(ab.plan)
-    assert "| camera_only |" in published[-1] and "failed (train)" in published[-1]
-    assert "**0.550**" in published[-1]
-
-    # rerun: finished steps are skipped, the failed training (and what needs it) is retried
-    runner2 = FakeRunner(nds={"camera_only": 0.40})
-    ab2 = _ablations(tmp_path, runner2, only=["main", "camera_only", "radar_only"])
-    assert ab2.run() == 0
-    assert [c[c.index("--out") + 1].split("/")[-2] for c in runner2.calls] == ["camera_only", "camera_only"]
-    steps = json.loads((tmp_path / "state.json").read_text())["steps"]
-    assert steps["eval:camera_only"]["metrics"]["NDS"] == 0.40
-    assert steps["eval:main"]["metrics"]["NDS"] == 0.55  # untouched
+def test_publish_only_needs_no_data(bench, monkeypatch, capsys):
+    _children(monkeypatch, FakeChildren())
+    assert A.main(["--publish-only", "--out-dir", str(bench.out)]) == 0
+    assert "| `shipped` | checkpoints/synthetic_tiny.pt | pending |" in bench.benchmarks_md.read_text()
+    with pytest.raises(SystemExit) as e:
+        A.main(["--run", "nope", "--out-dir", str(bench.out)])
+    assert e.value.code == 2
 
 
-def test_interrupted_training_resumes_from_its_last_checkpoint(tmp_path):
-    _write_root(tmp_path / "mono", "nuscenes")
-    settings = _settings(tmp_path)
-    run_dir = tmp_path / "out" / "ablations" / "main" / "run"
-    run_dir.mkdir(parents=True)
-    (run_dir / "last.pt").write_bytes(b"step 3")
-    state = A.State(tmp_path / "state.json", settings)
-    state.put("data:mono", {"status": "done"})
-    state.put("train:main", {"status": "running", "started_ts": (run_dir / "last.pt").stat().st_mtime - 60.0,
-                             "attempts": []})  # the orchestrator was killed mid-training
-    runner = FakeRunner()
-    ab = _ablations(tmp_path, runner, only=["main"], settings=settings)
-    assert ab.run() == 0
-    assert runner.calls[0][2] == "perception.cli.train" and "--resume" in runner.calls[0]
-    rec = ab.state.get("train:main")
-    assert rec["status"] == "done" and len(rec["attempts"]) == 2 and rec["attempts"][0]["interrupted"]
-    assert rec["attempts"][0]["wall_s"] == pytest.approx(60.0, abs=1.0)  # counted up to its last checkpoint
-    assert rec["wall_s"] >= 60.0
+# -- the table and the targets ------------------------------------------------------------------------------------
+
+def test_the_table_lists_every_row_and_pending_targets(tmp_path):
+    res = A.collect(tmp_path / "empty")
+    md = A.markdown(res)
+    for row in A.ROWS:
+        assert f"| `{row.name}` | {row.title} | pending" in md  # temporal: "pending (its config missing)"
+    assert "| car AP | pedestrian AP | bicycle AP | traffic_cone AP | depth AbsRel all | in boxes |" in md
+    targets = md[md.index("### Targets"):]
+    assert targets.count("| pending |") == len(A.TARGETS)  # every target waits
+    assert "0 of " in md and "Failed steps" not in md
 
 
-def test_an_interruption_stops_the_run_and_leaves_a_resumable_state(tmp_path):
-    _write_root(tmp_path / "mono", "nuscenes")
-
-    def runner(cmd, log, env):
-        out = A._abs(cmd[cmd.index("--out") + 1])
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "last.pt").write_bytes(b"step 100")
-        raise A.Interrupted("signal 15")
-
-    ab = _ablations(tmp_path, runner, only=["main"])
-    with pytest.raises(A.Interrupted):
-        ab.run()
-    rec = json.loads((tmp_path / "state.json").read_text())["steps"]["train:main"]
-    assert rec["status"] == "interrupted" and rec["attempts"][0]["interrupted"]
-    runner2 = FakeRunner()
-    assert _ablations(tmp_path, runner2, only=["main"]).run() == 0
-    assert "--resume" in runner2.calls[0]
+def test_stereo_depth_is_cell_weighted_over_the_paired_cameras():
+    per = {"CAM_FRONT_L": {"abs_rel": 0.1, "cells": 1}, "CAM_BACK_R": {"abs_rel": 0.4, "cells": 3},
+           "CAM_LEFT": {"abs_rel": 9.0, "cells": 100}, "CAM_BACK_L": {"abs_rel": None, "cells": 0}}
+    assert A.stereo_abs_rel(per) == pytest.approx((0.1 + 1.2) / 4)
+    assert A.stereo_abs_rel({"CAM_LEFT": {"abs_rel": 1.0, "cells": 5}}) is None
 
 
-def test_command_line_reproduces_the_settings(tmp_path):
-    s = A.Settings(steps=2, dataroot="/tmp/a", stereo_dataroot="/tmp/b", scenes=3, image_scale=0.25,
-                   extra_sets=("data.image_size=[64, 176]",))
-    line = A.command_line(s)
-    assert line == ("python -m benchmarks.ablations --dataroot /tmp/a --stereo-dataroot /tmp/b --steps 2 --scenes 3 "
-                    "--image-scale 0.25 --set 'data.image_size=[64, 176]'")
-    args = A.build_parser().parse_args(__import__("shlex").split(line)[3:])
-    assert (args.steps, args.scenes, args.image_scale, args.extra_sets) == (2, 3, 0.25, ["data.image_size=[64, 176]"])
+def _verdict(title: str, **rows: dict) -> str:
+    res = {r.name: {"status": "pending"} for r in A.ROWS}
+    for name, figures in rows.items():
+        res[name] = {"status": "done", **figures}
+    target = next(t for t in A.TARGETS if t.title.startswith(title))
+    return A.judge(target, res)[3]
 
 
-def test_a_run_folder_unknown_to_the_state_is_moved_aside_not_resumed(tmp_path):
-    _write_root(tmp_path / "mono", "nuscenes")
-    run_dir = tmp_path / "out" / "ablations" / "main" / "run"
-    run_dir.mkdir(parents=True)
-    (run_dir / "last.pt").write_bytes(b"someone else's")
-    runner = FakeRunner()
-    ab = _ablations(tmp_path, runner, only=["main"])
-    assert ab.run() == 0
-    assert "--resume" not in runner.calls[0]
-    assert list(run_dir.parent.glob("run.stale-*"))
+@pytest.mark.parametrize("title, rows, verdict", [
+    # fusion beats the best single modality by >= 0.10 (0.3 - 0.2 is 0.0999... in floats: judged as shown)
+    ("Fusion beats", {"main": {"nds": 0.3}, "cam_base": {"nds": 0.2}, "radar_only": {"nds": 0.1}}, "**met**"),
+    ("Fusion beats", {"main": {"nds": 0.2999}, "cam_base": {"nds": 0.1}, "radar_only": {"nds": 0.2}}, "**missed**"),
+    ("Radar improves", {"main": {"mave": 0.7}, "cam_base": {"mave": 1.0}}, "**met**"),
+    ("Radar improves", {"main": {"mave": 0.7001}, "cam_base": {"mave": 1.0}}, "**missed**"),
+    ("Cross-attention", {"main": {"nds": 0.4}, "conv_fusion": {"nds": 0.4}}, "**met**"),
+    ("Cross-attention", {"main": {"nds": 0.399}, "conv_fusion": {"nds": 0.4}}, "**missed**"),
+    ("Sync on", {"main": {"nds": 0.43}, "sync_off": {"nds": 0.4}}, "**met**"),
+    ("Sync on", {"main": {"nds": 0.4299}, "sync_off": {"nds": 0.4}}, "**missed**"),
+    ("Stereo rig", {"stereo": {"mate": 0.5}, "main": {"mate": 0.5}}, "**missed**"),
+    ("Stereo rig", {"stereo": {"mate": 0.499}, "main": {"mate": 0.5}}, "**met**"),
+    ("One camera masked", {"main": {"nds": 0.45}, "drop_cam_front": {"nds": 0.4}}, "**missed**"),
+    ("One camera masked", {"main": {"nds": 0.4499}, "drop_cam_front": {"nds": 0.4}}, "**met**"),
+    ("All radar masked", {"drop_all_radar": {"nds": 0.21, "map": 0.1}, "cam_base": {"nds": 0.3}}, "**met**"),
+    ("All radar masked", {"drop_all_radar": {"nds": 0.21, "map": 0.0999}, "cam_base": {"nds": 0.3}}, "**missed**"),
+    ("All radar masked", {"drop_all_radar": {"nds": 0.2099, "map": 0.2}, "cam_base": {"nds": 0.3}}, "**missed**"),
+    ("Main model over 2 seeds", {"main": {"nds": 0.4, "map": 0.3}, "main_seed1": {"nds": 0.5, "map": 0.3}},
+     "reported"),
+    ("Camera only at 700", {"cam_depth_persp_pre": {"nds": 0.35, "map": 0.2}}, "**met**"),
+    ("Camera only at 700", {"cam_depth_persp_pre": {"nds": 0.35, "map": 0.1999}}, "**missed**"),
+    ("Camera only at 2800", {"cam_curve_2800": {"nds": 0.3499, "map": 0.3}}, "**missed**"),
+    ("Depth in boxes, camera", {"cam_depth_persp_pre": {"depth_in": 0.25}}, "**met**"),
+    ("Depth in boxes, fused", {"main_depth": {"depth_in": 0.2501}}, "**missed**"),
+    ("Stereo cost volume: mATE", {"stereo": {"mate": 0.45}, "stereo_cv_off": {"mate": 0.5}}, "**met**"),
+    ("Stereo cost volume: mATE", {"stereo": {"mate": 0.4501}, "stereo_cv_off": {"mate": 0.5}}, "**missed**"),
+    ("Stereo cost volume: depth", {"stereo": {"depth_stereo": 0.3}, "stereo_cv_off": {"depth_stereo": 0.3}},
+     "**missed**"),
+    ("Temporal velocity", {"temporal": {"mave": 0.85}, "main": {"mave": 1.0}}, "**met**"),
+    ("Temporal NDS", {"temporal": {"nds": 0.42}, "main": {"nds": 0.4}}, "**met**"),
+    ("Temporal NDS", {"temporal": {"nds": 0.4199}, "main": {"nds": 0.4}}, "**missed**"),
+    ("Temporal car minADE1", {"temporal": {"minADE_1": 1.0, "cv_minADE_1": 1.0}}, "**met**"),
+    ("Temporal car minADE6", {"temporal": {"minADE_6": 0.75, "cv_minADE_6": 1.0}}, "**met**"),
+    ("Temporal car minADE6", {"temporal": {"minADE_6": math.nan, "cv_minADE_6": 1.0}}, "**missed**"),  # no match
+    ("Shipped checkpoint", {"shipped": {"nds": 0.55}}, "**met**"),
+    ("Shipped checkpoint", {"shipped": {"nds": 0.5499}}, "**missed**"),
+    ("Shipped, all radars", {"shipped_no_radar": {"nds": 0.3}}, "**met**"),
+    ("Shipped, all cameras", {"shipped": {"nds": 0.55}, "shipped_no_cameras": {"nds": 0.45}}, "**met**"),
+    ("Shipped, all cameras", {"shipped": {"nds": 0.55}, "shipped_no_cameras": {"nds": 0.4501}}, "**missed**"),
+    ("Shipped, one camera", {"shipped": {"nds": 0.55}, "shipped_no_cam_front": {"nds": 0.5}}, "**missed**"),
+])
+def test_target_rules_at_their_boundaries(title, rows, verdict):
+    assert _verdict(title, **rows) == verdict
 
 
-def test_state_belongs_to_its_settings(tmp_path):
-    A.State(tmp_path / "state.json", _settings(tmp_path, steps=5)).put("x", {"status": "done"})
-    assert A.State(tmp_path / "state.json", _settings(tmp_path, steps=5)).done("x")
-    with pytest.raises(A.StateError, match="other settings"):
-        A.State(tmp_path / "state.json", _settings(tmp_path, steps=700))
-
-
-def test_dataset_of_other_arguments_is_an_error_not_overwritten(tmp_path):
-    _write_root(tmp_path / "mono", "nuscenes", seed=1)
-    runner = FakeRunner()
-    ab = _ablations(tmp_path, runner, only=["main"])
-    assert ab.run() == 3  # data failed; train and eval blocked
-    rec = ab.state.get("data:mono")
-    assert rec["status"] == "failed" and "seed=1 (need 0)" in rec["error"] and runner.calls == []
-
-
-def test_missing_datasets_are_generated_and_the_worlds_compared(tmp_path):
-    calls = []
-
-    def runner(cmd, log, env):
-        calls.append(cmd)
-        if cmd[2] == "perception.cli.synth":
-            _write_root(A._abs(cmd[cmd.index("--out") + 1]),
-                        "stereo_radar" if "--rig" in cmd else "nuscenes")
-            return 0
-        return FakeRunner()(cmd, log, env)
-
-    ab = _ablations(tmp_path, runner, only=["stereo"])
-    assert ab.run() == 0
-    assert [c[2] for c in calls[:2]] == ["perception.cli.synth", "perception.cli.synth"]
-    assert ab.state.get("check:same_world")["same"] is True
-    md = A.markdown(ab.settings, ab.state.steps)
-    assert "match in every scene" in md
-    # the mono counterpart (main) is not in this run: the stereo target waits for it
-    assert "| Stereo rig beats mono rig on mATE | stereo mATE 0.500; waiting for main |" in md
-
-
-# -- the targets table ---------------------------------------------------------------------------------------------
-
-def _targets(res: dict) -> dict[str, list[str]]:
-    full = {n: None for n in A.ALL_NAMES}
-    full.update(res)
-    return {r[0]: r for r in A.target_rows(full)}
-
-
-def test_targets_met():
-    t = _targets({"main": _metrics(0.55, mate=0.40, mave=0.30), "main_seed1": _metrics(0.53),
-                  "camera_only": _metrics(0.40, mave=0.60), "radar_only": _metrics(0.30),
-                  "conv_fusion": _metrics(0.50), "sync_off": _metrics(0.50), "stereo": _metrics(0.56, mate=0.35),
-                  "drop_cam_front": _metrics(0.52), "drop_all_radar": _metrics(0.25, mAP=0.2)})
-    assert all(r[3] == "**met**" for k, r in t.items() if k != "Main model over 2 seeds"), t
-    seeds = t["Main model over 2 seeds"]
-    assert seeds[3] == "reported" and "0.540 +/- 0.010" in seeds[1]
-
-
-def test_targets_missed_at_the_boundaries():
-    t = _targets({"main": _metrics(0.50, mate=0.40, mave=0.40), "camera_only": _metrics(0.41, mave=0.60),
-                  "radar_only": _metrics(0.39), "conv_fusion": _metrics(0.50), "sync_off": _metrics(0.48),
-                  "stereo": _metrics(0.5, mate=0.40), "drop_cam_front": _metrics(0.45),
-                  "drop_all_radar": _metrics(0.25, mAP=0.05)})
-    assert t["Fusion beats camera only"][3] == "**missed**"  # +0.09
-    assert t["Fusion beats radar only"][3] == "**met**"  # +0.11
-    assert t["Radar improves velocity (mAVE)"][3] == "**missed**"  # ratio 0.67
-    assert t["Cross-attention beats conv fusion"][3] == "**missed**"  # a tie is not a win
-    assert t["Sync on beats sync off"][3] == "**missed**"  # +0.02
-    assert t["Stereo rig beats mono rig on mATE"][3] == "**missed**"  # equal
-    assert t["One camera dropped (CAM_FRONT)"][3] == "**missed**"  # costs 0.05
-    # 0.25 >= 0.5 x 0.41 but mAP 0.05 < 0.10: not a working detector
-    assert t["All radar dropped: a working camera-only detector"][3] == "**missed**"
-
-
-def test_targets_pending_until_every_figure_is_there():
-    t = _targets({"main": _metrics(0.55)})
-    assert all(r[3] == "pending" for r in t.values())
-    assert "waiting for camera_only" in t["Fusion beats camera only"][1]
-    assert "main NDS 0.550" in t["Fusion beats camera only"][1]
-
-
-def test_variant_table_shows_pending_and_calib_0_as_main(tmp_path):
-    steps = {"train:main": {"status": "done", "wall_s": 900.0},
-             "eval:main": {"status": "done", "wall_s": 120.0, "metrics": {**_metrics(0.55), "car_minADE6": 1.1}},
-             "train:camera_only": {"status": "failed", "error": "exit 1: boom"}}
-    rows = {r[0]: r for r in A.variant_rows(steps)}
-    assert rows["main"][3] == "**0.550**" and rows["main"][8] == "1.100" and rows["main"][9] == "15.0"
-    assert rows["calib_0"][2] == "done (= main)" and rows["calib_0"][3] == "**0.550**"
-    assert rows["camera_only"][2] == "failed (train)" and rows["radar_only"][2] == "pending"
-    assert rows["calib_1"][2] == "pending" and rows["calib_1"][9] == "(main)"
-    md = A.markdown(_settings(tmp_path, steps=700), steps)
-    assert "700 steps x batch 4" in md and "`train:camera_only`: exit 1: boom" in md
-
-
-def test_publish_writes_only_the_given_benchmarks_file(tmp_path):
-    from benchmarks import report
-
-    md_file = tmp_path / "BENCHMARKS.md"
-    md_file.write_text("# Benchmarks\n")
-    before = report.BENCHMARKS_MD
-    ab = _ablations(tmp_path, FakeRunner())
-    A.publish_to(md_file, tmp_path / "json")(ab)
-    assert report.BENCHMARKS_MD == before
-    text = md_file.read_text()
-    assert "<!-- bench:ablations -->" in text and "pending" in text
-    assert json.loads((tmp_path / "json" / "ablations.json").read_text())["settings"]["steps"] == 5
+def test_a_target_waits_for_rows_not_done():
+    res = {r.name: {"status": "pending"} for r in A.ROWS}
+    res["main"] = {"status": "done", "nds": 0.5}
+    res["conv_fusion"] = {"status": "failed (test)", "nds": 0.1}  # figures of a failed row are not judged
+    t = next(t for t in A.TARGETS if t.title.startswith("Cross-attention"))
+    assert A.judge(t, res) == [t.title, "waiting for conv_fusion", t.goal, "pending"]
