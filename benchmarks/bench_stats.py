@@ -172,8 +172,8 @@ def radar_only_section(test_dir: Path, train_minutes: float | None = None) -> tu
         "v1.0-synth --no-eval --set train.steps=700 --set train.checkpoint_every=100 --set model.camera.enabled=false` "
         "and `perception-test ... --split synth_val` (the commands of `benchmarks/ablations.py`; script: "
         "`benchmarks/out/radar20/run.sh`)" + (f", training {train_minutes:.1f} min on the 2-core machine" if train_minutes else "")
-        + ". **The ablation table above, the other variants and the shipped checkpoint are still from the old "
-        "`synth/1` world** until issue 23 retrains them.", "",
+        + ". **The first ablation table (docs/ablations.md, history) and the shipped checkpoint are from the old "
+        "`synth/1` world**; the ablations section above is being re-measured on `synth/2` (issue 23).", "",
         table(["figure", "radar_only, synth/2", "radar_only, synth/1 (ablations)", "real nuScenes, PillarNet on radar (test)"], rows), "",
         f"Target (issue 20): pedestrian, bicycle and traffic cone AP each below half of car AP: {verdict}. "
         f"Real PillarNet: {REAL['pillarnet_radar_ap']['source']}."])
