@@ -161,6 +161,29 @@ def test_commands(tmp_path):
     assert s[s.index("--checkpoint") + 1] == A.SHIPPED and s[-2:] == ["--drop-sensors", "CAM_FRONT"]
 
 
+def test_every_command_parses_with_the_real_clis_and_every_override_is_a_config_key(tmp_path):
+    """A typo in a flag or an override key would only show hours into a run."""
+    from perception.cli import test as test_cli
+    from perception.cli import train as train_cli
+    from perception.config import load_config
+
+    roots, out = {False: "D", True: "DS"}, tmp_path / "out"
+    for row in A.ROWS:
+        if row.trains:
+            cmd = A.train_cmd(row, out, roots)
+            args = train_cli.build_parser().parse_args(cmd[3:])
+            if (A.REPO / row.config).exists():  # the temporal config comes with issue 22
+                cfg = load_config(A.REPO / args.config, args.set)
+                assert cfg.train.steps == row.steps
+        if not row.pretrain:
+            args = test_cli.build_parser().parse_args(A.test_cmd(row, out, roots)[3:])
+            assert args.split == A.SPLIT and args.calib_noise_deg == row.calib_deg
+    cfg = load_config(A.REPO / A.STEREO, A.BY_NAME["stereo_cv_off"].sets)
+    assert cfg.model.camera.stereo.enabled is False
+    cfg = load_config(A.REPO / A.MONO, A.BY_NAME["dropout_r50_c10"].sets)
+    assert (cfg.data.dropout.radar_all, cfg.data.dropout.camera_all) == (0.5, 0.1)
+
+
 def test_select_expands_groups_and_adds_what_rows_need():
     assert [r.name for r in A.select("drop_all_radar")] == ["main", "drop_all_radar"]
     assert [r.name for r in A.select("cam_curve_2800")] == ["backbone_pre", "cam_curve_2800"]
