@@ -1,6 +1,6 @@
 """The player: messages in arrival order -> Frames at the reference camera's rate, causally.
 
-Semantics (DESIGN.md, "What t0 is"): a frame is triggered by an image of the reference camera; its ``t0`` is
+Semantics (docs/replay.md, "The player"): a frame is triggered by an image of the reference camera; its ``t0`` is
 that image's stamp; it is emitted ``max_wait`` after the trigger *arrived* (the arrival clock is the bag's log
 time), using only messages that arrived by then:
 
@@ -150,7 +150,7 @@ class Ledger:
 class _Emitted:
     index: int
     t0: int
-    cameras: dict[str, int]  # channel -> |stamp - t0| of the image used
+    cameras: dict[str, int]  # channel -> |stamp - t0| of the image (or lidar sweep) used
 
 
 class Player:
@@ -458,8 +458,8 @@ class Player:
             self.masked[ch] += 1
         job = FrameJob(self.frames, t0, emit_us, trig, cams, radars, poses, cam_calib, radar_calib, missing, lidars,
                        lidar_calib)
-        self.recent.append(_Emitted(self.frames, t0, {ch: abs(m.stamp_us - t0) for ch, m in [*cams.items(), *(
-            (m.channel, m) for m in lidars)]}))
+        chosen = {ch: abs(m.stamp_us - t0) for ch, m in [*cams.items(), *((m.channel, m) for m in lidars)]}
+        self.recent.append(_Emitted(self.frames, t0, chosen))
         self.frames += 1
         self.last_t0 = t0
         return job

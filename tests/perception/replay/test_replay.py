@@ -535,9 +535,11 @@ def test_cli_replay_and_bad_reference(scene, small_ckpt, tmp_path, capsys):
 
     _, _, bag = scene
     assert main(["--bag", str(bag), "--checkpoint", str(small_ckpt), "--out", str(tmp_path / "o"), "--max-frames",
-                 "3", "--no-progress"]) == 0
+                 "3", "--no-progress", "--no-lidar"]) == 0
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     assert rep["frames"]["emitted"] == 3 and rep["stopped_after_max_frames"] is True
+    lidar = rep["messages"]["per_topic"]["/lidar/LIDAR_TOP/points"]  # --no-lidar: read, never decoded or written
+    assert lidar["used"] == 0 and set(lidar["dropped"]) == {"ignored"} and "/lidar" not in rep["outputs"]["messages"]
     # the summary adds up although the run stopped: the messages not settled yet are counted as pending
     line = capsys.readouterr().out.splitlines()[0]
     nums = [int(x) for x in re.findall(r"(?:received|used|late|dropped|pending) (\d+)", line)]
