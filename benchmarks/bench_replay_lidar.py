@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             f"ratios; the pairs ranged {min(ratios):.2f} to {max(ratios):.2f}), and an MCAP "
             f"{sizes[True] / sizes[False]:.1f} x as large. The cost is decoding each sweep's PointCloud2 (read stage), "
             "moving it into base_link and compressing it into the MCAP (track+write stage): both run in threads "
-            "beside the network's, so while the network is the slowest stage the frame rate hardly changes; on a "
-            "machine where the writer thread competes for the same cores, it can. `--no-lidar` avoids it.\n")
+            "beside the network's, which hides them only where spare cores exist; on 2 cores shared with other jobs "
+            "they take CPU from the network. `--no-lidar` avoids it.\n")
     publish("replay_lidar", results, md)
     return 0
 
