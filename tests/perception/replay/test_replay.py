@@ -401,7 +401,8 @@ def test_truncated_bag_keeps_what_was_read(scene, pipe, tmp_path):
 @pytest.mark.slow  # replays a bag through a network
 def test_sqlite3_bag_with_odometry_poses_and_a_topic_map(scene, pipe, clean_bag_run, tmp_path):
     """The same drive stored as sqlite3, ego poses as nav_msgs/Odometry on /odom, the topics renamed: with a topic
-    map it replays to the same detections as the original MCAP bag."""
+    map it replays to the same detections as the original MCAP bag (and the same message accounting: the map's
+    lidar is carried like the derived map's)."""
     _, _, bag = scene
 
     def edit(topic, msgtype, t, msg, store):
@@ -435,7 +436,8 @@ def test_sqlite3_bag_with_odometry_poses_and_a_topic_map(scene, pipe, clean_bag_
             "cameras": {c: {"image": f"/sensing/{c}/image/compressed", "info": f"/sensing/{c}/camera_info"}
                         for c in cams},
             "radars": {r: {"topic": f"/radars/{r}/points", "doppler": "cartesian"} for r in radars},
-            "poses": {"source": "odometry", "topic": "/odom"}, "ignore": ["/lidar/LIDAR_TOP/points"]}
+            "poses": {"source": "odometry", "topic": "/odom"},
+            "lidars": {"LIDAR_TOP": {"topic": "/lidar/LIDAR_TOP/points"}}}
     (tmp_path / "topics.yaml").write_text(yaml.safe_dump(tmap))
     from perception.replay.topics import load_topic_map
 
@@ -460,6 +462,25 @@ def test_topic_map_errors_name_the_field(tmp_path):
     (tmp_path / "n.yaml").write_text("schema: other/1\n")
     with pytest.raises(TopicMapError, match="schema"):
         load_topic_map(tmp_path / "n.yaml")
+    (tmp_path / "l.yaml").write_text("schema: perception-topics/1\ncameras: {CAM_FRONT: {image: /c}}\n"
+                                     "lidars: {LIDAR_TOP: {}}\n")
+    with pytest.raises(TopicMapError, match=r"lidars.LIDAR_TOP.*topic"):
+        load_topic_map(tmp_path / "l.yaml")
+
+
+def test_topic_map_lidars_and_no_lidar(tmp_path):
+    """A map's lidars get the lidar role; without_lidar (--no-lidar) turns them into ignored topics; a synth bag's
+    /lidar/<CH>/points topic is a lidar of the derived map."""
+    from perception.replay.topics import default_topic_map, load_topic_map
+
+    (tmp_path / "m.yaml").write_text("schema: perception-topics/1\ncameras: {CAM_FRONT: {image: /c}}\n"
+                                     "lidars: {LIDAR_TOP: {topic: /l}}\nignore: [/x]\n")
+    tmap = load_topic_map(tmp_path / "m.yaml")
+    assert tmap.roles()["/l"] == ("lidar", "LIDAR_TOP")
+    off = tmap.without_lidar()
+    assert off.roles()["/l"] == ("ignored", "") and off.roles()["/x"] == ("ignored", "") and off.lidars == {}
+    derived = default_topic_map(["/cameras/CAM_FRONT/image/compressed", "/lidar/LIDAR_TOP/points"])
+    assert derived.lidars == {"LIDAR_TOP": "/lidar/LIDAR_TOP/points"} and derived.ignore == ()
 
 
 # -- the player alone: causality and ordering -------------------------------------------------------------------
