@@ -15,10 +15,13 @@ EXAMPLES = """examples:
   perception-replay --dataroot data/synth --version v1.0-synth --scene scene-0059 \\
       --checkpoint checkpoints/synthetic_tiny.pt --out replay/s59 --rate 1.0
   perception-replay --bag my_drive.mcap --topics my_topics.yaml --rig my_rig.yaml --engine engines/orin --out r
+  perception-replay --bag big_drive --onnx export --out r --no-lidar   # a smaller MCAP, no lidar decoding
 
 Frames are triggered by the reference camera's image (t0 = its stamp) and emitted --max-wait-ms after it arrived,
 with whatever other cameras and radar sweeps arrived by then (late or missing sensors are masked). Writes
-OUT/detections.mcap (open it in Foxglove: 3D panel for /detections and /radar, Image panels for the cameras),
+OUT/detections.mcap (open it in Foxglove with docs/foxglove_layout.json: /detections with velocity arrows and
+every forecast mode, the input /radar and /lidar, /gt boxes where the source has annotations (a nuScenes-format
+scene; interpolated between key frames), the camera images),
 OUT/detections.jsonl, OUT/preview/*.png and OUT/report.json (every input message accounted for: received = used
 + late + dropped, with reasons; latency percentiles; processing vs sensor rate).
 Bags from perception-synth --bags need no --topics; others need a topic map (docs/replay.md).
@@ -71,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detections below it are not output")
     p.add_argument("--preview-every", type=number(int, min=0), default=10,
                    help="write a PNG preview every N frames (0: none)")
+    p.add_argument("--no-lidar", action="store_true",
+                   help="do not carry the drive's lidar into the MCAP (its topics are then ignored, never decoded); "
+                        "the network never takes lidar either way")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -111,7 +117,7 @@ def _main(argv: Sequence[str] | None) -> int:
             pipe = Pipeline.from_engine(args.engine, score_threshold=args.score_threshold)
         report = replay(reader, pipe, staging, rate=args.rate, reference=args.reference, max_wait_ms=args.max_wait_ms,
                         max_frames=args.max_frames, rig=rig, name=name, progress=not args.no_progress,
-                        preview_every=args.preview_every)
+                        preview_every=args.preview_every, lidar=not args.no_lidar)
     print(one_line(report))
     for e in report["events"]:
         print(f"warning: {e}")

@@ -16,7 +16,7 @@ unreadable radar sweep is skipped, a NaN point is dropped; each is recorded in `
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -246,29 +246,15 @@ class NuScenesFrames:
 
     # -- targets ---------------------------------------------------------------
     def _targets(self, sample: dict, global_from_ego: np.ndarray) -> dict[str, np.ndarray]:
-        from nuscenes.eval.detection.utils import category_to_detection_name
-
         ego_from_global = invert(global_from_ego)
-        classes = list(self.cfg.classes)
         steps = self.dcfg.future_steps
-        boxes, labels, names, attrs, tokens, futures, fvalid = [], [], [], [], [], [], []
+        kept, futures, fvalid = [], [], []
         for tok in sample["anns"]:
             ann = self.nusc.get("sample_annotation", tok)
-            name = category_to_detection_name(ann["category_name"])
-            if name is None or name not in classes:
+            a = _annotation(self.nusc, ann)
+            if a is None or a.name not in self.cfg.classes:
                 continue
-            centre = transform_points(ego_from_global, np.array([ann["translation"]], np.float64))[0]
-            q = ann["rotation"]  # [w, x, y, z]: yaw of the box in global
-            yaw_g = np.arctan2(2 * (q[0] * q[3] + q[1] * q[2]), 1 - 2 * (q[2] ** 2 + q[3] ** 2))
-            yaw_e = yaw_g - np.arctan2(global_from_ego[1, 0], global_from_ego[0, 0])
-            v = self.nusc.box_velocity(tok)[:2]
-            v = np.where(np.isfinite(v), v, 0.0)
-            v_e = ego_from_global[:2, :2] @ v
-            boxes.append([*centre, *ann["size"], np.angle(np.exp(1j * yaw_e)), *v_e])
-            labels.append(classes.index(name))
-            names.append(name)
-            attrs.append(self.nusc.get("attribute", ann["attribute_tokens"][0])["name"] if ann["attribute_tokens"] else "")
-            tokens.append(ann["instance_token"])
+            kept.append(a)
             fut = np.zeros((steps, 2))
             fv = np.zeros(steps, bool)
             nxt = ann["next"]
@@ -281,12 +267,104 @@ class NuScenesFrames:
                 nxt = a2["next"]
             futures.append(fut)
             fvalid.append(fv)
-        g = len(boxes)
-        return {"gt_boxes": np.array(boxes, np.float32).reshape(g, 9), "gt_labels": np.array(labels, np.int64),
-                "gt_names": np.array(names, "<U32"), "gt_attributes": np.array(attrs, "<U40"),
-                "gt_instance_tokens": np.array(tokens, "<U40"),
-                "gt_future": np.array(futures, np.float32).reshape(g, steps, 2),
-                "gt_future_valid": np.array(fvalid, bool).reshape(g, steps)}
+        return _gt_fields(kept, global_from_ego, list(self.cfg.classes), np.array(futures).reshape(len(kept), steps, 2),
+                          np.array(fvalid, bool).reshape(len(kept), steps))
+
+
+@dataclass(frozen=True)
+class _Ann:
+    """One annotation in global coordinates: centre (3,), yaw about z, size [w, l, h], velocity [vx, vy]."""
+
+    instance: str
+    name: str
+    attribute: str
+    centre: np.ndarray
+    yaw: float
+    size: np.ndarray
+    velocity: np.ndarray
+
+
+def _annotation(nusc: Any, ann: dict) -> _Ann | None:
+    """A sample_annotation row as an ``_Ann`` (None when its category is no detection class). The velocity is the
+    devkit's ``box_velocity`` (centre differences to the neighbouring annotations; 0 where it is undefined)."""
+    from nuscenes.eval.detection.utils import category_to_detection_name
+
+    name = category_to_detection_name(ann["category_name"])
+    if name is None:
+        return None
+    q = ann["rotation"]  # [w, x, y, z]: yaw of the box in global
+    yaw = float(np.arctan2(2 * (q[0] * q[3] + q[1] * q[2]), 1 - 2 * (q[2] ** 2 + q[3] ** 2)))
+    v = np.asarray(nusc.box_velocity(ann["token"])[:2], np.float64)
+    attr = nusc.get("attribute", ann["attribute_tokens"][0])["name"] if ann["attribute_tokens"] else ""
+    return _Ann(ann["instance_token"], name, attr, np.asarray(ann["translation"], np.float64), yaw,
+                np.asarray(ann["size"], np.float64), np.where(np.isfinite(v), v, 0.0))
+
+
+def _gt_fields(anns: list[_Ann], global_from_ego: np.ndarray, classes: list[str], future: np.ndarray,
+               future_valid: np.ndarray) -> dict[str, np.ndarray]:
+    """The Frame's gt_* fields of ``anns`` (global) in ego@t0 (``global_from_ego`` = the pose at t0)."""
+    ego_from_global = invert(global_from_ego)
+    ego_yaw = np.arctan2(global_from_ego[1, 0], global_from_ego[0, 0])
+    g = len(anns)
+    boxes = np.zeros((g, 9), np.float32)
+    for i, a in enumerate(anns):
+        centre = transform_points(ego_from_global, a.centre[None])[0]
+        boxes[i] = [*centre, *a.size, np.angle(np.exp(1j * (a.yaw - ego_yaw))), *(ego_from_global[:2, :2] @ a.velocity)]
+    return {"gt_boxes": boxes, "gt_labels": np.array([classes.index(a.name) for a in anns], np.int64),
+            "gt_names": np.array([a.name for a in anns], "<U32"),
+            "gt_attributes": np.array([a.attribute for a in anns], "<U40"),
+            "gt_instance_tokens": np.array([a.instance for a in anns], "<U40"),
+            "gt_future": np.asarray(future, np.float32), "gt_future_valid": np.asarray(future_valid, bool)}
+
+
+class SceneGT:
+    """The annotations of one scene at any time (replay frames come at the camera rate, annotations at the 2 Hz
+    key frames): each instance of the key frame nearest to ``t`` is interpolated linearly (centre, velocity; yaw
+    along the shorter arc) towards its annotation in the key frame on the other side of ``t``; an instance that
+    the other key frame lacks moves on at its velocity from the nearest one. At a key frame's timestamp the boxes
+    are that key frame's annotations exactly. No GT more than ``max_outside_us`` before the first or after the
+    last key frame. ``gt_future`` is not filled (``gt_future_valid`` all False)."""
+
+    def __init__(self, nusc: Any, scene: dict, max_outside_us: int = 250_000):
+        self.samples: list[tuple[int, dict[str, _Ann]]] = []
+        tok = scene["first_sample_token"]
+        while tok:
+            sample = nusc.get("sample", tok)
+            anns = (_annotation(nusc, nusc.get("sample_annotation", a)) for a in sample["anns"])
+            self.samples.append((int(sample["timestamp"]), {a.instance: a for a in anns if a is not None}))
+            tok = sample["next"]
+        self.max_outside_us = int(max_outside_us)
+
+    def __len__(self) -> int:
+        return sum(len(a) for _, a in self.samples)
+
+    def at(self, t_us: int, global_from_ego: np.ndarray, classes: list[str], future_steps: int
+           ) -> dict[str, np.ndarray] | None:
+        """The gt_* fields at ``t_us`` in ego@t (``global_from_ego`` at ``t_us``) for ``classes``; None outside the
+        scene's key frames (see the class docstring)."""
+        if not self.samples:
+            return None
+        ts = np.array([t for t, _ in self.samples], np.int64)
+        k = int(np.argmin(np.abs(ts - t_us)))
+        if abs(int(ts[k]) - t_us) > self.max_outside_us and not ts[0] <= t_us <= ts[-1]:
+            return None
+        j = k - 1 if t_us < ts[k] else k + 1
+        other = self.samples[j][1] if 0 <= j < len(ts) and t_us != ts[k] else {}
+        out = []
+        for inst, a in self.samples[k][1].items():
+            if a.name not in classes:
+                continue
+            b = other.get(inst)
+            if b is None:
+                out.append(replace(a, centre=a.centre + np.r_[a.velocity * (t_us - ts[k]) / 1e6, 0.0]))
+                continue
+            w = (t_us - ts[k]) / (ts[j] - ts[k])
+            out.append(replace(a, centre=a.centre + w * (b.centre - a.centre),
+                               yaw=a.yaw + w * float(np.angle(np.exp(1j * (b.yaw - a.yaw)))),
+                               velocity=a.velocity + w * (b.velocity - a.velocity)))
+        g = len(out)
+        return _gt_fields(out, global_from_ego, classes, np.zeros((g, future_steps, 2)),
+                          np.zeros((g, future_steps), bool))
 
 
 # -- untrusted tables: load errors and values that would otherwise give all-NaN Frames ----------------------------

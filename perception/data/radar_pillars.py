@@ -1,6 +1,6 @@
 """Radar points -> fixed-shape BEV pillars, on the CPU before the network (numba).
 
-The radar encoder (DESIGN.md, ``radar/encoder.py``) takes points already grouped per pillar, so that the
+The radar encoder (``perception/model/radar/encoder.py``) takes points already grouped per pillar, so that the
 exported graph reduces over a pillar's points with a max along an axis and places pillars on the canvas with a
 scatter *without* reduction (``scatter_reduce`` exports as ScatterElements with reduction, which the legacy
 exporter writes invalidly and TensorRT does not run). Grouping is data-dependent, so it happens here, on the

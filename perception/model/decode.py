@@ -3,7 +3,7 @@
 ``decode`` is the one implementation used in training (validation), evaluation and export: max-pool NMS on
 ``sigmoid(heatmap)``, one TopK over ``K*H*W``, and a single ``gather`` of every regression at the selected
 cells. Every output has a fixed size ``N = max_detections``; no boolean indexing, no NonZero, so the graph stays
-inside the TensorRT-native op budget (DESIGN.md, export/budget.py).
+inside the TensorRT-native op budget (``export/budget.py``, docs/deploy.md).
 
 Conventions (the training targets must use the same ones; ``BevGrid.cell_and_offset`` is their encoder):
 

@@ -3,7 +3,7 @@ one scale per source) in which BEV queries attend, at learned offsets around the
 and the radar BEV; and the concat + conv baseline (BEVFusion's ConvFuser).
 
 Sampling uses 4-D ``F.grid_sample`` only (no custom CUDA op, no 5-D sampling), so the same code trains and
-exports to ONNX opset 17 inside the TensorRT-native op budget (DESIGN.md, "The exported-op budget").
+exports to ONNX opset 17 inside the TensorRT-native op budget (``export/budget.py``, docs/deploy.md).
 
 Conventions shared by every function here:
 - BEV maps are (B, C, H, W) float32 on the ego BEV grid: row i (along H) is ego x, column j (along W) ego y.

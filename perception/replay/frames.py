@@ -3,6 +3,7 @@ path (``perception.data.nuscenes``): only the inputs differ (messages chosen by 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -16,9 +17,11 @@ from perception.replay.player import FrameJob
 
 
 def build_frame(job: FrameJob, cfg: Config, camera_order: tuple[str, ...], radar_order: tuple[str, ...],
-                stereo_pairs: np.ndarray, name: str = "replay") -> Frame:
+                stereo_pairs: np.ndarray, name: str = "replay", gt: Any = None) -> Frame:
     """The Frame of ``job`` for a network with ``camera_order`` / ``radar_order`` (the radar index order is the
-    Frame's ``sensor`` field) and ``stereo_pairs`` (S, 2); ``sample_token`` is ``"{name}:{t0}"``."""
+    Frame's ``sensor`` field) and ``stereo_pairs`` (S, 2); ``sample_token`` is ``"{name}:{t0}"``. ``gt``: the
+    source's annotations (``perception.data.nuscenes.SceneGT``, the reader's ``gt``): the Frame's gt_* fields at
+    t0 (for the MCAP and the previews; the network never sees them); None: no GT."""
     shots = []
     for ch in camera_order:
         m = job.cameras.get(ch)
@@ -30,8 +33,9 @@ def build_frame(job: FrameJob, cfg: Config, camera_order: tuple[str, ...], radar
     index = {ch: k for k, ch in enumerate(radar_order)}
     sweeps = [SweepRef(job.radar_calib[m.channel], index[m.channel], f"{m.topic}@{m.stamp_us}", m.stamp_us, m.payload)
               for m in job.radars if m.channel in job.radar_calib]
+    targets = gt.at(job.t0, job.poses.at(job.t0), list(cfg.classes), cfg.data.future_steps) if gt else None
     return assemble_frame(cfg.data, job.t0, job.poses, shots, sweeps, token=f"{name}:{job.t0}",
-                          stereo_pairs=stereo_pairs)
+                          stereo_pairs=stereo_pairs, targets=targets)
 
 
 def decoded_camera(cam: Camera | None, image: CameraImage) -> Camera | None:

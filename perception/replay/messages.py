@@ -22,7 +22,7 @@ DROP_REASONS = {
     "wrong_size": "the image size differs from the camera's calibration",
     "non_finite": "NaN or inf in a radar cloud, a transform or camera intrinsics",
     "unknown_topic": "the topic is not in the topic map",
-    "ignored": "a known topic this network does not use (e.g. lidar)",
+    "ignored": "a known topic this replay does not use (a camera the model lacks, lidar under --no-lidar)",
     "out_of_order": "the stamp is older than the reorder buffer (or than the last emitted frame, for a trigger)",
     "no_calibration": "no /tf_static transform or CameraInfo for the sensor, and no --rig",
     "no_pose": "no ego pose within the extrapolation limit at the frame time",
@@ -85,13 +85,25 @@ class Message:
     seq: int
     topic: str
     log_time_us: int  # arrival
-    kind: str  # camera | camera_info | radar | tf | tf_static | odometry | ignored | unknown
+    kind: str  # camera | camera_info | radar | lidar | tf | tf_static | odometry | ignored | unknown
     channel: str = ""
     stamp_us: int = 0
-    payload: Any = None  # CameraImage | CameraInfo | np.ndarray (radar records) | list[Transform]
+    payload: Any = None  # CameraImage | CameraInfo | np.ndarray (radar records; lidar (N, 3|4) points) | list[Transform]
     reason: str | None = None  # a DROP_REASONS key when the message cannot be used
     detail: str = ""
     meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LidarCloud:
+    """One lidar sweep as the replay writes it (``ReplayWriter.write(lidar=...)``): ``points`` (N, 3|4) float32
+    x, y, z[, intensity] in base_link at the sweep's own ``stamp_us`` (sensor -> ego by the mount, not motion
+    compensated), ``global_from_ego`` (4, 4) the ego pose at that stamp."""
+
+    channel: str
+    stamp_us: int
+    points: np.ndarray
+    global_from_ego: np.ndarray
 
 
 class ReplayInputError(ValueError):
@@ -215,6 +227,19 @@ def check_cloud(rec: np.ndarray) -> None:
             bad |= ~np.isfinite(rec[nm])
     if bad.any():
         raise DecodeError("non_finite", f"{int(bad.sum())} of {len(rec)} points have NaN/inf values")
+
+
+def lidar_points(cloud: Any) -> np.ndarray:
+    """Lidar records (``cloud_from_ros``) or a ``perception.data.io.PointCloud`` -> (N, 4) float32 x, y, z,
+    intensity in the sensor frame ((N, 3) without an ``intensity`` field). Points with a non-finite coordinate
+    are left out: organised clouds mark missing returns with NaN, which is no reason to lose the sweep."""
+    if isinstance(cloud, np.ndarray):
+        fields, column = cloud.dtype.names, cloud.__getitem__
+    else:
+        fields, column = cloud.fields, cloud.column
+    names = ["x", "y", "z"] + (["intensity"] if "intensity" in fields else [])
+    pts = np.stack([np.asarray(column(n), np.float32) for n in names], axis=1)
+    return pts[np.isfinite(pts[:, :3]).all(axis=1)]
 
 
 def transforms_from_ros(msg: Any) -> list[Transform]:

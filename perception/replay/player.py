@@ -1,13 +1,15 @@
 """The player: messages in arrival order -> Frames at the reference camera's rate, causally.
 
-Semantics (DESIGN.md, "What t0 is"): a frame is triggered by an image of the reference camera; its ``t0`` is
+Semantics (docs/replay.md, "The player"): a frame is triggered by an image of the reference camera; its ``t0`` is
 that image's stamp; it is emitted ``max_wait`` after the trigger *arrived* (the arrival clock is the bag's log
 time), using only messages that arrived by then:
 
 - each other camera: its image with the stamp closest to ``t0`` within ``camera_tolerance`` (else masked);
 - each radar: up to ``sweeps`` sweeps with stamps in ``[t0 - window, t0 + future_tolerance]``, closest first
   (``perception.data.radar.select_sweeps``, the dataset's selection, among the sweeps that have arrived);
-- ego poses: every pose received so far (interpolated, extrapolated up to the config's limit).
+- ego poses: every pose received so far (interpolated, extrapolated up to the config's limit);
+- each lidar of the topic map (not a network input: passed through to the MCAP): its sweep with the stamp
+  closest to ``t0`` within ``camera_tolerance``, one not given to an earlier frame (none: the frame has no lidar).
 
 Messages are kept in per-sensor stores ordered by stamp; a message whose stamp is older than the newest stamp
 seen minus ``reorder`` is beyond the reorder buffer and dropped. Every input message ends in exactly one
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from calibration.rig import CalibrationError, Camera, Distortion, Radar, Rig
+from calibration.rig import CalibrationError, Camera, Distortion, Lidar, Radar, Rig
 from calibration.sync import PoseStream, SyncError
 from perception.data.radar import select_sweeps
 from perception.replay.messages import DROP_REASONS, Message, ReplayInputError
@@ -60,6 +62,8 @@ class FrameJob:
     camera_calib: dict[str, Camera]
     radar_calib: dict[str, Radar]
     missing: list[str] = field(default_factory=list)  # sensors masked in this frame
+    lidars: list[Message] = field(default_factory=list)  # lidar sweeps passed through to the MCAP (not the network)
+    lidar_calib: dict[str, Lidar] = field(default_factory=dict)
 
 
 class Ledger:
@@ -146,7 +150,7 @@ class Ledger:
 class _Emitted:
     index: int
     t0: int
-    cameras: dict[str, int]  # channel -> |stamp - t0| of the image used
+    cameras: dict[str, int]  # channel -> |stamp - t0| of the image (or lidar sweep) used
 
 
 class Player:
@@ -160,6 +164,7 @@ class Player:
         self.ledger = Ledger()
         self.images: dict[str, list[Message]] = defaultdict(list)
         self.sweeps: dict[str, list[Message]] = defaultdict(list)
+        self.lidar_sweeps: dict[str, list[Message]] = defaultdict(list)
         self.poses: dict[int, np.ndarray] = {}
         self.static: dict[str, tuple[str, np.ndarray]] = {}  # child frame -> (parent frame, parent_from_child)
         self.infos: dict[str, Any] = {}
@@ -230,6 +235,17 @@ class Player:
         except CalibrationError as err:
             return None, f"calibration of {ch} is invalid ({err})"
 
+    def lidar(self, ch: str) -> tuple[Lidar | None, str]:
+        if self.rig is not None and ch in self.rig.lidars:
+            return self.rig.lidars[ch], ""
+        mount, why = self._mount(ch)
+        if mount is None:
+            return None, why + (" and the --rig has no such lidar" if self.rig is not None else "")
+        try:
+            return Lidar(ch, mount), ""
+        except CalibrationError as err:
+            return None, f"calibration of {ch} is invalid ({err})"
+
     # -- input ------------------------------------------------------------------
     def push(self, m: Message) -> list[FrameJob]:
         """Take one message (arrival order); returns the frames whose deadline passed before it arrived."""
@@ -244,7 +260,7 @@ class Player:
             self.ledger.use(m)
         elif m.kind in ("tf", "odometry"):
             self._pose(m)
-        elif m.kind in ("camera", "radar"):
+        elif m.kind in ("camera", "radar", "lidar"):
             self._sensor(m)
         else:
             self.ledger.drop(m, "unknown_topic", m.kind)
@@ -254,7 +270,7 @@ class Player:
     def finish(self) -> list[FrameJob]:
         """End of stream: emit the frames still waiting, settle every stored message."""
         out = self._emit_due(None)
-        for store in (self.images, self.sweeps):
+        for store in (self.images, self.sweeps, self.lidar_sweeps):
             for msgs in store.values():
                 for m in msgs:
                     self._settle(m, "after the last frame" if self.last_t0 is not None and m.stamp_us > self.last_t0
@@ -321,7 +337,7 @@ class Player:
                 return
             store = self.images[m.channel]
         else:
-            store = self.sweeps[m.channel]
+            store = (self.sweeps if m.kind == "radar" else self.lidar_sweeps)[m.channel]
         # calibration may arrive after the data (a CameraInfo written after its image): checked now when it is
         # known, and again when a frame would use the message
         reason, why = self._unusable(m)
@@ -353,7 +369,7 @@ class Player:
             if (w, h) != (cam.width, cam.height):
                 return "wrong_size", f"image {w}x{h}, calibration {cam.width}x{cam.height}"
             return "", ""
-        r, why = self.radar(m.channel)
+        r, why = (self.radar if m.kind == "radar" else self.lidar)(m.channel)
         return ("", "") if r is not None else ("no_calibration", why)
 
     def _usable(self, m: Message) -> bool:
@@ -366,6 +382,8 @@ class Player:
         c = self.cfg
         if m.kind == "camera":
             return m.channel != c.reference and abs(m.stamp_us - t0) <= c.camera_tolerance_us
+        if m.kind == "lidar":
+            return abs(m.stamp_us - t0) <= c.camera_tolerance_us
         return t0 - c.radar_window_us <= m.stamp_us <= t0 + c.radar_future_us
 
     # -- output -----------------------------------------------------------------
@@ -425,12 +443,23 @@ class Player:
             if not cands:
                 missing.append(ch)
             radars += cands
-        for m in [*cams.values(), *radars]:
+        lidars: list[Message] = []
+        lidar_calib: dict[str, Lidar] = {}
+        for ch in self.map.lidars:  # not a network input: never masked; a sweep goes to one frame only
+            cands = [m for m in self.lidar_sweeps.get(ch, []) if self._eligible(m, t0) and self._usable(m)]
+            if cands:
+                best = min(cands, key=lambda m: (abs(m.stamp_us - t0), -m.stamp_us))
+                self.lidar_sweeps[ch] = [m for m in self.lidar_sweeps[ch] if m is not best]
+                lidars.append(best)
+                lidar_calib[ch] = self.lidar(ch)[0]
+        for m in [*cams.values(), *radars, *lidars]:
             self.ledger.use(m)
         for ch in missing:
             self.masked[ch] += 1
-        job = FrameJob(self.frames, t0, emit_us, trig, cams, radars, poses, cam_calib, radar_calib, missing)
-        self.recent.append(_Emitted(self.frames, t0, {ch: abs(m.stamp_us - t0) for ch, m in cams.items()}))
+        job = FrameJob(self.frames, t0, emit_us, trig, cams, radars, poses, cam_calib, radar_calib, missing, lidars,
+                       lidar_calib)
+        chosen = {ch: abs(m.stamp_us - t0) for ch, m in [*cams.items(), *((m.channel, m) for m in lidars)]}
+        self.recent.append(_Emitted(self.frames, t0, chosen))
         self.frames += 1
         self.last_t0 = t0
         return job
@@ -449,7 +478,8 @@ class Player:
             return
         c = self.cfg
         horizon = self.last_t0 - c.reorder_us
-        for store, keep in ((self.images, c.camera_tolerance_us), (self.sweeps, c.radar_window_us)):
+        for store, keep in ((self.images, c.camera_tolerance_us), (self.sweeps, c.radar_window_us),
+                            (self.lidar_sweeps, c.camera_tolerance_us)):
             for ch, msgs in store.items():
                 if msgs and msgs[0].stamp_us < horizon - keep:
                     old = [m for m in msgs if m.stamp_us < horizon - keep]

@@ -8,7 +8,9 @@
   radar sweep, key frames and sweeps), producing the same messages a ``perception-synth --bags`` bag of that
   scene holds (same topics, stamps, JPEG bytes, radar records, poses and calibration).
 
-Both set ``self.events`` (stream-level problems such as truncation) and ``self.topics`` (topic -> type).
+Both set ``self.events`` (stream-level problems such as truncation), ``self.topics`` (topic -> type) and
+``self.gt``: a ``perception.data.nuscenes.SceneGT`` where the source has annotations (a nuScenes-format scene),
+else None (bags: ``perception-synth --bags`` writes no annotations into them).
 """
 from __future__ import annotations
 
@@ -20,11 +22,12 @@ import numpy as np
 
 from perception.replay.messages import (CameraInfo, DecodeError, Message, ReplayInputError, Transform,
                                         camera_info_from_ros, check_cloud, cloud_from_ros, decode_image,
-                                        image_from_ros, odometry_from_ros, stamp_us, transforms_from_ros)
+                                        image_from_ros, lidar_points, odometry_from_ros, stamp_us,
+                                        transforms_from_ros)
 from perception.replay.topics import BAG_TOPICS, POSE_CHILD, POSE_PARENT, TopicMap, default_topic_map
 from calibration.io import load_rig
-from perception.data.io import SensorFileError, read_radar_records
-from perception.data.nuscenes import scene_sample_data
+from perception.data.io import SensorFileError, read_lidar_bin, read_radar_records
+from perception.data.nuscenes import SceneGT, scene_sample_data
 
 
 def decode(kind: str, msgtype: str, msg: Any, draft_width: int | None = None) -> tuple[int, Any]:
@@ -43,6 +46,10 @@ def decode(kind: str, msgtype: str, msg: Any, draft_width: int | None = None) ->
         rec = cloud_from_ros(msg)
         check_cloud(rec)
         return stamp_us(msg.header), rec
+    if kind == "lidar":
+        if not msgtype.endswith("PointCloud2"):
+            raise DecodeError("undecodable", f"lidar topic carries {msgtype}, not PointCloud2")
+        return stamp_us(msg.header), lidar_points(cloud_from_ros(msg))
     if kind in ("tf", "tf_static"):
         tfs = transforms_from_ros(msg)
         return (tfs[0].stamp_us if tfs else 0), tfs
@@ -66,6 +73,7 @@ class BagReader:
         self.topic_map = topic_map or default_topic_map(self.topics)
         self.roles = self.topic_map.roles()
         self.draft_width: int | None = None  # set by the replay: decode JPEGs at the network's size
+        self.gt: SceneGT | None = None  # a bag carries no annotations
 
     # -- layout ---------------------------------------------------------------
     def _locate(self) -> tuple[str, list[Path]]:
@@ -223,6 +231,7 @@ class NuScenesSceneReader:
         self.topic_map = default_topic_map(topics, doppler)
         self.roles = self.topic_map.roles()
         self.draft_width: int | None = None  # set by the replay: decode JPEGs at the network's size
+        self.gt: SceneGT | None = SceneGT(nusc, self.scene)  # empty for a split without annotations (v1.0-test)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -257,13 +266,17 @@ class NuScenesSceneReader:
                 m = Message(seq, topic, ts, kind, ch if kind != "ignored" else "", ts)
                 seq += 1
                 try:
-                    if mod == "camera":
+                    if kind == "ignored":
+                        m.reason = "ignored"
+                    elif mod == "camera":
                         data = path.read_bytes()
                         m.payload = decode_image(data, self.draft_width)
                     elif mod == "radar":
                         rec = read_radar_records(path)
                         check_cloud(rec)
                         m.payload = rec
+                    elif mod == "lidar":  # x, y, z, intensity of the .pcd.bin (its ring column is not needed)
+                        m.payload = lidar_points(read_lidar_bin(path))
                     else:
                         m.reason = "ignored"
                 except DecodeError as err:

@@ -11,7 +11,7 @@ network of frame t (ONNX Runtime, TensorRT, PyTorch's kernels, PIL's JPEG decode
   read     reader (bag records, CDR, JPEG decoded at the network's size) -> player (paced at ``rate``) -> FrameJob
   prepare  FrameJob -> Frame (``build_frame``) -> the network's input arrays (``Pipeline.prepare``, pillars)
   infer    the network and its post-processing (``Pipeline.infer_prepared``)            [the calling thread]
-  output   tracker -> writers (MCAP, JSONL, PNG previews)
+  output   tracker -> writers (MCAP with the input radar, lidar and GT, JSONL, PNG previews)
 
 Backpressure: at ``rate=None`` every queue blocks, so every frame the player emits is processed (the same frames
 at any speed). When paced (``rate`` set) a stage never waits for the next one: a frame that a newer one overtakes
@@ -31,8 +31,9 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from calibration.sync import SyncError
 from perception.replay.frames import build_frame
-from perception.replay.messages import DROP_REASONS
+from perception.replay.messages import DROP_REASONS, LidarCloud
 from perception.replay.player import FrameJob, Player, PlayerConfig
 
 REPORT_SCHEMA = "perception-replay-report/1"
@@ -186,7 +187,7 @@ class _Replay:
     def _release(self, item: _Item, to: str) -> None:
         job = item.job
         with self.ledger_lock:
-            for m in [*job.cameras.values(), *job.radars]:
+            for m in [*job.cameras.values(), *job.radars, *job.lidars]:
                 self.player.ledger.release(m, to)
 
     def _stale(self, item: _Item) -> None:
@@ -254,7 +255,8 @@ class _Replay:
             if self.stats.first_start is None:
                 self.stats.first_start = item.started
             try:
-                item.frame = build_frame(item.job, cfg, pcfg.camera_order, pcfg.radar_order, self.stereo, self.name)
+                item.frame = build_frame(item.job, cfg, pcfg.camera_order, pcfg.radar_order, self.stereo, self.name,
+                                         getattr(self.reader, "gt", None))
                 t = time.perf_counter()
                 item.batch = self.pipeline.prepare(item.frame)
                 item.times = {"build_frame": t - item.started, "input_arrays": time.perf_counter() - t}
@@ -301,7 +303,8 @@ class _Replay:
                 ids = self.tracker.update(det)
                 done = time.perf_counter()
                 jpegs = {ch: (m.stamp_us, m.payload.jpeg) for ch, m in job.cameras.items() if m.payload.jpeg}
-                self.writer.write(frame, det, ids, jpegs, job.emit_us, cameras=job.camera_calib)
+                self.writer.write(frame, det, ids, jpegs, job.emit_us, cameras=job.camera_calib,
+                                  lidar=lidar_clouds(job))
             except Exception as err:
                 s.error(err)
                 continue
@@ -342,11 +345,30 @@ class _Replay:
             raise self.failure
 
 
+def lidar_clouds(job: FrameJob) -> list[LidarCloud]:
+    """The frame's lidar sweeps for the MCAP: each in base_link at its own stamp (the mount only, no motion
+    compensation), with the ego pose at that stamp. A sweep without a pose there is left out."""
+    out = []
+    for m in job.lidars:
+        try:
+            pose = job.poses.at(m.stamp_us, m.channel)
+        except SyncError:
+            continue
+        ego = np.asarray(job.lidar_calib[m.channel].ego_from_lidar, np.float64)
+        pts = np.array(m.payload, np.float32)
+        pts[:, :3] = (pts[:, :3].astype(np.float64) @ ego[:3, :3].T + ego[:3, 3]).astype(np.float32)
+        out.append(LidarCloud(m.channel, m.stamp_us, pts, pose))
+    return out
+
+
 def replay(reader: Any, pipeline: Any, out: str | Path, *, rate: float | None = None, reference: str = "CAM_FRONT",
            max_wait_ms: float = 60.0, max_frames: int | None = None, rig: Any = None, name: str = "replay",
-           progress: bool = True, preview_every: int = 10, writer: Any = None, draft_decode: bool = True) -> dict:
+           progress: bool = True, preview_every: int = 10, writer: Any = None, draft_decode: bool = True,
+           lidar: bool = True) -> dict:
     """Replay every message of ``reader`` (a BagReader or NuScenesSceneReader) through ``pipeline``.
-    ``draft_decode``: decode JPEGs at the size the network needs (``messages.decode_image``) instead of full size."""
+    ``draft_decode``: decode JPEGs at the size the network needs (``messages.decode_image``) instead of full size.
+    ``lidar``: pass the drive's lidar sweeps through to the MCAP (never to the network); False: its topics are
+    ``ignored`` and never decoded. GT boxes go to the MCAP and previews where the reader has them (``reader.gt``)."""
     from tqdm import tqdm
 
     from perception.replay.tracker import Tracker
@@ -356,6 +378,9 @@ def replay(reader: Any, pipeline: Any, out: str | Path, *, rate: float | None = 
     out.mkdir(parents=True, exist_ok=True)
     if draft_decode and hasattr(reader, "draft_width"):
         reader.draft_width = int(pipeline.cfg.data.image_size[1])
+    if not lidar and reader.topic_map.lidars:
+        reader.topic_map = reader.topic_map.without_lidar()
+        reader.roles = reader.topic_map.roles()
     radar_order = tuple(rig.radars) if rig is not None else tuple(reader.topic_map.radars)
     pcfg = player_config(pipeline, radar_order, reference, max_wait_ms)
     player = Player(pcfg, reader.topic_map, rig)

@@ -9,6 +9,8 @@ A YAML file with a schema key (``perception-topics/1``)::
       RADAR_FRONT: {topic: /radar_front/points, doppler: cartesian}   # cartesian: vx_comp/vy_comp; radial: v_r...
     poses: {source: tf, topic: /tf, parent: map, child: base_link}   # or {source: odometry, topic: /odom}
     static_tf: /tf_static             # base_link -> <frame_id> of each sensor (optional with --rig)
+    lidars:                           # optional: channel -> PointCloud2 topic, passed through to the MCAP only
+      LIDAR_TOP: {topic: /lidar/points}                              # (the network never takes lidar)
     frames: {CAM_FRONT: cam_front_optical}   # optional: the sensor's TF frame when it is not the channel name
     ignore: [/lidar/points]           # optional: topics read but deliberately not used (counted as ignored)
 
@@ -19,7 +21,7 @@ names, the convention of ``BAG_TOPICS`` (``/cameras/<CH>/image/compressed``, ``/
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -81,6 +83,7 @@ class RadarTopic:
 class TopicMap:
     cameras: dict[str, CameraTopics]
     radars: dict[str, RadarTopic]
+    lidars: dict[str, str] = field(default_factory=dict)  # channel -> PointCloud2 topic (to the MCAP, not the network)
     pose_source: str = "tf"  # tf | odometry
     pose_topic: str = BAG_TOPICS["tf"].pattern
     pose_parent: str = POSE_PARENT
@@ -90,7 +93,7 @@ class TopicMap:
     ignore: tuple[str, ...] = ()
 
     def roles(self) -> dict[str, tuple[str, str]]:
-        """topic -> (kind, channel); kind in camera, camera_info, radar, tf, tf_static, odometry."""
+        """topic -> (kind, channel); kind in camera, camera_info, radar, lidar, tf, tf_static, odometry, ignored."""
         out: dict[str, tuple[str, str]] = {}
         for ch, t in self.cameras.items():
             out[t.image] = ("camera", ch)
@@ -98,6 +101,8 @@ class TopicMap:
                 out[t.info] = ("camera_info", ch)
         for ch, r in self.radars.items():
             out[r.topic] = ("radar", ch)
+        for ch, t in self.lidars.items():
+            out[t] = ("lidar", ch)
         out[self.pose_topic] = ("tf" if self.pose_source == "tf" else "odometry", "")
         if self.static_tf:
             out[self.static_tf] = ("tf_static", "")
@@ -107,6 +112,11 @@ class TopicMap:
 
     def frame_of(self, channel: str) -> str:
         return self.frames.get(channel, channel)
+
+    def without_lidar(self) -> "TopicMap":
+        """The same map with the lidar topics ignored (``perception-replay --no-lidar``): read, counted as
+        ``ignored``, never decoded."""
+        return replace(self, lidars={}, ignore=tuple(dict.fromkeys([*self.ignore, *self.lidars.values()])))
 
 
 def _need(source: str, where: str, mapping: Any, key: str, kind: type = str) -> Any:
@@ -123,10 +133,10 @@ def parse_topic_map(data: Any, source: str = "<topic map>") -> TopicMap:
         raise TopicMapError(f"{source}: expected a mapping with 'schema: {TOPIC_MAP_SCHEMA}'")
     if data.get("schema") != TOPIC_MAP_SCHEMA:
         raise TopicMapError(f"{source}: schema is {data.get('schema')!r}; expected {TOPIC_MAP_SCHEMA!r}")
-    unknown = set(data) - {"schema", "cameras", "radars", "poses", "static_tf", "frames", "ignore"}
+    unknown = set(data) - {"schema", "cameras", "radars", "lidars", "poses", "static_tf", "frames", "ignore"}
     if unknown:
-        raise TopicMapError(f"{source}: unknown keys {sorted(unknown)} (allowed: cameras, radars, poses, static_tf, "
-                            "frames, ignore)")
+        raise TopicMapError(f"{source}: unknown keys {sorted(unknown)} (allowed: cameras, radars, lidars, poses, "
+                            "static_tf, frames, ignore)")
     cams = {}
     for ch, t in (data.get("cameras") or {}).items():
         cams[str(ch)] = CameraTopics(_need(source, f"cameras.{ch}", t, "image"), t.get("info"))
@@ -136,14 +146,15 @@ def parse_topic_map(data: Any, source: str = "<topic map>") -> TopicMap:
         if doppler not in DOPPLER_KINDS:
             raise TopicMapError(f"{source}: 'radars.{ch}.doppler' is {doppler!r}; expected one of {DOPPLER_KINDS}")
         radars[str(ch)] = RadarTopic(_need(source, f"radars.{ch}", t, "topic"), doppler)
+    lidars = {str(ch): _need(source, f"lidars.{ch}", t, "topic") for ch, t in (data.get("lidars") or {}).items()}
     if not cams:
         raise TopicMapError(f"{source}: 'cameras' is empty; the reference camera triggers frames, map at least one")
     poses = data.get("poses") or {"source": "tf", "topic": BAG_TOPICS["tf"].pattern}
     src = poses.get("source", "tf")
     if src not in ("tf", "odometry"):
         raise TopicMapError(f"{source}: 'poses.source' is {src!r}; expected 'tf' or 'odometry'")
-    return TopicMap(cams, radars, src, _need(source, "poses", poses, "topic"), str(poses.get("parent", POSE_PARENT)),
-                    str(poses.get("child", POSE_CHILD)), data.get("static_tf", BAG_TOPICS["tf_static"].pattern),
+    return TopicMap(cams, radars, lidars, src, _need(source, "poses", poses, "topic"),
+                    str(poses.get("parent", POSE_PARENT)), str(poses.get("child", POSE_CHILD)), data.get("static_tf", BAG_TOPICS["tf_static"].pattern),
                     {str(k): str(v) for k, v in (data.get("frames") or {}).items()},
                     tuple(str(t) for t in (data.get("ignore") or ())))
 
@@ -166,7 +177,7 @@ def default_topic_map(topics: Iterable[str], radar_doppler: dict[str, str] | Non
     topics = list(topics)
     cams: dict[str, dict] = {}
     radars: dict[str, RadarTopic] = {}
-    ignore: list[str] = []
+    lidars: dict[str, str] = {}
     for t in topics:
         for kind in ("camera", "camera_info", "radar", "lidar"):
             ch = BAG_TOPICS[kind].channel(t)
@@ -176,8 +187,8 @@ def default_topic_map(topics: Iterable[str], radar_doppler: dict[str, str] | Non
                 cams.setdefault(ch, {})["image"] = t
             elif kind == "camera_info":
                 cams.setdefault(ch, {})["info"] = t
-            elif kind == "lidar":  # not an input of this network
-                ignore.append(t)
+            elif kind == "lidar":  # not an input of this network: passed through to the MCAP
+                lidars[ch] = t
             else:
                 radars[ch] = RadarTopic(t, (radar_doppler or {}).get(ch, "cartesian"))
     cameras = {ch: CameraTopics(v["image"], v.get("info")) for ch, v in cams.items() if "image" in v}
@@ -186,4 +197,4 @@ def default_topic_map(topics: Iterable[str], radar_doppler: dict[str, str] | Non
                             f"(topics: {sorted(topics)[:12]}"
                             "...); it was not written by perception-synth --bags: pass --topics TOPICS.yaml "
                             f"(schema {TOPIC_MAP_SCHEMA}, see docs/replay.md)")
-    return TopicMap(cameras, radars, ignore=tuple(ignore))
+    return TopicMap(cameras, radars, lidars)

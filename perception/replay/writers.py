@@ -5,19 +5,24 @@
 =================================  ======================  ===================================================
 topic                              schema                  content
 =================================  ======================  ===================================================
-``/tf``                            foxglove.FrameTransform ``map`` -> ``base_link`` from ``global_from_ego``;
-                                                           ``base_link`` -> each camera (with its calibration)
+``/tf``                            foxglove.FrameTransform ``map`` -> ``base_link`` from ``global_from_ego`` (at t0,
+                                                           and at each lidar sweep's stamp); ``base_link`` -> each
+                                                           camera (with its calibration)
 ``/detections``                    foxglove.SceneUpdate    per box one entity (id = track ID) in ``base_link``:
                                                            a cube, a velocity arrow (1 s of travel), every
                                                            forecast mode (line strips from the centre, opacity
                                                            by probability), a text label, metadata (class,
                                                            score, track, attribute, speed, mode_probs)
-``/gt``                            foxglove.SceneUpdate    GT boxes where the source has them (grey cubes with
-                                                           velocity arrows); absent otherwise
+``/gt``                            foxglove.SceneUpdate    GT boxes where the source has them (light grey cubes,
+                                                           velocity arrows, metadata class / attribute / instance
+                                                           token) in ``base_link`` at t0; absent otherwise
 ``/radar``                         foxglove.PointCloud     the input radar points (accumulated sweeps in
                                                            ego@t0), float32 x, y, z, vx, vy, rcs, dt
-``/lidar``                         foxglove.PointCloud     the input lidar sweep (x, y, z[, intensity], ego@t0)
-                                                           when the caller passes one; absent otherwise
+``/lidar``                         foxglove.PointCloud     the input lidar sweep closest to t0 (float32 x, y, z[,
+                                                           intensity]) in ``base_link`` at the sweep's own stamp
+                                                           (its header time; a ``/tf`` pose at that stamp places
+                                                           it exactly); a second lidar on ``/lidar/<CH>``; absent
+                                                           when the drive has none (or ``--no-lidar``)
 ``/cameras/<CH>/image/compressed`` foxglove.CompressedImage the original JPEG bytes, stamped at capture time
 ``/cameras/<CH>/calibration``      foxglove.CameraCalibration the camera's K and distortion (Image panel overlays)
 =================================  ======================  ===================================================
@@ -38,6 +43,7 @@ import numpy as np
 
 from perception.data.frame import Frame
 from perception.pipeline import Detections
+from perception.replay.messages import LidarCloud
 from perception.visualize import CLASS_COLOURS, draw_detections_preview, hex_to_rgb
 
 JSONL_SCHEMA = "perception-detections/1"
@@ -169,7 +175,8 @@ class ReplayWriter:
         self._scene = SceneUpdateChannel("/detections", context=self._context)
         self._radar = PointCloudChannel("/radar", context=self._context)
         self._gt: Any = None  # SceneUpdateChannel "/gt", created on the first frame with GT boxes
-        self._lidar: Any = None  # PointCloudChannel "/lidar", created on the first lidar sweep
+        self._lidar: dict[str, Any] = {}  # topic -> PointCloudChannel, created on a lidar's first sweep
+        self._lidar_main = ""  # the lidar on "/lidar" (the first one seen); others on "/lidar/<CH>"
         self._cameras: dict[str, Any] = {}  # channel name -> CompressedImageChannel, created on first image
         self._calibrations: dict[str, Any] = {}  # topic -> CameraCalibrationChannel
         self._jsonl = open(self.jsonl_path, "w", encoding="utf-8")
@@ -190,13 +197,14 @@ class ReplayWriter:
 
     def write(self, frame: Frame, det: Detections, track_ids: np.ndarray | None,
               camera_jpegs: dict[str, tuple[int, bytes]] | None, t_emit_us: int,
-              cameras: dict[str, Any] | None = None, lidar: tuple[int, np.ndarray] | None = None) -> None:
+              cameras: dict[str, Any] | None = None, lidar: LidarCloud | Sequence[LidarCloud] | None = None) -> None:
         """One emitted frame. det: the Detections of ``frame`` (ego@t0). track_ids: (K,) int (None: untracked,
         written as -1). camera_jpegs: channel -> (capture stamp µs, original JPEG bytes) of the images used.
         t_emit_us: when the player emitted the frame (µs, the same clock as t0). cameras: channel ->
         ``calibration.rig.Camera`` of those images (original resolution): with it each image gets a Foxglove
         CameraCalibration and a base_link -> camera transform, so the Image panel draws the 3D boxes on it.
-        lidar: (capture stamp µs, (N, >=3) x, y, z[, intensity] in ego@t0) of the input lidar sweep, or None."""
+        lidar: the input lidar sweep(s) of the frame (``LidarCloud``: points in base_link at the sweep's own stamp,
+        with the ego pose there), or None. They go to the MCAP and, moved into ego@t0, to the preview."""
         if self._closed:
             raise RuntimeError(f"ReplayWriter({self.out_dir}) is closed")
         k = len(det)
@@ -208,12 +216,13 @@ class ReplayWriter:
                              "box is one Foxglove entity keyed by its track ID")
         if int(det.t0) != int(frame.t0):
             raise ValueError(f"ReplayWriter.write: detections at t0={det.t0} us for a frame at t0={frame.t0} us")
-        self._write_mcap(frame, det, ids, camera_jpegs or {}, cameras or {}, lidar)
+        clouds = [lidar] if isinstance(lidar, LidarCloud) else list(lidar or [])
+        self._write_mcap(frame, det, ids, camera_jpegs or {}, cameras or {}, clouds)
         self._write_jsonl(det, ids, t_emit_us)
         if (self.preview_every and self.frames % self.preview_every == 0
                 and len(self.previews) < self.preview_max):
             path = self.preview_dir / f"frame_{self.frames:06d}.png"
-            draw_detections_preview(frame, det, ids, path)
+            draw_detections_preview(frame, det, ids, path, lidar=_lidar_at_t0(frame, clouds))
             self.previews.append(str(path))
         self.frames += 1
         self.boxes += k
@@ -235,26 +244,27 @@ class ReplayWriter:
 
     def _write_mcap(self, frame: Frame, det: Detections, ids: np.ndarray,
                     camera_jpegs: dict[str, tuple[int, bytes]], cameras: dict[str, Any],
-                    lidar: tuple[int, np.ndarray] | None) -> None:
+                    clouds: list[LidarCloud]) -> None:
         log_time = int(frame.t0) * 1000  # ns
-        self._log_pose(det, log_time)
+        self._log_pose(det.global_from_ego, det.t0, log_time)
         self._log_detections(det, ids, log_time)
         if len(frame.gt_boxes):
             self._log_gt(frame, log_time)
         self._log_radar(frame, log_time)
-        if lidar is not None:
-            self._log_lidar(frame, lidar, log_time)
+        for cloud in clouds:
+            self._log_lidar(frame, cloud, log_time)
         if self.write_images:
             for channel, (stamp_us, jpeg) in camera_jpegs.items():
                 self._log_camera(channel, stamp_us, jpeg, cameras.get(channel), log_time)
 
-    def _log_pose(self, det: Detections, log_time: int) -> None:
+    def _log_pose(self, global_from_ego: np.ndarray, t_us: int, log_time: int) -> None:
+        """map -> base_link at ``t_us`` on /tf."""
         from foxglove.messages import FrameTransform, Quaternion, Vector3
 
-        g = np.asarray(det.global_from_ego, np.float64)
+        g = np.asarray(global_from_ego, np.float64)
         qx, qy, qz, qw = _quaternion_xyzw_from_matrix(g[:3, :3])
         self._log(self._tf, "/tf", FrameTransform(
-            timestamp=_timestamp(det.t0), parent_frame_id=PARENT_FRAME, child_frame_id=EGO_FRAME,
+            timestamp=_timestamp(t_us), parent_frame_id=PARENT_FRAME, child_frame_id=EGO_FRAME,
             translation=Vector3(x=float(g[0, 3]), y=float(g[1, 3]), z=float(g[2, 3])),
             rotation=Quaternion(x=qx, y=qy, z=qz, w=qw)), log_time)
 
@@ -306,7 +316,9 @@ class ReplayWriter:
         grey = (0.75, 0.75, 0.75)
         entities = [SceneEntity(timestamp=_timestamp(frame.t0), frame_id=EGO_FRAME, id=f"gt{g}",
                                 lifetime=Duration.from_secs(self.lifetime_s), frame_locked=False,
-                                metadata=[KeyValuePair(key="class", value=str(frame.gt_names[g]))],
+                                metadata=[KeyValuePair(key="class", value=str(frame.gt_names[g])),
+                                          KeyValuePair(key="attribute", value=str(frame.gt_attributes[g])),
+                                          KeyValuePair(key="instance", value=str(frame.gt_instance_tokens[g]))],
                                 cubes=[_cube(box, grey, 0.2)], arrows=_velocity_arrow(box, grey))
                     for g, box in enumerate(np.asarray(frame.gt_boxes, np.float64))]
         self._log(self._gt, "/gt", self._scene_update(frame.t0, entities), log_time)
@@ -320,18 +332,24 @@ class ReplayWriter:
         pts = frame.radar_points[frame.radar_valid][:, [fields.index(f) for f in RADAR_FIELDS]]
         self._log(self._radar, "/radar", _point_cloud(frame.t0, pts, RADAR_FIELDS), log_time)
 
-    def _log_lidar(self, frame: Frame, lidar: tuple[int, np.ndarray], log_time: int) -> None:
+    def _log_lidar(self, frame: Frame, cloud: LidarCloud, log_time: int) -> None:
+        """The sweep in base_link at its own stamp, and the ego pose at that stamp on /tf (Foxglove then places the
+        cloud where the car was when it was captured, exactly, whatever the interpolation between frames)."""
         from foxglove.channels import PointCloudChannel
 
-        stamp_us, pts = lidar
-        pts = np.asarray(pts, np.float32)
+        pts = np.asarray(cloud.points, np.float32)
         if pts.ndim != 2 or pts.shape[1] < 3:
             raise ValueError(f"ReplayWriter.write({frame.sample_token}): lidar points must be (N, >=3) x, y, z[, "
-                             f"intensity] in ego@t0, got {pts.shape}")
+                             f"intensity] in base_link, got {pts.shape}")
         names = LIDAR_FIELDS[:min(pts.shape[1], len(LIDAR_FIELDS))]
-        if self._lidar is None:
-            self._lidar = PointCloudChannel("/lidar", context=self._context)
-        self._log(self._lidar, "/lidar", _point_cloud(stamp_us, pts[:, :len(names)], names), log_time)
+        if not self._lidar:
+            self._lidar_main = cloud.channel
+        topic = "/lidar" if cloud.channel == self._lidar_main else f"/lidar/{cloud.channel}"
+        if topic not in self._lidar:
+            self._lidar[topic] = PointCloudChannel(topic, context=self._context)
+        if int(cloud.stamp_us) != int(frame.t0):
+            self._log_pose(cloud.global_from_ego, cloud.stamp_us, log_time)
+        self._log(self._lidar[topic], topic, _point_cloud(cloud.stamp_us, pts[:, :len(names)], names), log_time)
 
     def _log_camera(self, channel: str, stamp_us: int, jpeg: bytes, cam: Any, log_time: int) -> None:
         """The original JPEG; with the camera's calibration also a base_link -> camera transform and a Foxglove
@@ -383,6 +401,18 @@ class ReplayWriter:
                   # rotation to 1e-7, translation to 0.1 µm: enough for global coordinates of ~1e4 m
                   "global_from_ego": _round(det.global_from_ego, 7), "boxes": out}
         self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+
+
+def _lidar_at_t0(frame: Frame, clouds: list[LidarCloud]) -> np.ndarray | None:
+    """The sweeps' x, y, z moved into ego@t0 (for the preview's BEV), None without lidar."""
+    if not clouds:
+        return None
+    ego_t0_from_global = np.linalg.inv(np.asarray(frame.global_from_ego, np.float64))
+    out = []
+    for c in clouds:
+        m = ego_t0_from_global @ np.asarray(c.global_from_ego, np.float64)
+        out.append(np.asarray(c.points, np.float64)[:, :3] @ m[:3, :3].T + m[:3, 3])
+    return np.concatenate(out).astype(np.float32)
 
 
 class MemoryWriter:

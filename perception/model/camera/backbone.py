@@ -5,7 +5,7 @@ checkpoint file loads into it with :func:`load_pretrained` without torchvision i
 Also home of the normalisation layers shared by the camera blocks (:func:`make_norm`), including the one
 export-friendly GroupNorm (:func:`group_norm`): torch's GroupNorm exports as ONNX InstanceNormalization
 (both the dynamo and the TorchScript exporter, torch 2.13), which is outside the TensorRT-native op budget
-(DESIGN.md), so GroupNorm is written with Reshape + ReduceMean + elementwise ops, in training too.
+(``export/budget.py``, docs/deploy.md), so GroupNorm is written with Reshape + ReduceMean + elementwise ops, in training too.
 """
 from __future__ import annotations
 

@@ -263,7 +263,8 @@ def test_topic_layout_names():
     assert tmap.cameras["CAM_FRONT"].image == "/cameras/CAM_FRONT/image/compressed"
     assert tmap.cameras["CAM_FRONT"].info == "/cameras/CAM_FRONT/camera_info"
     assert tmap.radars["RADAR_FRONT"].topic == "/radars/RADAR_FRONT/points"
-    assert tmap.radars["RADAR_FRONT"].doppler == "radial" and tmap.ignore == ("/lidar/LIDAR_TOP/points",)
+    assert tmap.radars["RADAR_FRONT"].doppler == "radial" and tmap.ignore == ()
+    assert tmap.lidars == {"LIDAR_TOP": "/lidar/LIDAR_TOP/points"}  # carried to the replay's MCAP
 
 
 def test_counts_per_topic_match_sample_data(bag, messages, scene_rows, dataset, nuscenes_rig):

@@ -350,3 +350,40 @@ def test_frames_without_lidar_field_still_load(tmp_path, val):
     assert g.lidar_points.shape == (0, 3)
     # the synthetic world is flat: most returns are ground hits at z ~ 0 in ego (not at the lidar's 1.84 m)
     assert abs(np.median(f.lidar_points[:, 2])) < 0.3
+
+
+def test_scene_gt_is_the_key_frame_gt_and_interpolates_between(val):
+    """SceneGT (replay's GT at any time): at a key frame's timestamp exactly the dataset's GT of that sample; half
+    way to the next key frame each instance annotated in both at the mean of the two global centres (yaw along the
+    shorter arc); nothing long after the scene."""
+    from perception.data.nuscenes import SceneGT
+
+    nusc = val.nusc
+    s0 = val.samples[0]
+    scene = next(s for s in nusc.scene if s["name"] == s0.scene)
+    gt = SceneGT(nusc, scene)
+    classes = list(val.cfg.classes)
+    f0, f1 = val[0], val[1]
+    assert val.samples[1].scene == s0.scene
+    at0 = gt.at(f0.t0, f0.global_from_ego, classes, val.dcfg.future_steps)
+    np.testing.assert_allclose(at0["gt_boxes"], f0.gt_boxes, atol=1e-5)
+    assert list(at0["gt_instance_tokens"]) == list(f0.gt_instance_tokens)
+    assert list(at0["gt_names"]) == list(f0.gt_names) and not at0["gt_future_valid"].any()
+    # half way, in the frame of the key frame 0 pose (any pose: centres are compared in global)
+    tm = (f0.t0 + f1.t0) // 2
+    mid = gt.at(tm, f0.global_from_ego, classes, 12)
+    both = set(f0.gt_instance_tokens) & set(f1.gt_instance_tokens)
+    assert both
+
+    def to_global(f, xyz):
+        return xyz @ f.global_from_ego[:3, :3].T + f.global_from_ego[:3, 3]
+
+    for inst in both:
+        a = to_global(f0, f0.gt_boxes[list(f0.gt_instance_tokens).index(inst), :3].astype(np.float64))
+        b = to_global(f1, f1.gt_boxes[list(f1.gt_instance_tokens).index(inst), :3].astype(np.float64))
+        got = to_global(f0, mid["gt_boxes"][list(mid["gt_instance_tokens"]).index(inst), :3].astype(np.float64))
+        w = (tm - f0.t0) / (f1.t0 - f0.t0)
+        np.testing.assert_allclose(got, a + w * (b - a), atol=2e-3)
+    last = nusc.get("sample", scene["last_sample_token"])["timestamp"]
+    assert gt.at(last + 300_000, f0.global_from_ego, classes, 12) is None
+    assert gt.at(last + 100_000, f0.global_from_ego, classes, 12) is not None

@@ -89,6 +89,143 @@ def test_outputs_exist_and_report_has_schema(clean_bag_run):
     assert data["throughput"]["sensor_fps"] == pytest.approx(12, rel=0.15)  # CAM_FRONT at 12 Hz
 
 
+# -- what the MCAP carries besides the detections: the input lidar, GT boxes (issue 24) ----------------------
+
+
+def _stamp(ts) -> int:
+    return ts.seconds * 10**6 + ts.nanos // 1000
+
+
+def _lidar_sweeps(root, name):
+    """LIDAR_TOP rows of the scene: stamp -> (x, y, z, intensity in base_link by the calibrated_sensor mount)."""
+    from nuscenes.nuscenes import NuScenes
+
+    from calibration.transforms import make_transform
+    from perception.data.io import read_lidar_bin
+
+    nusc = NuScenes(VERSION, str(root), verbose=False)
+    out = {}
+    for sd in nusc.sample_data:
+        if sd["channel"] != "LIDAR_TOP" or nusc.get("sample", sd["sample_token"])["scene_token"] != next(
+                s["token"] for s in nusc.scene if s["name"] == name):
+            continue
+        cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+        pts = read_lidar_bin(root / sd["filename"]).points[:, :4].astype(np.float64)
+        pts[:, :3] = pts[:, :3] @ make_transform(cs["rotation"], cs["translation"])[:3, :3].T + cs["translation"]
+        out[sd["timestamp"]] = pts
+    return nusc, out
+
+
+@pytest.fixture(scope="module")
+def tables_run(scene, pipe, tmp_path_factory):
+    root, name, _ = scene
+    out = tmp_path_factory.mktemp("replay_tables")
+    return replay(NuScenesSceneReader(root, VERSION, name), pipe, out, progress=False), out
+
+
+@pytest.mark.slow  # replays a bag through a network
+@pytest.mark.parametrize("source", ["bag", "tables"])
+def test_mcap_carries_the_input_lidar_at_its_own_stamp(scene, clean_bag_run, tables_run, source):
+    """Every LIDAR_TOP sweep of the drive near a frame is in /lidar exactly once: its point count, its points in
+    base_link (the mount applied to the file's points), its own stamp, with the ego pose at that stamp on /tf."""
+    from mcap_read import read_mcap
+
+    root, name, _ = scene
+    rep, out = clean_bag_run if source == "bag" else tables_run
+    _, sweeps = _lidar_sweeps(root, name)
+    _, msgs = read_mcap(out / "detections.mcap")
+    clouds = msgs["/lidar"]
+    assert len(clouds) == len(sweeps) == rep["messages"]["per_topic"]["/lidar/LIDAR_TOP/points"]["used"] == 3
+    poses = {_stamp(t.timestamp): t for _, _, t in msgs["/tf"] if t.child_frame_id == "base_link"}
+    for _, m, cloud in clouds:
+        stamp = _stamp(cloud.timestamp)
+        assert cloud.frame_id == "base_link" and [f.name for f in cloud.fields] == ["x", "y", "z", "intensity"]
+        pts = np.frombuffer(cloud.data, "<f4").reshape(-1, 4)
+        assert pts.shape == sweeps[stamp].shape  # every point: the synthetic sweeps have no NaN
+        np.testing.assert_allclose(pts, sweeps[stamp], atol=2e-4)
+        assert stamp in poses  # the pose at the sweep's stamp: Foxglove places the cloud where the car was
+    assert "ignored" not in rep["messages"]["per_topic"]["/lidar/LIDAR_TOP/points"]["dropped"]
+
+
+@pytest.mark.slow  # replays a scene through a network
+def test_mcap_gt_of_a_scene_matches_its_annotations(scene, pipe, tables_run, clean_bag_run):
+    """A nuScenes-format scene's annotations go to /gt: per frame every annotated instance of the nearest key frame,
+    its centre (ego@t0 -> global through /tf at t0) on the straight line between its two key-frame annotations at
+    the frame's time, its size exactly. A bag (no annotations) has no /gt channel and the replay no error."""
+    from mcap_read import read_mcap
+    from nuscenes.eval.detection.utils import category_to_detection_name
+
+    root, name, _ = scene
+    nusc, _ = _lidar_sweeps(root, name)
+    sc = next(s for s in nusc.scene if s["name"] == name)
+    keys, tok = [], sc["first_sample_token"]
+    while tok:
+        sample = nusc.get("sample", tok)
+        keys.append((sample["timestamp"], {a["instance_token"]: a for a in (
+            nusc.get("sample_annotation", t) for t in sample["anns"])}))
+        tok = sample["next"]
+    rep, out = tables_run
+    _, msgs = read_mcap(out / "detections.mcap")
+    poses = {_stamp(t.timestamp): t for _, _, t in msgs["/tf"] if t.child_frame_id == "base_link"}
+    assert len(msgs["/gt"]) == rep["frames"]["emitted"] >= 10
+    checked = 0
+    for _, m, update in msgs["/gt"]:
+        t0 = m.log_time // 1000
+        tf = poses[t0]
+        x, y, z, w = tf.rotation.x, tf.rotation.y, tf.rotation.z, tf.rotation.w
+        yaw = np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+        ts = np.array([k for k, _ in keys])
+        k = int(np.argmin(np.abs(ts - t0)))
+        j = k - 1 if t0 < ts[k] else k + 1
+        assert {e.id for e in update.entities} == {f"gt{g}" for g in range(len(update.entities))}
+        insts = [{kv.key: kv.value for kv in e.metadata}["instance"] for e in update.entities]
+        assert sorted(insts) == sorted(i for i, a in keys[k][1].items()
+                                       if category_to_detection_name(a["category_name"]) in pipe.cfg.classes)
+        for e, inst in zip(update.entities, insts):
+            p = e.cubes[0].pose.position
+            g = np.array([np.cos(yaw) * p.x - np.sin(yaw) * p.y + tf.translation.x,
+                          np.sin(yaw) * p.x + np.cos(yaw) * p.y + tf.translation.y])
+            a, b = keys[k][1][inst], keys[j][1].get(inst) if 0 <= j < len(keys) else None
+            if b is None:
+                continue  # moved on at its velocity: not a straight-line check
+            wgt = (t0 - ts[k]) / (ts[j] - ts[k])
+            want = (1 - wgt) * np.array(a["translation"][:2]) + wgt * np.array(b["translation"][:2])
+            np.testing.assert_allclose(g, want, atol=1e-3)
+            np.testing.assert_allclose([e.cubes[0].size.y, e.cubes[0].size.x, e.cubes[0].size.z], a["size"],
+                                       atol=1e-5)
+            checked += 1
+    assert checked >= 10
+    _, bag_msgs = read_mcap(clean_bag_run[1] / "detections.mcap")
+    assert "/gt" not in bag_msgs and "/lidar" in bag_msgs
+
+
+@pytest.mark.slow  # replays a bag through a network
+def test_no_lidar_and_a_bag_without_lidar_give_no_lidar_channel(scene, pipe, tmp_path):
+    """--no-lidar (lidar=False) leaves the lidar out (its topic counted as ignored, never decoded); a bag without
+    any lidar topic gives no /lidar channel either, and no error."""
+    from mcap_read import read_mcap
+
+    _, _, bag = scene
+    rep = replay(BagReader(bag), pipe, tmp_path / "off", progress=False, max_frames=4, lidar=False)
+    _identity_or_pending(rep)
+    per = rep["messages"]["per_topic"]["/lidar/LIDAR_TOP/points"]
+    assert per["received"] == per["dropped"]["ignored"] >= 1 and per["used"] == 0
+    summary, msgs = read_mcap(tmp_path / "off" / "detections.mcap")
+    assert "/lidar" not in msgs and rep["frames"]["emitted"] == 4
+    no_lidar = tmp_path / "no_lidar_bag"
+    _rewrite(bag, no_lidar, lambda topic, msgtype, t, msg, store: [] if topic.startswith("/lidar/") else
+             [(topic, msgtype, t, msg)])
+    rep = replay(BagReader(no_lidar), pipe, tmp_path / "none", progress=False, max_frames=4)
+    _, msgs = read_mcap(tmp_path / "none" / "detections.mcap")
+    assert rep["frames"]["emitted"] == 4 and "/lidar" not in msgs and "/gt" not in msgs and "/radar" in msgs
+    assert not any(t.startswith("/lidar") for t in rep["messages"]["per_topic"])
+
+
+def _identity_or_pending(report):
+    t = report["messages"]["totals"]
+    assert t["received"] == t["used"] + t["late"] + t["dropped"] + t["pending"] and report["messages"]["identity_holds"]
+
+
 # -- corrupted bags ------------------------------------------------------------------------------------------
 
 
@@ -264,7 +401,8 @@ def test_truncated_bag_keeps_what_was_read(scene, pipe, tmp_path):
 @pytest.mark.slow  # replays a bag through a network
 def test_sqlite3_bag_with_odometry_poses_and_a_topic_map(scene, pipe, clean_bag_run, tmp_path):
     """The same drive stored as sqlite3, ego poses as nav_msgs/Odometry on /odom, the topics renamed: with a topic
-    map it replays to the same detections as the original MCAP bag."""
+    map it replays to the same detections as the original MCAP bag (and the same message accounting: the map's
+    lidar is carried like the derived map's)."""
     _, _, bag = scene
 
     def edit(topic, msgtype, t, msg, store):
@@ -298,7 +436,8 @@ def test_sqlite3_bag_with_odometry_poses_and_a_topic_map(scene, pipe, clean_bag_
             "cameras": {c: {"image": f"/sensing/{c}/image/compressed", "info": f"/sensing/{c}/camera_info"}
                         for c in cams},
             "radars": {r: {"topic": f"/radars/{r}/points", "doppler": "cartesian"} for r in radars},
-            "poses": {"source": "odometry", "topic": "/odom"}, "ignore": ["/lidar/LIDAR_TOP/points"]}
+            "poses": {"source": "odometry", "topic": "/odom"},
+            "lidars": {"LIDAR_TOP": {"topic": "/lidar/LIDAR_TOP/points"}}}
     (tmp_path / "topics.yaml").write_text(yaml.safe_dump(tmap))
     from perception.replay.topics import load_topic_map
 
@@ -323,6 +462,25 @@ def test_topic_map_errors_name_the_field(tmp_path):
     (tmp_path / "n.yaml").write_text("schema: other/1\n")
     with pytest.raises(TopicMapError, match="schema"):
         load_topic_map(tmp_path / "n.yaml")
+    (tmp_path / "l.yaml").write_text("schema: perception-topics/1\ncameras: {CAM_FRONT: {image: /c}}\n"
+                                     "lidars: {LIDAR_TOP: {}}\n")
+    with pytest.raises(TopicMapError, match=r"lidars.LIDAR_TOP.*topic"):
+        load_topic_map(tmp_path / "l.yaml")
+
+
+def test_topic_map_lidars_and_no_lidar(tmp_path):
+    """A map's lidars get the lidar role; without_lidar (--no-lidar) turns them into ignored topics; a synth bag's
+    /lidar/<CH>/points topic is a lidar of the derived map."""
+    from perception.replay.topics import default_topic_map, load_topic_map
+
+    (tmp_path / "m.yaml").write_text("schema: perception-topics/1\ncameras: {CAM_FRONT: {image: /c}}\n"
+                                     "lidars: {LIDAR_TOP: {topic: /l}}\nignore: [/x]\n")
+    tmap = load_topic_map(tmp_path / "m.yaml")
+    assert tmap.roles()["/l"] == ("lidar", "LIDAR_TOP")
+    off = tmap.without_lidar()
+    assert off.roles()["/l"] == ("ignored", "") and off.roles()["/x"] == ("ignored", "") and off.lidars == {}
+    derived = default_topic_map(["/cameras/CAM_FRONT/image/compressed", "/lidar/LIDAR_TOP/points"])
+    assert derived.lidars == {"LIDAR_TOP": "/lidar/LIDAR_TOP/points"} and derived.ignore == ()
 
 
 # -- the player alone: causality and ordering -------------------------------------------------------------------
@@ -398,9 +556,11 @@ def test_cli_replay_and_bad_reference(scene, small_ckpt, tmp_path, capsys):
 
     _, _, bag = scene
     assert main(["--bag", str(bag), "--checkpoint", str(small_ckpt), "--out", str(tmp_path / "o"), "--max-frames",
-                 "3", "--no-progress"]) == 0
+                 "3", "--no-progress", "--no-lidar"]) == 0
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     assert rep["frames"]["emitted"] == 3 and rep["stopped_after_max_frames"] is True
+    lidar = rep["messages"]["per_topic"]["/lidar/LIDAR_TOP/points"]  # --no-lidar: read, never decoded or written
+    assert lidar["used"] == 0 and set(lidar["dropped"]) == {"ignored"} and "/lidar" not in rep["outputs"]["messages"]
     # the summary adds up although the run stopped: the messages not settled yet are counted as pending
     line = capsys.readouterr().out.splitlines()[0]
     nums = [int(x) for x in re.findall(r"(?:received|used|late|dropped|pending) (\d+)", line)]

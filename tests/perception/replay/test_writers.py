@@ -18,6 +18,8 @@ from perception.replay.writers import (
 )
 from perception.visualize import TRACK_COLOURS, box_corners, hex_to_rgb
 
+from mcap_read import read_mcap
+
 CLASSES = ("car", "truck", "bus", "trailer", "construction_vehicle", "pedestrian", "motorcycle", "bicycle",
            "traffic_cone", "barrier")
 H, W, F = 48, 64, 40.0  # preprocessed image size, focal length (px)
@@ -79,31 +81,6 @@ def replay(tmp_path):
         for i, (f, d) in enumerate(zip(frames, dets)):
             writer.write(f, d, np.array([11 + i, 3]), jpegs, f.t0 + 40_000)
     return tmp_path / "out", frames, dets, jpegs, writer.close()
-
-
-def decoder(schema):
-    """Protobuf message class for an MCAP schema record (a serialised FileDescriptorSet, as foxglove-sdk
-    writes; this is what mcap-protobuf-support does)."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-    assert schema.encoding == "protobuf"
-    fds = descriptor_pb2.FileDescriptorSet.FromString(schema.data)
-    pool = descriptor_pool.DescriptorPool()
-    for fd in fds.file:
-        pool.Add(fd)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName(schema.name))
-
-
-def read_mcap(path):
-    from mcap.reader import make_reader
-
-    with open(path, "rb") as f:
-        reader = make_reader(f)
-        summary = reader.get_summary()
-        out = {}
-        for schema, channel, message in reader.iter_messages():
-            out.setdefault(channel.topic, []).append((schema, message, decoder(schema).FromString(message.data)))
-    return summary, out
 
 
 def test_mcap_channels_schemas_and_counts(replay):
@@ -317,24 +294,32 @@ def test_camera_calibration_lets_foxglove_project_boxes(tmp_path):
 
 
 def test_gt_and_lidar_channels(tmp_path):
-    """GT boxes (where the frame has them) go to /gt, an input lidar sweep to /lidar; read back with the mcap
-    reader the channel counts are exact (GT only on the frame that has it)."""
+    """GT boxes (where the frame has them) go to /gt, an input lidar sweep to /lidar in base_link at its own stamp
+    with the ego pose at that stamp on /tf; read back with the mcap reader the channel counts are exact (GT only on
+    the frame that has it, /tf once per frame plus once per sweep not stamped at t0); a second lidar gets its own
+    topic."""
     from dataclasses import replace
+
+    from perception.replay.messages import LidarCloud
 
     rng = np.random.default_rng(4)
     frames = [make_frame(i, rng) for i in range(3)]
     gt = np.array([[12.0, -3.0, 0.9, 1.8, 4.2, 1.5, 0.1, 2.0, 0.0]], np.float32)
     frames[1] = replace(frames[1], gt_boxes=gt, gt_labels=np.zeros(1, np.int64), gt_names=np.array(["car"]),
-                        gt_attributes=np.array([""]), gt_instance_tokens=np.array([""]),
+                        gt_attributes=np.array(["vehicle.moving"]), gt_instance_tokens=np.array(["inst0"]),
                         gt_future=np.zeros((1, 12, 2), np.float32), gt_future_valid=np.zeros((1, 12), bool))
     lidar = rng.normal(0, 10, (500, 4)).astype(np.float32)
-    with ReplayWriter(tmp_path, CLASSES, preview_every=0) as w:
+    pose_at = np.eye(4)
+    pose_at[:3, 3] = [700.0, 1700.0, 0.2]
+    with ReplayWriter(tmp_path, CLASSES, preview_every=1) as w:
         for i, f in enumerate(frames):
-            w.write(f, make_detections(f, rng), np.array([1, 2]), None, f.t0,
-                    lidar=(f.t0 - 1000, lidar) if i != 2 else None)
+            clouds = {0: LidarCloud("LIDAR_TOP", f.t0 - 1000, lidar, pose_at), 1: [
+                LidarCloud("LIDAR_TOP", f.t0, lidar[:10], f.global_from_ego),
+                LidarCloud("LIDAR_REAR", f.t0 + 5, lidar[:20, :3], pose_at)]}.get(i)
+            w.write(f, make_detections(f, rng), np.array([1, 2]), None, f.t0, lidar=clouds)
     summary, msgs = read_mcap(tmp_path / "detections.mcap")
     counts = {summary.channels[cid].topic: n for cid, n in summary.statistics.channel_message_counts.items()}
-    assert counts == {"/tf": 3, "/detections": 3, "/radar": 3, "/gt": 1, "/lidar": 2}
+    assert counts == {"/tf": 3 + 2, "/detections": 3, "/radar": 3, "/gt": 1, "/lidar": 2, "/lidar/LIDAR_REAR": 1}
     schema_of = {c.topic: summary.schemas[c.schema_id].name for c in summary.channels.values()}
     assert schema_of["/gt"] == "foxglove.SceneUpdate" and schema_of["/lidar"] == "foxglove.PointCloud"
     (_, m, scene), = msgs["/gt"]
@@ -344,10 +329,21 @@ def test_gt_and_lidar_channels(tmp_path):
     np.testing.assert_allclose([c.pose.position.x, c.pose.position.y, c.size.x, c.size.y], [12, -3, 4.2, 1.8],
                                atol=1e-6)
     assert len(ent.arrows) == 1
-    _, _, cloud = msgs["/lidar"][0]
+    assert {kv.key: kv.value for kv in ent.metadata} == {"class": "car", "attribute": "vehicle.moving",
+                                                          "instance": "inst0"}
+    _, m, cloud = msgs["/lidar"][0]
     assert [f.name for f in cloud.fields] == ["x", "y", "z", "intensity"] and cloud.point_stride == 16
+    assert cloud.frame_id == "base_link" and m.log_time == frames[0].t0 * 1000
     np.testing.assert_array_equal(np.frombuffer(cloud.data, "<f4").reshape(-1, 4), lidar)
     assert cloud.timestamp.seconds * 10**6 + cloud.timestamp.nanos // 1000 == frames[0].t0 - 1000
+    # the pose at the sweep's stamp, so that Foxglove places the sweep where the car was
+    stamped = [t for _, _, t in msgs["/tf"] if t.timestamp.seconds * 10**6 + t.timestamp.nanos // 1000
+               == frames[0].t0 - 1000]
+    assert len(stamped) == 1 and (stamped[0].parent_frame_id, stamped[0].child_frame_id) == ("map", "base_link")
+    assert (stamped[0].translation.x, stamped[0].translation.y) == (700.0, 1700.0)
+    _, _, rear = msgs["/lidar/LIDAR_REAR"][0]
+    assert [f.name for f in rear.fields] == ["x", "y", "z"] and len(rear.data) == 20 * 12
+    assert len(list((tmp_path / "preview").glob("*.png"))) == 3
 
 
 def test_foxglove_layout_matches_what_the_writer_writes():
