@@ -1,12 +1,19 @@
 """Losses: Gaussian focal loss on heatmaps, masked L1 on the regressions gathered at GT centres, and for the
 trajectories winner-takes-all L1 (only the mode closest to the truth is regressed) plus cross-entropy on the
-mode logits towards that winner."""
+mode logits, towards that winner (one-hot), or with ``mode_temperature`` > 0 towards the soft target
+``softmax(-ADE_m / temperature)`` over the modes (HiVT, Zhou et al. CVPR 2022; ADE = mean L2 over the valid
+steps, metres, without gradient). The winner target estimates P(mode m is the closest), whose argmax need not be
+the mode with the smallest expected error: when a frequent outcome is shared by several similar modes, a rarer
+outcome held by a single mode wins the argmax. The soft target credits every mode by how close it came, so for
+a temperature large against the spread of the modes' errors the argmax tends to the mode of smallest expected
+ADE (first order: exp(-a / tau) ~ 1 - a / tau), i.e. what minADE1 scores; as tau -> 0 it becomes the winner."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from perception.config import Config
 from perception.train.targets import Targets
 
 REG_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)  # offset x2, z, log size x3, sin, cos, vel x2
@@ -30,8 +37,16 @@ def gather_cells(maps: Tensor, ind: Tensor) -> Tensor:
     return flat.gather(2, ind.unsqueeze(1).expand(b, c, ind.shape[1])).transpose(1, 2)
 
 
-def detection_losses(out: dict[str, Tensor], t: Targets) -> dict[str, Tensor]:
-    """out: the network's head maps; t: targets. Returns named scalar losses (their sum is trained)."""
+def mode_temperature(cfg: Config) -> float:
+    """The ``mode_temperature`` of ``detection_losses`` that ``cfg.train.soft_mode_target`` asks for (0: winner)."""
+    smt = cfg.train.soft_mode_target
+    return smt.temperature if smt.enabled else 0.0
+
+
+def detection_losses(out: dict[str, Tensor], t: Targets, mode_temperature: float = 0.0) -> dict[str, Tensor]:
+    """out: the network's head maps; t: targets; mode_temperature: 0 for the one-hot winner mode target, else the
+    temperature (metres) of the soft target (module docstring; ``train.soft_mode_target``). Returns named scalar
+    losses (their sum is trained)."""
     heat = gaussian_focal_loss(out["heatmap"], t.heatmap)
     pred = torch.cat([gather_cells(out[name], t.ind) for name in ("offset", "z", "log_size", "rotation", "velocity")],
                      dim=2)  # (B, G, 10)
@@ -54,6 +69,12 @@ def detection_losses(out: dict[str, Tensor], t: Targets) -> dict[str, Tensor]:
     wta = ade.gather(2, best.unsqueeze(-1)).squeeze(-1)  # (B, G)
     k = has.sum().clamp(min=1).float()
     traj = (wta * has.float()).sum() / k
-    ce = (F.cross_entropy(logits.reshape(-1, modes), best.reshape(-1), reduction="none").view(b, g)
-          * has.float()).sum() / k
+    if mode_temperature > 0:
+        with torch.no_grad():
+            ade_l2 = ((offs - t.traj.unsqueeze(2)).norm(dim=-1) * valid.unsqueeze(2)).sum(-1) / steps_n  # (B, G, M)
+            target = (-ade_l2 / mode_temperature).softmax(dim=2)  # (B, G, M)
+        ce_all = -(target * logits.log_softmax(dim=2)).sum(-1)  # (B, G)
+    else:
+        ce_all = F.cross_entropy(logits.reshape(-1, modes), best.reshape(-1), reduction="none").view(b, g)
+    ce = (ce_all * has.float()).sum() / k
     return {"heatmap": heat, "regression": 2.0 * reg, "trajectory": 0.5 * traj, "mode": 0.5 * ce}
