@@ -335,11 +335,22 @@ class SoftModeTargetConfig:
     ``softmax(-ADE_m / temperature)`` over the modes (HiVT), ADE in metres (perception/train/losses.py says why)."""
 
     enabled: bool = False
-    temperature: float = 1.0
+    temperature: float = 2.0  # metres; HiVT uses 1 (benchmarks/bench_trajectory_modes.py, docs/decisions.md)
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
-            raise ConfigError(f"train.soft_mode_target.temperature: must be > 0 (metres), got {self.temperature}")
+            raise ConfigError(f"train.trajectory_loss.soft_mode_target.temperature: must be > 0 (metres), got "
+                              f"{self.temperature}")
+
+
+@dataclass(frozen=True)
+class TrajectoryLossConfig:
+    """Trajectory supervision (perception/train/losses.py). ``median_mode``: mode 0 is regressed on every agent
+    (its L1 optimum is the conditional median future), the other modes winner-takes-all among themselves; off,
+    all modes winner-takes-all. ``soft_mode_target``: the mode-probability target."""
+
+    median_mode: Switch = field(default_factory=lambda: Switch(False))
+    soft_mode_target: SoftModeTargetConfig = field(default_factory=SoftModeTargetConfig)
 
 
 @dataclass(frozen=True)
@@ -365,7 +376,7 @@ class TrainConfig:
     perspective: AuxLossConfig = field(default_factory=AuxLossConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
     cbgs: Switch = field(default_factory=lambda: Switch(False))  # class-balanced grouping and sampling (CBGS)
-    soft_mode_target: SoftModeTargetConfig = field(default_factory=SoftModeTargetConfig)
+    trajectory_loss: TrajectoryLossConfig = field(default_factory=TrajectoryLossConfig)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.lr <= 0 or self.log_every < 1 or self.checkpoint_every < 1:

@@ -28,7 +28,7 @@ from perception.model.network import INPUT_NAMES, build_model
 from perception.pipeline import Pipeline
 from perception.train.camera_aux import TrainNet, camera_aux_losses
 from perception.train.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
-from perception.train.losses import detection_losses, mode_temperature
+from perception.train.losses import detection_losses
 from perception.train.recipe import WeightEma, sync_batchnorm
 from perception.train.targets import build_targets
 
@@ -161,7 +161,7 @@ def _train_step(o: _Optimisation, batch: dict, grid: Any, cfg: Config, dev: torc
     inputs = [batch[k].to(dev, non_blocking=True) for k in INPUT_NAMES]
     with torch.autocast(dev.type, enabled=o.use_amp):
         outputs, extras = o.net(*inputs)
-    losses = detection_losses({k: v.float() for k, v in outputs.items()}, _to(targets, dev), mode_temperature(cfg))
+    losses = detection_losses({k: v.float() for k, v in outputs.items()}, _to(targets, dev), cfg.train.trajectory_loss)
     losses.update(camera_aux_losses(extras, batch, cfg))
     loss = sum(losses.values())
     if not torch.isfinite(loss):

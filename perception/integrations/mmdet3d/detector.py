@@ -40,7 +40,7 @@ from perception.integrations.mmdet3d.boxes import (
 from perception.integrations.mmdet3d.dataset import project_config
 from perception.model.decode import BevGrid
 from perception.model.network import INPUT_NAMES, build_model
-from perception.train.losses import detection_losses, mode_temperature
+from perception.train.losses import detection_losses
 from perception.train.targets import Targets, build_targets
 from perception.train.checkpoint import load_checkpoint, load_weights
 
@@ -95,7 +95,8 @@ class FusionDetector(Base3DDetector):
         out = self._run_net(inputs)
         dev = next(iter(out.values())).device
         targets = replace(targets, **{f.name: getattr(targets, f.name).to(dev) for f in fields(targets)})
-        losses = detection_losses({k: v.float() for k, v in out.items()}, targets, mode_temperature(self.project_cfg))
+        losses = detection_losses({k: v.float() for k, v in out.items()}, targets,
+                                  self.project_cfg.train.trajectory_loss)
         return {f"loss_{k}": v for k, v in losses.items()}
 
     @torch.no_grad()

@@ -1,6 +1,7 @@
 """Trajectory supervision: the targets of an agent moving at constant velocity are exactly the constant-velocity
 extrapolation of its box velocity after the BEV augmentation (rotation, scale, flips), so a residual head at zero
-with the true velocity has zero trajectory loss; the soft mode target (``train.soft_mode_target``) by hand."""
+with the true velocity has zero trajectory loss; the median mode and the soft mode target
+(``train.trajectory_loss``) by hand and trained to their optimum."""
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from perception.config import ConfigError
+from perception.config import ConfigError, SoftModeTargetConfig, Switch, TrajectoryLossConfig
 from perception.data.loader import PillarSpec, collate_frames
 from perception.data.nuscenes import NuScenesFrames
 from perception.data.synthetic.generate import VERSION
@@ -19,7 +20,7 @@ from perception.data.transforms import apply_bev, bev_matrix
 from perception.model.decode import BevGrid
 from perception.model.heads.center_head import REGRESSIONS
 from perception.model.heads.trajectory_head import WAYPOINT_STEP_S, TrajectoryHead
-from perception.train.losses import detection_losses, mode_temperature
+from perception.train.losses import detection_losses
 from perception.train.targets import Targets, build_targets
 from small_model import small_config
 
@@ -78,6 +79,13 @@ def test_constant_velocity_truth_is_a_zero_residual_after_bev_augmentation(synth
     assert detection_losses(_maps_with_velocity(t, grid, direct), t)["trajectory"] > 0.5
 
 
+def _soft(temperature: float) -> TrajectoryLossConfig:
+    return TrajectoryLossConfig(soft_mode_target=SoftModeTargetConfig(True, temperature))
+
+
+MEDIAN = TrajectoryLossConfig(median_mode=Switch(True))
+
+
 def _one_agent(mode_offsets: list[list[float]], logits: list[float]) -> tuple[dict, Targets]:
     """One GT agent at rest (target offsets 0 at T = 2 steps) on a 1 x 1 grid; each mode at a fixed offset."""
     m = len(mode_offsets)
@@ -97,12 +105,12 @@ def test_soft_mode_target_by_hand():
     log_p = [1 - math.log(math.e + 1), -math.log(math.e + 1)]
     q0 = math.exp(-1 / 2) / (math.exp(-1 / 2) + math.exp(-3 / 2))  # temperature 2 m
     soft = -(q0 * log_p[0] + (1 - q0) * log_p[1])
-    assert detection_losses(out, t, mode_temperature=2.0)["mode"].item() == pytest.approx(0.5 * soft, rel=1e-6)
+    assert detection_losses(out, t, _soft(2.0))["mode"].item() == pytest.approx(0.5 * soft, rel=1e-6)
     winner = -log_p[0]
     assert detection_losses(out, t)["mode"].item() == pytest.approx(0.5 * winner, rel=1e-6)
-    assert detection_losses(out, t, mode_temperature=1e-3)["mode"].item() == pytest.approx(0.5 * winner, rel=1e-6)
+    assert detection_losses(out, t, _soft(1e-3))["mode"].item() == pytest.approx(0.5 * winner, rel=1e-6)
     # the regression stays winner-takes-all (L1 of mode 0) whatever the mode target
-    assert detection_losses(out, t, mode_temperature=2.0)["trajectory"].item() == pytest.approx(0.5 * 1.4, rel=1e-6)
+    assert detection_losses(out, t, _soft(2.0))["trajectory"].item() == pytest.approx(0.5 * 1.4, rel=1e-6)
 
 
 @pytest.mark.parametrize("temperature,ranked_first", [(0.0, {0}), (20.0, {1, 2})])
@@ -124,7 +132,8 @@ def test_soft_mode_target_ranks_first_the_mode_of_smallest_expected_error(temper
                 truths[None, :, None, :].expand(1, g, 2, 2).contiguous(), torch.ones(1, g, 2, dtype=torch.bool))
     opt = torch.optim.Adam([logits], lr=0.05)
     for _ in range(400):
-        loss = detection_losses({**out, "traj_mode_logits": logits}, t, mode_temperature=temperature)["mode"]
+        cfg = _soft(temperature) if temperature else TrajectoryLossConfig()
+        loss = detection_losses({**out, "traj_mode_logits": logits}, t, cfg)["mode"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -134,9 +143,50 @@ def test_soft_mode_target_ranks_first_the_mode_of_smallest_expected_error(temper
         torch.testing.assert_close(probs, torch.tensor([0.4, 0.3, 0.3]), atol=0.02, rtol=0)
 
 
-def test_mode_temperature_from_config():
-    assert mode_temperature(small_config()) == 0.0
-    assert mode_temperature(small_config("train.soft_mode_target.enabled=true",
-                                         "train.soft_mode_target.temperature=3.0")) == 3.0
+def test_median_mode_by_hand():
+    # mode 0 at (0, 3): L1 ADE 3; mode 1 at (0.6, 0.8): 1.4; mode 2 at (2, 0): 2
+    out, t = _one_agent([[0.0, 3.0], [0.6, 0.8], [2.0, 0.0]], [0.0, 0.0, 0.0])
+    assert detection_losses(out, t)["trajectory"].item() == pytest.approx(0.5 * 1.4, rel=1e-6)
+    assert detection_losses(out, t, MEDIAN)["trajectory"].item() == pytest.approx(0.5 * (3 + 1.4), rel=1e-6)
+    # the mode target stays the winner over all modes, mode 0 included
+    assert detection_losses(out, t, MEDIAN)["mode"].item() == pytest.approx(0.5 * math.log(3), rel=1e-6)
+    out, t = _one_agent([[0.6, 0.8], [0.0, 3.0], [2.0, 0.0]], [0.0, 0.0, 0.0])  # mode 0 wins: regressed once
+    assert detection_losses(out, t, MEDIAN)["trajectory"].item() == pytest.approx(0.5 * (1.4 + 2), rel=1e-6)
+
+
+@pytest.mark.parametrize("median", [False, True])
+def test_median_mode_converges_to_the_median_future(median):
+    """Five agents through identical features (one cell), moving 0, 1, 2, 10 and 20 m along x at every step:
+    trained by the loss itself, mode 0 reaches their median (2 m; the mean is 6.6 m) with ``median_mode``;
+    winner-takes-all alone leaves it wherever the competition puts it."""
+    truths = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [10.0, 0.0], [20.0, 0.0]])
+    g = len(truths)
+    modes = torch.tensor([[5.0, 0.0], [0.5, 0.0], [15.0, 0.0]])[:, None, :].repeat(1, 2, 1)  # (M, T, 2)
+    modes.requires_grad_(True)
+    out = {name: torch.zeros(1, c, 1, 1) for name, c in REGRESSIONS}
+    out.update({"heatmap": torch.zeros(1, 1, 1, 1), "traj_mode_logits": torch.zeros(1, 3, 1, 1)})
+    t = Targets(torch.zeros(1, 1, 1, 1), torch.zeros(1, g, dtype=torch.int64), torch.ones(1, g, dtype=torch.bool),
+                torch.zeros(1, g, 10), torch.zeros(1, g, dtype=torch.int64),
+                truths[None, :, None, :].expand(1, g, 2, 2).contiguous(), torch.ones(1, g, 2, dtype=torch.bool))
+    opt = torch.optim.Adam([modes], lr=0.05)
+    for _ in range(600):
+        loss = detection_losses({**out, "traj_offsets": modes.reshape(1, -1, 1, 1)}, t,
+                                MEDIAN if median else TrajectoryLossConfig())["trajectory"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    mode0 = modes.detach()[0, :, 0]
+    if median:
+        torch.testing.assert_close(mode0, torch.full((2,), 2.0), atol=0.15, rtol=0)
+    else:
+        assert (mode0 - 2.0).abs().min() > 1.0, mode0  # WTA: mode 0 takes the 10 m agent, not the median
+
+
+def test_trajectory_loss_config():
+    cfg = small_config("train.trajectory_loss.median_mode.enabled=true",
+                       "train.trajectory_loss.soft_mode_target.enabled=true",
+                       "train.trajectory_loss.soft_mode_target.temperature=3.0").train.trajectory_loss
+    assert cfg.median_mode.enabled and cfg.soft_mode_target == SoftModeTargetConfig(True, 3.0)
+    assert small_config().train.trajectory_loss == TrajectoryLossConfig()  # both off by default
     with pytest.raises(ConfigError, match="temperature"):
-        small_config("train.soft_mode_target.enabled=true", "train.soft_mode_target.temperature=0")
+        small_config("train.trajectory_loss.soft_mode_target.temperature=0")
