@@ -162,7 +162,8 @@ def main() -> None:
         "## Trajectory modes on ground truth: room beyond constant velocity (issue 22)",
         "",
         f"Command: `python -m benchmarks.bench_trajectory_modes --dataroot {args.dataroot} --version {args.version}` "
-        f"({world}{args.train_split} -> {args.val_split}; ground truth only, no network). Futures as residuals over the "
+        f"({world}{args.train_split} -> {args.val_split}; ground truth only, no network). Futures as residuals "
+        "over the "
         f"constant-velocity extrapolation of the annotated velocity, heading frame; {args.modes} winner-takes-all "
         f"modes per speed bin {list(SPEED_BINS[1:-1])} m/s fit on the training split; ADE in metres on the "
         "validation split of the mode each rule ranks first, beside constant velocity (the zero residual) and "
