@@ -281,6 +281,9 @@ class HeadConfig:
     max_detections: int = 200
     modes: int = 6
     steps: int = 12  # 2 Hz
+    # waypoints as residuals over the constant-velocity extrapolation of the cell's predicted velocity
+    # (perception/model/heads/trajectory_head.py); off for checkpoints trained before it (their offsets are direct)
+    trajectory_residual: Switch = field(default_factory=lambda: Switch(False))
 
 
 @dataclass(frozen=True)
@@ -327,6 +330,30 @@ class EmaConfig:
 
 
 @dataclass(frozen=True)
+class SoftModeTargetConfig:
+    """The trajectory mode-probability target: off, one-hot on the mode closest to the truth (the winner); on,
+    ``softmax(-ADE_m / temperature)`` over the modes (HiVT), ADE in metres (perception/train/losses.py says why)."""
+
+    enabled: bool = False
+    temperature: float = 2.0  # metres; HiVT uses 1 (benchmarks/bench_trajectory_modes.py, docs/decisions.md)
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ConfigError(f"train.trajectory_loss.soft_mode_target.temperature: must be > 0 (metres), got "
+                              f"{self.temperature}")
+
+
+@dataclass(frozen=True)
+class TrajectoryLossConfig:
+    """Trajectory supervision (perception/train/losses.py). ``median_mode``: mode 0 is regressed on every agent
+    (its L1 optimum is the conditional median future), the other modes winner-takes-all among themselves; off,
+    all modes winner-takes-all. ``soft_mode_target``: the mode-probability target."""
+
+    median_mode: Switch = field(default_factory=lambda: Switch(False))
+    soft_mode_target: SoftModeTargetConfig = field(default_factory=SoftModeTargetConfig)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Optimisation (AdamW + one-cycle), budget (steps and/or minutes), logging, evaluation and checkpoints."""
 
@@ -349,6 +376,7 @@ class TrainConfig:
     perspective: AuxLossConfig = field(default_factory=AuxLossConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
     cbgs: Switch = field(default_factory=lambda: Switch(False))  # class-balanced grouping and sampling (CBGS)
+    trajectory_loss: TrajectoryLossConfig = field(default_factory=TrajectoryLossConfig)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.lr <= 0 or self.log_every < 1 or self.checkpoint_every < 1:

@@ -92,7 +92,7 @@ class FusionNet(nn.Module):
         rad_bev = self.radar(pillar_features, pillar_point_mask, pillar_cells, pillar_mask) if self.radar else None
         bev = self.bev_decoder(self.fusion(cam_bev, rad_bev))  # (B, C, H, W)
         out = self.center_head(bev)
-        traj = self.trajectory_head(bev)
+        traj = self.trajectory_head(bev, out["velocity"])  # the velocity map: used with trajectory_residual
         out.update({"traj_offsets": traj["offsets"], "traj_mode_logits": traj["mode_logits"]})
         return out
 
@@ -140,7 +140,8 @@ def build_model(cfg: Config, stereo_pairs: tuple[tuple[int, int], ...] = (), *,
                             radar_enabled=m.radar.enabled)
     bev_decoder = BevDecoder(f.channels, f.channels)
     center = CenterHead(f.channels, len(cfg.classes), m.head.channels)
-    trajectory = TrajectoryHead(f.channels, m.head.modes, m.head.steps, m.head.channels)
+    trajectory = TrajectoryHead(f.channels, m.head.modes, m.head.steps, m.head.channels,
+                                residual=m.head.trajectory_residual.enabled)
     decoder = Decoder(BevGrid(d.grid.x_range, d.grid.y_range, bev_shape), m.head.max_detections)
     return FusionNet(camera=camera, radar=radar, fusion=fusion, bev_decoder=bev_decoder, center_head=center,
                      trajectory_head=trajectory, decoder=decoder, class_names=cfg.classes)

@@ -161,7 +161,7 @@ def _train_step(o: _Optimisation, batch: dict, grid: Any, cfg: Config, dev: torc
     inputs = [batch[k].to(dev, non_blocking=True) for k in INPUT_NAMES]
     with torch.autocast(dev.type, enabled=o.use_amp):
         outputs, extras = o.net(*inputs)
-    losses = detection_losses({k: v.float() for k, v in outputs.items()}, _to(targets, dev))
+    losses = detection_losses({k: v.float() for k, v in outputs.items()}, _to(targets, dev), cfg.train.trajectory_loss)
     losses.update(camera_aux_losses(extras, batch, cfg))
     loss = sum(losses.values())
     if not torch.isfinite(loss):
