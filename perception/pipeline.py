@@ -35,7 +35,7 @@ from perception.data.batch import PillarSpec, input_arrays
 from perception.data.frame import Frame
 from perception.runtime.onnxruntime import OnnxRunner
 from perception.runtime.tensorrt import TensorRTRunner
-from perception.streaming import StreamState
+from perception.streaming import StreamState, merge_counts
 
 STATE_OUTPUT = "bev_state"  # perception.model.network.STATE_OUTPUT (not imported: it would import torch)
 
@@ -172,13 +172,7 @@ class Pipeline:
     def temporal_counts(self) -> dict[str, Any]:
         """Over every stream: frames that got a previous state (``warm``) and cold starts by reason (``resets``,
         reasons in ``perception.streaming.RESET_REASONS``)."""
-        warm, resets = 0, {}
-        for st in self.streams.values():
-            c = st.counts()
-            warm += c["warm"]
-            for k, v in c["resets"].items():
-                resets[k] = resets.get(k, 0) + v
-        return {"warm": warm, "resets": dict(sorted(resets.items()))}
+        return merge_counts([st.counts() for st in self.streams.values()])
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", score_threshold: float = 0.05,

@@ -121,3 +121,13 @@ class StreamState:
     def counts(self) -> dict[str, Any]:
         """{"warm": frames with a previous state, "resets": {reason: count}} (report.json, perception-test)."""
         return {"warm": self.warm, "resets": dict(sorted(self.resets.items()))}
+
+
+def merge_counts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """``StreamState.counts()`` of several streams (or processes) added up."""
+    warm, resets = 0, {}
+    for c in parts:
+        warm += c["warm"]
+        for k, v in c["resets"].items():
+            resets[k] = resets.get(k, 0) + v
+    return {"warm": warm, "resets": dict(sorted(resets.items()))}
