@@ -74,6 +74,7 @@ class StreamState:
         self.warm = 0
         self.last_reason: str | None = None  # the reason of the last frame's cold start (None: it was warm)
         self.last_gap_s: float | None = None  # the gap of the last frame's previous state
+        self.gaps: list[float] = []  # the gap of every warm frame, seconds (reports)
 
     def _reset(self, reason: str) -> None:
         self.kept.clear()
@@ -106,6 +107,7 @@ class StreamState:
         _, age, k = best
         self.warm += 1
         self.last_gap_s = age
+        self.gaps.append(age)
         return {"prev_bev": k.bev[None], "cur_from_prev": cur_from_prev(global_from_ego, k.global_from_ego)[None],
                 "prev_dt": np.array([age], np.float32), "prev_valid": np.ones(1, bool)}
 

@@ -18,7 +18,8 @@ from perception.replay.player import FrameJob
 def build_frame(job: FrameJob, cfg: Config, camera_order: tuple[str, ...], radar_order: tuple[str, ...],
                 stereo_pairs: np.ndarray, name: str = "replay") -> Frame:
     """The Frame of ``job`` for a network with ``camera_order`` / ``radar_order`` (the radar index order is the
-    Frame's ``sensor`` field) and ``stereo_pairs`` (S, 2); ``sample_token`` is ``"{name}:{t0}"``."""
+    Frame's ``sensor`` field) and ``stereo_pairs`` (S, 2); ``sample_token`` is ``"{name}:{t0}"``, ``scene_token``
+    ``name`` (one drive: a temporal network keeps its state across the frames)."""
     shots = []
     for ch in camera_order:
         m = job.cameras.get(ch)
@@ -31,7 +32,7 @@ def build_frame(job: FrameJob, cfg: Config, camera_order: tuple[str, ...], radar
     sweeps = [SweepRef(job.radar_calib[m.channel], index[m.channel], f"{m.topic}@{m.stamp_us}", m.stamp_us, m.payload)
               for m in job.radars if m.channel in job.radar_calib]
     return assemble_frame(cfg.data, job.t0, job.poses, shots, sweeps, token=f"{name}:{job.t0}",
-                          stereo_pairs=stereo_pairs)
+                          stereo_pairs=stereo_pairs, scene=name)
 
 
 def decoded_camera(cam: Camera | None, image: CameraImage) -> Camera | None:
