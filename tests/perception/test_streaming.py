@@ -171,3 +171,32 @@ def test_a_single_frame_export_is_unchanged(small_onnx_export):
     assert meta["temporal"] is None
     assert [i["name"] for i in meta["inputs"]][-1] == "pillar_mask"
     assert [o["name"] for o in meta["outputs"]] == ["boxes", "scores", "labels", "trajectories", "mode_probs"]
+
+
+@pytest.mark.slow
+def test_a_temporal_graph_quantizes_with_real_states_and_runs_with_its_state(temporal_export, synth_root,
+                                                                               tmp_path):
+    """INT8 Q/DQ of a temporal export: calibrated on frames whose state comes from the FP32 graph; the Q/DQ graph
+    stays in the budget and runs a sequence with the state threaded, close to FP32."""
+    import shutil
+
+    import onnx
+
+    from export.budget import check_budget
+    from export.quantize import quantize_int8
+    from perception.data.nuscenes import NuScenesFrames
+    from perception.data.synthetic.generate import VERSION
+    from perception.pipeline import Pipeline
+
+    cfg, _, root = temporal_export
+    folder = tmp_path / "onnx"
+    shutil.copytree(root / "onnx", folder)
+    frames = NuScenesFrames(cfg, synth_root, VERSION, "synth_val")
+    path = quantize_int8(folder, frames, calib_frames=3)
+    assert check_budget(onnx.load(str(path))).get("QuantizeLinear", 0) > 0
+    fp32, int8 = Pipeline.from_onnx(folder, score_threshold=0.0), \
+        Pipeline.from_onnx(folder, score_threshold=0.0, model_file="model_int8.onnx")
+    for i in range(3):
+        a, b = fp32.infer(frames[i]), int8.infer(frames[i])
+        assert b.temporal["warm"] == (i > 0)
+        assert np.abs(a.scores - b.scores).max() < 0.05
