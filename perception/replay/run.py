@@ -268,7 +268,7 @@ class _Replay:
         while (item := self.to_infer.get()) is not _END:
             if item.error is None:
                 try:
-                    item.det = self.pipeline.infer_prepared(item.frame, item.batch, self.name)
+                    item.det = self.pipeline.infer_prepared(item.frame, item.batch, stream=self.name)
                     item.times["network"] = item.det.timing["network_s"]
                     item.times["postprocess"] = item.det.timing["postprocess_s"]
                 except Exception as err:
