@@ -127,14 +127,14 @@ def _score(args: argparse.Namespace, out: str | Path) -> int:
             from perception.eval.depth import depth_line
 
             print(depth_line(summary["depth"]))
-        print(one_line(summary))
-        (Path(out) / "summary.json").write_text(json.dumps({k: summary[k] for k in (
-            "nd_score", "mean_ap", "tp_errors", "depth", "cold_start")}, indent=1))
         cold = summary["cold_start"]
         if cold.get("first_frames") and cold.get("later_frames"):
             print(f"cold start: NDS {cold['first_frames']['nd_score']:.3f} on {cold['first_frames']['samples']} scene "
                   f"first frames, {cold['later_frames']['nd_score']:.3f} on the {cold['later_frames']['samples']} "
-                  "later frames")
+                  "later frames (compare models on the same subsets only: classes absent from a subset score 0)")
+        print(one_line(summary))
+        (Path(out) / "summary.json").write_text(json.dumps({k: summary[k] for k in (
+            "nd_score", "mean_ap", "tp_errors", "depth", "cold_start")}, indent=1))
     return EXIT_OK
 
 

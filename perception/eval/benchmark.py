@@ -356,7 +356,8 @@ def _report(out: Path, summary: dict, traj: dict, lat: dict, snaps: list, setup:
     cold = summary.get("cold_start") or {}
     lines += ["", "## Cold start: each scene's first frame apart from the later frames", "",
               "A temporal model has no history on a scene's first frame; a single-frame model is scored the same way "
-              "for comparison.", "", "| frames | samples | NDS | mAP | mATE | mAVE |", "|---|---|---|---|---|---|"]
+              "for comparison. Compare models on the same subset only: the devkit scores a class absent from a "
+              "small subset as AP 0 (even the GT oracle scores below 1 on a one-scene split's first frame).", "", "| frames | samples | NDS | mAP | mATE | mAVE |", "|---|---|---|---|---|---|"]
     for key in ("first_frames", "later_frames"):
         c = cold.get(key)
         if c:
