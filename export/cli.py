@@ -81,7 +81,20 @@ def example_inputs(cfg, n_cameras: int, batch: int) -> dict[str, np.ndarray]:
             "pillar_features": np.zeros((batch, pp, npts, 9), np.float32),
             "pillar_point_mask": np.zeros((batch, pp, npts), bool),
             "pillar_cells": np.full((batch, pp), cfg.data.grid.bev_shape[0] * cfg.data.grid.bev_shape[1], np.int64),
-            "pillar_mask": np.zeros((batch, pp), bool)}
+            "pillar_mask": np.zeros((batch, pp), bool), **temporal_example(cfg, batch)}
+
+
+def temporal_example(cfg, batch: int) -> dict[str, np.ndarray]:
+    """A temporal network's state inputs (``TEMPORAL_INPUT_NAMES``): a warm state moved by 2 m and 5 degrees, so
+    that the parity check exercises the warp; empty for a single-frame config."""
+    if not cfg.model.temporal.enabled:
+        return {}
+    rng = np.random.default_rng(1)
+    c, s = np.cos(np.radians(5.0)), np.sin(np.radians(5.0))
+    motion = np.array([[c, -s, 0, 2.0], [s, c, 0, 0.3], [0, 0, 1, 0], [0, 0, 0, 1]], np.float32)
+    return {"prev_bev": rng.normal(size=(batch, cfg.model.fusion.channels, *cfg.data.grid.bev_shape)).astype(np.float32),
+            "cur_from_prev": np.tile(motion, (batch, 1, 1)), "prev_dt": np.full(batch, 0.5, np.float32),
+            "prev_valid": np.ones(batch, bool)}
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, batch: int = 1,
@@ -100,8 +113,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, 
     from export.onnx import GEOMETRY_INPUTS, export_onnx, fp32_geometry_nodes, stamp_metadata
     from perception.config import config_hash, config_to_dict, rig_path as cfg_rig_path
     from perception.coverage import rig_coverage
-    from perception.model.decode import OUTPUT_NAMES
-    from perception.model.network import INPUT_NAMES
+    from export.onnx import graph_output_names
+    from perception.model.network import STATE_OUTPUT, TEMPORAL_INPUT_NAMES
     from perception.pipeline import load_network
     from perception.runtime.onnxruntime import MODEL_JSON_SCHEMA, file_sha256
     from perception.train.checkpoint import weights_sha256
@@ -114,7 +127,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, 
     arrays = example_inputs(cfg, n_cams, batch)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    path = export_onnx(net, [torch.from_numpy(arrays[k]) for k in INPUT_NAMES], out / "model.onnx", opset)
+    input_names, output_names = net.input_names, graph_output_names(net)
+    path = export_onnx(net, [torch.from_numpy(arrays[k]) for k in input_names], out / "model.onnx", opset)
     model = onnx.load(str(path))
     if simplify:
         import onnxslim
@@ -127,12 +141,15 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, opset: int = 17, 
     model = onnx.shape_inference.infer_shapes(model)
     counts = check_budget(model)
     with torch.no_grad():
-        ref = net.detect(*[torch.from_numpy(arrays[k]) for k in INPUT_NAMES])
-    outputs = [{"name": n, "shape": list(ref[n].shape), "dtype": str(ref[n].numpy().dtype)} for n in OUTPUT_NAMES]
+        ref = net.detect(*[torch.from_numpy(arrays[k]) for k in input_names])
+    outputs = [{"name": n, "shape": list(ref[n].shape), "dtype": str(ref[n].numpy().dtype)} for n in output_names]
     meta = {
         "schema": MODEL_JSON_SCHEMA, "opset": opset, "batch": batch,
-        "inputs": [{"name": k, "shape": list(arrays[k].shape), "dtype": str(arrays[k].dtype)} for k in INPUT_NAMES],
+        "inputs": [{"name": k, "shape": list(arrays[k].shape), "dtype": str(arrays[k].dtype)} for k in input_names],
         "outputs": outputs, **identity,
+        # a temporal graph's state: the runners feed state_inputs and keep state_output (perception/streaming.py)
+        "temporal": {"state_inputs": list(TEMPORAL_INPUT_NAMES), "state_output": STATE_OUTPUT,
+                     "state_shape": list(net.state_shape)} if net.temporal is not None else None,
         "stereo_pairs": [list(p) for p in stereo], "config": config_to_dict(cfg),
         "checkpoint_sha256": hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16],
         "weights_sha256": weights_sha256(net.state_dict()), "files": {"model.onnx": file_sha256(path)},

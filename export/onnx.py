@@ -13,13 +13,21 @@ from torch import Tensor, nn
 
 from export.tensorrt import GEOMETRY_INPUTS
 from perception.model.decode import OUTPUT_NAMES
-from perception.model.network import INPUT_NAMES, FusionNet
+from perception.model.network import STATE_OUTPUT, FusionNet
 
 RAW_OUTPUT_NAMES = ("heatmap", "offset", "z", "log_size", "rotation", "velocity", "traj_offsets", "traj_mode_logits")
 
 
+def graph_output_names(net: FusionNet, raw: bool = False) -> tuple[str, ...]:
+    """The exported graph's outputs: ``OUTPUT_NAMES`` (or ``RAW_OUTPUT_NAMES``), then ``bev_state`` when the
+    network is temporal (its inputs: ``net.input_names``)."""
+    names = RAW_OUTPUT_NAMES if raw else OUTPUT_NAMES
+    return names + ((STATE_OUTPUT,) if net.temporal is not None else ())
+
+
 class DetectGraph(nn.Module):
-    """FusionNet.detect as a module with tuple outputs in ``OUTPUT_NAMES`` order (ONNX needs a flat signature)."""
+    """FusionNet.detect as a module with tuple outputs in ``graph_output_names`` order (ONNX needs a flat
+    signature)."""
 
     def __init__(self, net: FusionNet):
         super().__init__()
@@ -27,11 +35,12 @@ class DetectGraph(nn.Module):
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         out = self.net.detect(*inputs)
-        return tuple(out[name] for name in OUTPUT_NAMES)
+        return tuple(out[name] for name in graph_output_names(self.net))
 
 
 class RawGraph(nn.Module):
-    """FusionNet.forward with tuple outputs in ``RAW_OUTPUT_NAMES`` order (parity checks on head maps)."""
+    """FusionNet.forward with tuple outputs in ``graph_output_names(raw=True)`` order (parity checks on head
+    maps)."""
 
     def __init__(self, net: FusionNet):
         super().__init__()
@@ -39,7 +48,7 @@ class RawGraph(nn.Module):
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         out = self.net(*inputs)
-        return tuple(out[name] for name in RAW_OUTPUT_NAMES)
+        return tuple(out[name] for name in graph_output_names(self.net, raw=True))
 
 
 def stamp_metadata(model, meta: dict) -> None:
@@ -61,7 +70,8 @@ def stamp_metadata(model, meta: dict) -> None:
 
 def export_onnx(net: FusionNet, example: Sequence[Tensor], path: str | Path, opset: int = 17,
                 raw: bool = False) -> Path:
-    """Export ``net`` (eval mode) with the example inputs (``INPUT_NAMES`` order) to ``path``; check it.
+    """Export ``net`` (eval mode) with the example inputs (``net.input_names`` order: ``INPUT_NAMES``, then the
+    temporal inputs of a temporal network) to ``path``; check it.
 
     Uses the TorchScript-based exporter (``dynamo=False``): it produces plain ONNX ops for grid_sample, gather and
     scatter within the budget, with static shapes (batch fixed by the example)."""
@@ -71,9 +81,9 @@ def export_onnx(net: FusionNet, example: Sequence[Tensor], path: str | Path, ops
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = RawGraph(net) if raw else DetectGraph(net)
     graph.eval()
-    names = RAW_OUTPUT_NAMES if raw else OUTPUT_NAMES
+    names = graph_output_names(net, raw)
     with torch.no_grad():
-        torch.onnx.export(graph, tuple(example), str(path), input_names=list(INPUT_NAMES), output_names=list(names),
+        torch.onnx.export(graph, tuple(example), str(path), input_names=list(net.input_names), output_names=list(names),
                           opset_version=opset, dynamo=False, do_constant_folding=True)
     model = onnx.load(str(path))
     onnx.checker.check_model(model)

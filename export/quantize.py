@@ -42,13 +42,20 @@ def record_file_hash(folder: Path, name: str) -> None:
 
 def quantize_int8(folder: str | Path, frames: Any, calib_frames: int = 16, out_name: str = "model_int8.onnx") -> Path:
     """Quantise ``<folder>/model.onnx`` with ``calib_frames`` Frames spread over ``frames`` (a NuScenesFrames).
-    Writes ``<folder>/<out_name>`` (a Q/DQ pair per consumer) and returns its path."""
+    Writes ``<folder>/<out_name>`` (a Q/DQ pair per consumer) and returns its path. A temporal graph is calibrated
+    with real states: each calibration frame after its scene's previous key frame, run first by the FP32 graph
+    (``Pipeline.from_onnx``, the state threaded as at inference)."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from perception.data.batch import PillarSpec, input_arrays
 
     folder = Path(folder)
     spec = PillarSpec.from_config(frames.cfg)
+    fp32 = None
+    if frames.cfg.model.temporal.enabled:
+        from perception.pipeline import Pipeline
+
+        fp32 = Pipeline.from_onnx(folder)
     step = max(len(frames) // max(calib_frames, 1), 1)
     indices = list(range(0, len(frames), step))[:calib_frames]
 
@@ -58,26 +65,42 @@ def quantize_int8(folder: str | Path, frames: Any, calib_frames: int = 16, out_n
 
         def get_next(self):  # noqa: ANN201 - onnxruntime's interface
             i = next(self.it, None)
-            return None if i is None else input_arrays([frames[i]], spec)
+            if i is None:
+                return None
+            if fp32 is None:
+                return input_arrays([frames[i]], spec)
+            return temporal_calibration_arrays(fp32, frames, i)
 
     import onnx
 
     out = folder / out_name
-    fp32 = onnx.load(str(folder / "model.onnx"))
-    nodes = [n.name for n in fp32.graph.node if n.op_type == "Conv"] + residual_adds(fp32)
+    graph = onnx.load(str(folder / "model.onnx"))
+    nodes = [n.name for n in graph.graph.node if n.op_type == "Conv"] + residual_adds(graph)
     quantize_static(str(folder / "model.onnx"), str(out), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                     op_types_to_quantize=["Conv", "Add"], nodes_to_quantize=nodes,
                     calibrate_method=CalibrationMethod.MinMax,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
     model = dedicated_qdq_pairs(onnx.load(str(out)))
-    for prop in fp32.metadata_props:  # the graph's own record of classes / cameras / config (see export.onnx)
+    for prop in graph.metadata_props:  # the graph's own record of classes / cameras / config (see export.onnx)
         if prop.key not in {p.key for p in model.metadata_props}:
             model.metadata_props.add(key=prop.key, value=prop.value)
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
     record_file_hash(folder, out_name)
     return out
+
+
+def temporal_calibration_arrays(pipe: Any, frames: Any, index: int) -> dict[str, Any]:
+    """A temporal graph's inputs for frame ``index`` with a real state: the previous key frame of its scene is run
+    first by ``pipe`` (a Pipeline over the FP32 graph); a scene's first frame is a cold start, as at inference."""
+    pipe.reset_streams()
+    prev = frames.previous_index(index, 1)
+    if prev is not None:
+        pipe.infer(frames[prev])
+    frame = frames[index]
+    batch = pipe.prepare(frame)
+    return {**batch, **pipe.stream().inputs(frame.scene_token, frame.t0, frame.global_from_ego)}
 
 
 def _consumers(nodes: Any) -> dict[str, list]:

@@ -27,8 +27,9 @@ from perception.runtime.tensorrt import ENGINE_JSON_SCHEMA, device_info, import_
 
 PRECISIONS = ("fp16", "int8", "fp32")
 ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.onnx", "int8": "model_int8.onnx"}
-# the inputs carrying the run-time geometry: the calibration and the radar points (projected into the images)
-GEOMETRY_INPUTS = ("img_from_ego", "radar_points")
+# the inputs carrying the run-time geometry: the calibration, the radar points (projected into the images) and a
+# temporal network's ego motion (the BEV warp's grid; absent from single-frame graphs)
+GEOMETRY_INPUTS = ("img_from_ego", "radar_points", "cur_from_prev")
 
 
 class EngineBuildError(ValueError):

@@ -287,6 +287,44 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
+class TemporalConfig:
+    """Streaming temporal fusion (``perception/model/temporal.py``, docs/model.md): the single-frame BEV of an
+    earlier processed frame, warped into the current ego frame, fused with the current BEV before the heads.
+
+    Network: the graph takes the previous BEV, ``cur_from_prev`` (4x4), the gap and a validity flag; it returns the
+    current single-frame BEV for a later call (the runners keep it: ``perception/streaming.py``).
+    State policy (every runner, offline and replay): the previous state is the processed frame of the same stream
+    whose age is nearest to ``target_gap_s``, used when that age is within ``gap_tolerance_s`` of the target and at
+    most ``max_gap_s``; otherwise a cold start (validity 0). The state is dropped on a new scene, a time jump
+    backwards, or when every kept state is older than ``max_gap_s``; at most ``history`` states are kept.
+    Training (BEVDet4D style, docs/decisions.md): the previous key frame ``train_gaps`` key frames back (drawn
+    uniformly, the largest available in the scene), with the current frame's BEV augmentation, its BEV computed
+    without gradient; dropped (validity 0) with probability ``drop_previous`` so that a cold start works."""
+
+    enabled: bool = False
+    max_gap_s: float = 1.25
+    target_gap_s: float = 0.5
+    gap_tolerance_s: float = 0.25
+    history: int = 16
+    train_gaps: tuple[int, ...] = (1, 2)
+    drop_previous: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target_gap_s <= self.max_gap_s:
+            raise ConfigError(f"model.temporal: need 0 < target_gap_s ({self.target_gap_s}) <= max_gap_s "
+                              f"({self.max_gap_s})")
+        if not 0 <= self.gap_tolerance_s < self.target_gap_s:
+            raise ConfigError(f"model.temporal.gap_tolerance_s: must be in [0, target_gap_s = {self.target_gap_s}), "
+                              f"got {self.gap_tolerance_s}")
+        if self.history < 1:
+            raise ConfigError(f"model.temporal.history: must be >= 1 kept states, got {self.history}")
+        if not self.train_gaps or any(g < 1 for g in self.train_gaps):
+            raise ConfigError(f"model.temporal.train_gaps: key frames back, each >= 1, got {list(self.train_gaps)}")
+        if not 0.0 <= self.drop_previous <= 1.0:
+            raise ConfigError(f"model.temporal.drop_previous: a probability in [0, 1], got {self.drop_previous}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     camera: CameraModelConfig = field(default_factory=CameraModelConfig)
     radar: RadarModelConfig = field(default_factory=RadarModelConfig)
@@ -294,6 +332,7 @@ class ModelConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     bev_channels: int = 64
     norm: Literal["batch", "group"] = "batch"
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
 
     def __post_init__(self) -> None:
         if not (self.camera.enabled or self.radar.enabled):

@@ -11,6 +11,12 @@ Frame -> ``perception.data.batch.input_arrays`` (the same pillarisation and tens
 
 ``load_network(checkpoint, config, overrides)`` is the one way to rebuild a checkpoint's network (export, tests,
 ``from_checkpoint``).
+
+A temporal network (``model.temporal.enabled``) is stateless as a graph; the Pipeline keeps its state per stream
+(``perception.streaming.StreamState``: ``infer(frame, stream=...)``, default one stream), adds the temporal inputs
+to every runner call and keeps the returned ``bev_state``, so ``infer(frame)`` stays the API for every backend. The
+state is reset on a new scene (``Frame.scene_token``), a time jump backwards or a gap above the configured maximum;
+``temporal_counts()`` says how often and why.
 """
 from __future__ import annotations
 
@@ -29,6 +35,9 @@ from perception.data.batch import PillarSpec, input_arrays
 from perception.data.frame import Frame
 from perception.runtime.onnxruntime import OnnxRunner
 from perception.runtime.tensorrt import TensorRTRunner
+from perception.streaming import StreamState, merge_counts
+
+STATE_OUTPUT = "bev_state"  # perception.model.network.STATE_OUTPUT (not imported: it would import torch)
 
 
 @dataclass
@@ -50,6 +59,8 @@ class Detections:
     trajectories: np.ndarray
     mode_probs: np.ndarray
     timing: dict[str, float] = field(default_factory=dict)
+    # temporal networks: {"warm": bool, "gap_s": age of the previous state or None, "reset": reason or None}
+    temporal: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -137,6 +148,31 @@ class Pipeline:
         self.score_threshold = score_threshold
         # warns once per camera set whose overlap exceeds what the lift samples (model.camera.cameras_per_voxel)
         self.coverage_check = CoverageCheck(cfg)
+        self.streams: dict[str, StreamState] = {}  # temporal networks: the state of each stream
+
+    @property
+    def temporal(self) -> bool:
+        return bool(self.cfg.model.temporal.enabled)
+
+    @property
+    def state_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of a temporal network's ``bev_state``."""
+        return (self.cfg.model.fusion.channels, *self.cfg.data.grid.bev_shape)
+
+    def stream(self, name: str = "") -> StreamState:
+        """The temporal state of stream ``name`` (created on first use)."""
+        if name not in self.streams:
+            self.streams[name] = StreamState(self.cfg.model.temporal, self.state_shape)
+        return self.streams[name]
+
+    def reset_streams(self) -> None:
+        """Forget every stream's state (the next frame of each is a cold start)."""
+        self.streams = {}
+
+    def temporal_counts(self) -> dict[str, Any]:
+        """Over every stream: frames that got a previous state (``warm``) and cold starts by reason (``resets``,
+        reasons in ``perception.streaming.RESET_REASONS``)."""
+        return merge_counts([st.counts() for st in self.streams.values()])
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", score_threshold: float = 0.05,
@@ -169,10 +205,12 @@ class Pipeline:
         cfg = config_from_dict(runner.meta["config"], source=str(Path(folder) / "model.json"))
         return cls(cfg, ArrayRunner(runner), tuple(tuple(p) for p in runner.meta["stereo_pairs"]), score_threshold)
 
-    def infer(self, frame: Frame) -> Detections:
+    def infer(self, frame: Frame, stream: str = "") -> Detections:
+        """Detections of ``frame``; a temporal network uses and updates the state of ``stream`` (frames of one
+        stream must come in time order; another scene token, a jump backwards or a long gap resets it)."""
         t = time.perf_counter()
         batch = self.prepare(frame)
-        det = self.infer_prepared(frame, batch)
+        det = self.infer_prepared(frame, batch, stream)
         det.timing["preprocess_s"] = time.perf_counter() - t - det.timing["network_s"] - det.timing["postprocess_s"]
         return det
 
@@ -182,13 +220,22 @@ class Pipeline:
         self.coverage_check(tuple(str(c) for c in frame.camera_channels), frame.img_from_ego, frame.camera_valid)
         return input_arrays([frame], PillarSpec.from_config(self.cfg))
 
-    def infer_prepared(self, frame: Frame, batch: dict[str, np.ndarray]) -> Detections:
-        """Network and post-processing on the arrays ``prepare(frame)`` returned."""
+    def infer_prepared(self, frame: Frame, batch: dict[str, np.ndarray], stream: str = "") -> Detections:
+        """Network and post-processing on the arrays ``prepare(frame)`` returned (with a temporal network: plus
+        the state of ``stream``, which this call advances; call in time order)."""
         t = time.perf_counter()
+        state = None
+        if self.temporal:
+            state = self.stream(stream)
+            batch = {**batch, **state.inputs(frame.scene_token, frame.t0, frame.global_from_ego)}
         raw = self.runner(batch)
         t_net = time.perf_counter()
+        if state is not None:
+            state.push(frame.t0, frame.global_from_ego, raw.pop(STATE_OUTPUT)[0])
         det = postprocess(raw, frame, self.cfg.classes, self.score_threshold)
         det.timing = {"preprocess_s": 0.0, "network_s": t_net - t, "postprocess_s": time.perf_counter() - t_net}
+        if state is not None:
+            det.temporal = {"warm": state.last_reason is None, "gap_s": state.last_gap_s, "reset": state.last_reason}
         return det
 
 
@@ -204,8 +251,9 @@ class TorchRunner:
         from perception.model.network import INPUT_NAMES
 
         device = next(self.net.parameters()).device
+        names = getattr(self.net, "input_names", INPUT_NAMES)  # a temporal FusionNet adds its state inputs
         with torch.no_grad():
-            out = self.net.detect(*[torch.as_tensor(batch[k]).to(device) for k in INPUT_NAMES])
+            out = self.net.detect(*[torch.as_tensor(batch[k]).to(device) for k in names])
         return {k: v.cpu().numpy() for k, v in out.items()}
 
 

@@ -16,6 +16,12 @@ EXAMPLES = """examples:
       --checkpoint checkpoints/synthetic_tiny.pt --out replay/s59 --rate 1.0
   perception-replay --bag my_drive.mcap --topics my_topics.yaml --rig my_rig.yaml --engine engines/orin --out r
   perception-replay --bag big_drive --onnx export --out r --no-lidar   # a smaller MCAP, no lidar decoding
+  perception-replay --dataroot data/synth --scene scene-0059 --checkpoint temporal.pt --out r_kf --keyframes
+                                  # key frames only: the frames perception-test sees (2 Hz)
+
+A temporal model (model.temporal) carries its state from frame to frame, causally: the previous state is the
+processed frame nearest to model.temporal.target_gap_s back (0.5 s: the key-frame gap it was trained at); frames
+dropped or skipped leave holes, which cold-start the model with a reason counted in report.json's "temporal".
 
 Frames are triggered by the reference camera's image (t0 = its stamp) and emitted --max-wait-ms after it arrived,
 with whatever other cameras and radar sweeps arrived by then (late or missing sensors are masked). Writes
@@ -51,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--dataroot", help="nuScenes-format dataset root (with --version and --scene)")
     p.add_argument("--version", default="v1.0-synth")
     p.add_argument("--scene", help="scene name, e.g. scene-0059 (with --dataroot)")
+    p.add_argument("--keyframes", action="store_true",
+                   help="with --dataroot: replay only the key-frame camera images (radar sweeps and poses as "
+                        "recorded): one frame per key frame, the sequence perception-test scores")
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", help="PyTorch checkpoint")
     model.add_argument("--onnx", help="export folder (model.onnx + model.json)")
@@ -97,6 +106,8 @@ def _main(argv: Sequence[str] | None) -> int:
         raise ReplayArgsError("--precision int8 applies to --onnx (an engine's precision is fixed when it is built)")
     if args.dataroot and not args.scene:
         raise ReplayArgsError("--dataroot needs --scene (and --version): which scene to replay")
+    if args.keyframes and not args.dataroot:
+        raise ReplayArgsError("--keyframes applies to --dataroot (a bag does not mark key frames)")
     with folder_output(args.out, args.overwrite, what="replay results") as staging:
         rig = load_rig(args.rig) if args.rig else None
         tmap = load_topic_map(args.topics) if args.topics else None
@@ -106,7 +117,7 @@ def _main(argv: Sequence[str] | None) -> int:
         else:
             if tmap is not None:
                 raise ReplayArgsError("--topics applies to --bag only (a nuScenes scene has fixed channels)")
-            reader = NuScenesSceneReader(args.dataroot, args.version, args.scene)
+            reader = NuScenesSceneReader(args.dataroot, args.version, args.scene, keyframe_cameras=args.keyframes)
             name = args.scene
         if args.checkpoint:
             pipe = Pipeline.from_checkpoint(args.checkpoint, score_threshold=args.score_threshold)

@@ -17,16 +17,19 @@ EXAMPLES = """examples:
       --split synth_val --out eval/oracle                                 # NDS 1.000 by construction
   perception-test --checkpoint ckpt.pt ... --drop-sensors CAM_FRONT,RADAR_FRONT --calib-noise-deg 1.0
   torchrun --no-python --nproc_per_node 2 perception-test --checkpoint ckpt.pt ...   # sharded, same metrics
+                                                     # (a temporal model: by scene, each scene in time order)
   perception-test --onnx exports/tiny ...            # ONNX Runtime (--precision int8: the Q/DQ graph)
   perception-test --engine engines/tiny_fp16 ...     # TensorRT engine from perception-engine build
   perception-test --checkpoint ckpt.pt --dataroot data/nuscenes --version v1.0-test --split test \\
       --out submission --results-only                # the submission JSON (checked by the devkit's loader)
 
+Scenes run in time order; a temporal model (model.temporal) carries its state from frame to frame within a scene.
 Writes OUT/results_nusc.json, metrics_summary.json and metrics_details.json (nuscenes-devkit), plots/ (devkit PR
 curves), trajectory_metrics.json, latency.json, depth_metrics.json (with --checkpoint on data with lidar: camera
 depth AbsRel and delta<1.25 against lidar, all and inside GT boxes), report.md with pictures (BEV snapshots: boxes
-with heading, velocity and every forecast mode beside the GT); prints one summary line (after a depth line when
-measured). With --results-only: results_nusc.json only. They are written into a staging folder beside OUT and
+with heading, velocity and every forecast mode beside the GT), cold_start/ (the devkit's metrics on each scene's
+first frame apart from the later frames, also in summary.json and report.md); prints one summary line (after a
+depth line when measured) and a cold-start line. With --results-only: results_nusc.json only. They are written into a staging folder beside OUT and
 renamed to OUT at the end (an interrupted run leaves an existing OUT intact); an OUT holding files is refused
 unless --overwrite, one in use by another run (.OUT.lock) is refused.
 exit codes: 0 ok; 1 invalid input (checkpoint, dataset, options); 2 bad arguments."""
@@ -124,9 +127,14 @@ def _score(args: argparse.Namespace, out: str | Path) -> int:
             from perception.eval.depth import depth_line
 
             print(depth_line(summary["depth"]))
+        cold = summary["cold_start"]
+        if cold.get("first_frames") and cold.get("later_frames"):
+            print(f"cold start: NDS {cold['first_frames']['nd_score']:.3f} on {cold['first_frames']['samples']} scene "
+                  f"first frames, {cold['later_frames']['nd_score']:.3f} on the {cold['later_frames']['samples']} "
+                  "later frames (compare models on the same subsets only: classes absent from a subset score 0)")
         print(one_line(summary))
         (Path(out) / "summary.json").write_text(json.dumps({k: summary[k] for k in (
-            "nd_score", "mean_ap", "tp_errors", "depth")}, indent=1))
+            "nd_score", "mean_ap", "tp_errors", "depth", "cold_start")}, indent=1))
     return EXIT_OK
 
 

@@ -82,7 +82,7 @@ def assemble_frame(data: DataConfig, t0: int, poses: PoseStream, cameras: Sequen
                    sweeps: Sequence[SweepRef] = (), *, token: str = "", stereo_pairs: np.ndarray | None = None,
                    targets: Mapping[str, np.ndarray] | None = None, issues: Sequence[str] = (),
                    train: bool = False, rng: np.random.Generator | None = None,
-                   lidar: LidarShot | None = None) -> Frame:
+                   lidar: LidarShot | None = None, scene: str = "", bev_aug: np.ndarray | None = None) -> Frame:
     """Build the Frame of reference time ``t0`` (µs) from chosen sensor inputs.
 
     data: ``cfg.data`` (network image size, radar fields / filter / ``max_points``, ``sync.enabled``, and for
@@ -99,6 +99,10 @@ def assemble_frame(data: DataConfig, t0: int, poses: PoseStream, cameras: Sequen
     lidar: the key frame's lidar sweep (training targets and the depth metric only; the network never takes it),
         carried into ``Frame.lidar_points`` in ego@t0 (and moved by the BEV augmentation with everything else).
         ``None``: no lidar (empty ``lidar_points``).
+    scene: ``Frame.scene_token`` (the scene or drive; temporal networks reset their state when it changes).
+    bev_aug: with ``train``, this (4, 4) augmented_from_ego BEV augmentation instead of a random one (the previous
+        frame of a training clip takes its current frame's, ``NuScenesFrames.load_clip``); the draw still happens,
+        so the random stream is the same either way.
 
     One-frame inference from raw files (no poses, sync off or a still ego)::
 
@@ -166,10 +170,13 @@ def assemble_frame(data: DataConfig, t0: int, poses: PoseStream, cameras: Sequen
     stereo = np.zeros((0, 2), np.int64) if stereo_pairs is None else np.asarray(stereo_pairs, np.int64).reshape(-1, 2)
     frame = Frame(token, t0, poses.at(t0), images, img_from_ego, np.array([s.channel for s in cameras]), valid,
                   times, pts, np.array(rcfg.fields), r_valid, stereo, **dict(targets or {}), lidar_points=lidar_pts,
-                  issues=out_issues)
+                  scene_token=scene, issues=out_issues)
     if train:
         if aug_cfg.enabled:
-            frame = apply_bev(frame, random_bev(rng, aug_cfg.bev_rotate_deg, aug_cfg.bev_scale, aug_cfg.bev_flip))
+            drawn = random_bev(rng, aug_cfg.bev_rotate_deg, aug_cfg.bev_scale, aug_cfg.bev_flip)
+            frame = apply_bev(frame, drawn if bev_aug is None else bev_aug)
+        elif bev_aug is not None:
+            frame = apply_bev(frame, bev_aug)
         d = data.dropout
         frame = modality_dropout(frame, rng, d.camera_one, d.camera_all, d.radar_one, d.radar_all)
     return frame

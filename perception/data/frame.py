@@ -29,6 +29,8 @@ lidar_points           (L, 3) f32      optional, training/evaluation only: the k
                                        x, y, z in ego@t0 (L = 0 where the data has no lidar). Depth targets and
                                        the depth metric project them through ``img_from_ego``; the model and
                                        the exported graph never take them
+scene_token            str             the scene (nuScenes) or drive (replay) the frame belongs to; "" when
+                                       unknown. Temporal networks reset their state when it changes
 =====================  ==============  =======================================================================
 
 ``issues`` (not saved) lists what went wrong while building the Frame (file, reason) under the stated
@@ -44,7 +46,7 @@ import numpy as np
 NPZ_KEYS = ("sample_token", "t0", "global_from_ego", "images", "img_from_ego", "camera_channels", "camera_valid",
             "camera_time", "radar_points", "radar_fields", "radar_valid", "stereo_pairs", "gt_boxes", "gt_labels",
             "gt_names", "gt_attributes", "gt_instance_tokens", "gt_future", "gt_future_valid")
-OPTIONAL_NPZ_KEYS = ("lidar_points",)  # written always, read when present (files from before the field load)
+OPTIONAL_NPZ_KEYS = ("lidar_points", "scene_token")  # written always, read when present (files from before the field load)
 BOX_FIELDS = ("x", "y", "z", "w", "l", "h", "yaw", "vx", "vy")
 
 
@@ -70,6 +72,7 @@ class Frame:
     gt_future: np.ndarray = field(default_factory=lambda: np.zeros((0, 12, 2), np.float32))
     gt_future_valid: np.ndarray = field(default_factory=lambda: np.zeros((0, 12), bool))
     lidar_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.float32))
+    scene_token: str = ""
     issues: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -116,7 +119,7 @@ class Frame:
         arrays = {}
         for key in NPZ_KEYS + OPTIONAL_NPZ_KEYS:
             value = getattr(self, key)
-            if key == "sample_token":
+            if key in ("sample_token", "scene_token"):
                 value = np.array(value, dtype=f"<U{max(len(value), 1)}")
             elif key == "t0":
                 value = np.array(value, dtype=np.int64)
@@ -133,8 +136,19 @@ class Frame:
                 raise ValueError(f"{path}: not a Frame file, missing keys {missing}")
             kw = {k: data[k] for k in NPZ_KEYS + OPTIONAL_NPZ_KEYS if k in data.files}
         kw["sample_token"] = str(kw["sample_token"])
+        if "scene_token" in kw:
+            kw["scene_token"] = str(kw["scene_token"])
         kw["t0"] = int(kw["t0"])
         return cls(**kw)
+
+
+@dataclass
+class ClipSample:
+    """A training item of a temporal model: ``frame`` and an earlier key frame of its scene under the same BEV
+    augmentation (``previous``; None: a cold start, dropped on purpose or at the scene's first key frame)."""
+
+    frame: Frame
+    previous: Frame | None = None
 
 
 def frame_field_names() -> list[str]:

@@ -24,6 +24,10 @@ with a ``PillarSpec``, the radar encoder's inputs too: ``pillar_features`` (B, P
 ``pillar_point_mask`` (B, Pp, Np) bool, ``pillar_cells`` (B, Pp) int64, ``pillar_mask`` (B, Pp) bool;
 plus ``meta``: a list of dicts (sample_token, t0, global_from_ego, issues, names/attributes/tokens).
 Frames with more GT boxes than G keep the G nearest to the ego (reported in ``meta[i]["issues"]``).
+
+A batch of ``ClipSample``s (temporal training, ``NuScenesFrames.load_clip``) also carries the previous frames'
+network inputs as ``prev_<input name>`` (the current frame itself stands in where there is none, masked by
+``prev_valid``), ``cur_from_prev`` (B, 4, 4) f32, ``prev_dt`` (B,) f32 seconds and ``prev_valid`` (B,) bool.
 """
 from __future__ import annotations
 
@@ -33,8 +37,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from perception.data.batch import PillarSpec, pillar_arrays  # noqa: F401 (re-exported)
-from perception.data.frame import Frame
+from perception.data.batch import PillarSpec, input_arrays, pillar_arrays  # noqa: F401 (re-exported)
+from perception.data.frame import ClipSample, Frame
+from perception.streaming import cur_from_prev
 
 
 def pillar_inputs(frames: Sequence[Frame], spec: PillarSpec) -> dict[str, torch.Tensor]:
@@ -42,7 +47,27 @@ def pillar_inputs(frames: Sequence[Frame], spec: PillarSpec) -> dict[str, torch.
     return {k: torch.from_numpy(v) for k, v in pillar_arrays(frames, spec).items()}
 
 
-def collate_frames(frames: Sequence[Frame], max_boxes: int, pillars: PillarSpec | None = None) -> dict[str, Any]:
+def collate_clips(clips: Sequence[ClipSample], max_boxes: int, pillars: PillarSpec) -> dict[str, Any]:
+    """``collate_frames`` of the current frames plus the previous frames' inputs and the temporal arrays."""
+    batch = collate_frames([c.frame for c in clips], max_boxes, pillars)
+    prevs = [c.previous if c.previous is not None else c.frame for c in clips]
+    batch.update({f"prev_{k}": torch.from_numpy(v) for k, v in input_arrays(prevs, pillars).items()})
+    valid = np.array([c.previous is not None for c in clips])
+    batch["cur_from_prev"] = torch.from_numpy(np.stack([
+        cur_from_prev(c.frame.global_from_ego, p.global_from_ego) if v else np.eye(4, dtype=np.float32)
+        for c, p, v in zip(clips, prevs, valid)]))
+    batch["prev_dt"] = torch.from_numpy(np.array([(c.frame.t0 - p.t0) / 1e6 if v else 0.0
+                                                  for c, p, v in zip(clips, prevs, valid)], np.float32))
+    batch["prev_valid"] = torch.from_numpy(valid)
+    return batch
+
+
+def collate_frames(frames: Sequence[Frame | ClipSample], max_boxes: int,
+                   pillars: PillarSpec | None = None) -> dict[str, Any]:
+    if frames and isinstance(frames[0], ClipSample):
+        if pillars is None:
+            raise ValueError("a batch of ClipSamples needs the PillarSpec (the previous frames' radar inputs)")
+        return collate_clips(frames, max_boxes, pillars)
     n_cams = {f.num_cameras for f in frames}
     if len(n_cams) != 1:
         raise ValueError(f"a batch needs one camera count, got {sorted(n_cams)}")

@@ -28,7 +28,7 @@ from calibration.sync import PoseStream
 from calibration.transforms import invert, make_transform, transform_points
 from perception.config import Config, DataConfig
 from perception.data.assemble import CameraShot, assemble_frame, stereo_indices
-from perception.data.frame import Frame
+from perception.data.frame import ClipSample, Frame
 from perception.data.io import RadarFilter
 from perception.data.lidar import LidarShot
 from perception.data.radar import SweepRef, select_sweeps
@@ -78,9 +78,12 @@ class _SampleIndex:
 
 
 class NuScenesFrames:
-    """Indexable Frames of one split. ``train=True`` applies the config's augmentation and dropout.
+    """Indexable Frames of one split. ``train=True`` applies the config's augmentation and dropout; with a temporal
+    model (``model.temporal.enabled``) a training item is a ``ClipSample`` (``load_clip``: the frame and an earlier
+    key frame of its scene), otherwise a Frame.
 
-    Index order: scenes in split order, samples by timestamp (``perception-inspect --index`` counts this way).
+    Index order: scenes in split order, samples by timestamp (``perception-inspect --index`` counts this way), so
+    iterating the indices runs every scene in time order.
     """
 
     def __init__(self, cfg: Config, dataroot: str | Path, version: str, split: str, train: bool = False,
@@ -121,6 +124,7 @@ class NuScenesFrames:
         f = self.dcfg.radar.filter
         self.radar_filter = RadarFilter(f.dyn_prop, f.invalid_state, f.ambig_state)
         self._calib_cache: dict = {}  # calibrated_sensor token -> Camera / Radar (validated once)
+        self.clips = bool(train and cfg.model.temporal.enabled)  # items are ClipSamples (load_clip)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -169,23 +173,59 @@ class NuScenesFrames:
         return sorted(channels, key=lambda c: (order.get(c, len(order)), c))
 
     # -- frames ----------------------------------------------------------------
-    def __getitem__(self, index: int) -> Frame:
-        frame = self.load(index)
+    def __getitem__(self, index: int) -> Frame | ClipSample:
+        load = self.load_clip if self.clips else self.load
+        item = load(index)
+        frame = item.frame if self.clips else item
         if self.dcfg.on_bad_file == "skip" and frame.issues:
             reasons = list(frame.issues)
             for step in range(1, len(self)):
-                frame = self.load((index + step) % len(self))
+                item = load((index + step) % len(self))
+                frame = item.frame if self.clips else item
                 if not frame.issues:
                     frame.issues = [f"sample {self.samples[index].token} skipped: {r}" for r in reasons]
                     break
-        return frame
+        return item
+
+    def previous_index(self, index: int, gap: int) -> int | None:
+        """The index ``gap`` key frames before ``index`` in the same scene, else the farthest available of fewer
+        (None at a scene's first key frame)."""
+        scene = self.samples[index].scene
+        for g in range(gap, 0, -1):
+            if index - g >= 0 and self.samples[index - g].scene == scene:
+                return index - g
+        return None
+
+    def load_clip(self, index: int) -> ClipSample:
+        """Training clip (BEVDet4D style, docs/decisions.md): frame ``index`` and the key frame ``g`` back in its
+        scene, ``g`` drawn from ``model.temporal.train_gaps``, under the SAME BEV augmentation (its own image
+        augmentation and sensor dropout); the previous frame is left out (cold start) with probability
+        ``model.temporal.drop_previous`` and at a scene's first key frame. A pure function of (seed, epoch, index),
+        so a resumed run sees the same clips."""
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        frame, pose = self._load(index, rng)
+        t = self.cfg.model.temporal
+        gap = int(rng.choice(np.asarray(t.train_gaps)))
+        dropped = bool(rng.random() < t.drop_previous)
+        prev_index = self.previous_index(index, gap)
+        if dropped or prev_index is None:
+            return ClipSample(frame, None)
+        # the current frame's augmented_from_ego: frame.global_from_ego = pose @ inv(aug)
+        aug = np.linalg.solve(frame.global_from_ego, pose)
+        prev, _ = self._load(prev_index, np.random.default_rng([self.seed, self.epoch, index, 1]), aug)
+        return ClipSample(frame, prev)
 
     def load(self, index: int, rng: np.random.Generator | None = None) -> Frame:
         """Frame ``index`` (with augmentation when training; ``rng`` defaults to one seeded by index and seed)."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for split '{self.split}' ({len(self)} samples)")
         if rng is None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
+        return self._load(index, rng)[0]
+
+    def _load(self, index: int, rng: np.random.Generator,
+              bev_aug: np.ndarray | None = None) -> tuple[Frame, np.ndarray]:
+        """(Frame ``index``, its un-augmented global <- ego at t0); ``bev_aug``: ``assemble_frame``'s."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for split '{self.split}' ({len(self)} samples)")
         sample = self.nusc.get("sample", self.samples[index].token)
         t0 = int(sample["timestamp"])
         sds = self._sample_data(sample)
@@ -223,8 +263,10 @@ class NuScenesFrames:
         if self.file_rig is not None and self.file_rig.stereo_pairs:
             stereo = stereo_indices(self.file_rig.stereo_pairs, order)
         gt = self._targets(sample, poses.at(t0))
-        return assemble_frame(self.dcfg, t0, poses, shots, sweeps, token=sample["token"], stereo_pairs=stereo,
-                              targets=gt, train=self.train, rng=rng, lidar=lidar)
+        frame = assemble_frame(self.dcfg, t0, poses, shots, sweeps, token=sample["token"], stereo_pairs=stereo,
+                               targets=gt, train=self.train, rng=rng, lidar=lidar, scene=sample["scene_token"],
+                               bev_aug=bev_aug)
+        return frame, poses.at(t0)
 
     def _sweep_chain(self, sd: dict, lo: int, hi: int) -> list[dict]:
         """The radar's sample_data rows around key-frame row ``sd``: walked along ``next`` and ``prev`` until

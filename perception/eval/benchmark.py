@@ -6,6 +6,12 @@ random rotation of that angle applied to each sensor's calibration as the model 
 sensor: the images and radar stay where they were, the model believes a slightly wrong extrinsic).
 
 Sharding: under ``torchrun`` each rank predicts every world-th sample; rank 0 gathers and scores (one result).
+A temporal model (``model.temporal``) is sharded by scene instead (every world-th scene, each in time order), so
+that each scene's state is threaded through its frames by one process.
+
+Cold start: the devkit's metrics are also computed on each scene's first evaluated frame (no history: a temporal
+model's cold start) apart from the later frames (``summary["cold_start"]``, report.md), for every model, so that a
+temporal model's first frames can be compared with a single-frame model's on the same samples.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from perception.config import ConfigError
 from perception.data.frame import Frame
 from perception.eval.detection import gt_boxes_as_results, results_json, run_devkit, summary_line
 from perception.eval.trajectory import SampleForecast, forecasting_metrics
+from perception.streaming import merge_counts
 from perception.visualize import draw_bev_predictions
 
 
@@ -106,6 +113,8 @@ def model_predictor(pipeline: Any) -> Callable[[Frame], Prediction]:
                             det.mode_probs, det.boxes[:, 7:9].astype(np.float64), gxy, gn, gf, gv)
         return Prediction(det.to_nuscenes(), fc, det.timing, det.boxes, None if probe is None else probe.last[0])
     predict.depth_bins = None if probe is None else probe.bins  # type: ignore[attr-defined]
+    predict.temporal = pipeline.temporal  # type: ignore[attr-defined]  # scenes in order, sharded by scene
+    predict.temporal_counts = pipeline.temporal_counts  # type: ignore[attr-defined]
     return predict
 
 
@@ -147,7 +156,8 @@ def run_benchmark(predict: Callable[[Frame], Prediction], frames: Any, out_dir: 
     rank, world, owns_group = _shard()
     out = Path(out_dir)
     n = len(frames) if max_samples is None else min(max_samples, len(frames))
-    mine = list(range(rank, n, world))
+    temporal = bool(getattr(predict, "temporal", False))
+    mine = shard_indices([frames.samples[i].scene for i in range(n)], rank, world, by_scene=temporal)
     drop = set(drop_sensors)
     rows = []
     it = mine
@@ -193,14 +203,18 @@ def run_benchmark(predict: Callable[[Frame], Prediction], frames: Any, out_dir: 
         import torch.distributed as dist
 
         gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, rows)
-        rows = sorted([r for part in gathered for r in part], key=lambda r: r["index"])
+        counts = predict.temporal_counts() if temporal else None  # type: ignore[attr-defined]
+        dist.all_gather_object(gathered, (rows, counts))
+        rows = sorted([r for part, _ in gathered for r in part], key=lambda r: r["index"])
+        state_counts = merge_counts([c for _, c in gathered if c is not None]) if temporal else None
         if owns_group:
             # exiting with a live gloo group can abort in its destructor ("terminate called without an active
             # exception", pytorch/pytorch#190489): rank 1 of a 2-process run did, under load, failing the job
             dist.destroy_process_group()
         if rank != 0:
             return None
+    else:
+        state_counts = predict.temporal_counts() if temporal else None  # type: ignore[attr-defined]
     out.mkdir(parents=True, exist_ok=True)
     tokens = [frames.samples[i].token for i in range(n)]
     boxes = {r["token"]: r["boxes"] for r in rows}
@@ -209,6 +223,7 @@ def run_benchmark(predict: Callable[[Frame], Prediction], frames: Any, out_dir: 
     summary = run_devkit(frames.nusc, results_json(boxes, tokens), frames.split, out,
                          sample_tokens=tokens if n < len(frames) else None, render_curves=True,
                          progress=progress)
+    cold = cold_start_metrics(frames, tokens, boxes, out / "cold_start")
     forecasts = [r["forecast"] for r in rows]
     traj = {"schema": "trajectory-metrics/1", "model": forecasting_metrics(forecasts),
             "constant_velocity": forecasting_metrics(forecasts, constant_velocity_baseline=True),
@@ -227,12 +242,45 @@ def run_benchmark(predict: Callable[[Frame], Prediction], frames: Any, out_dir: 
         depth = depth_meter.summary() if depth_meter.frames else None
     if depth is not None:
         (out / "depth_metrics.json").write_text(json.dumps({"schema": "depth-metrics/1", **depth}, indent=1))
+    summary["cold_start"] = {**cold, "temporal_state": state_counts}
     _report(out, summary, traj, lat, snaps, dict(drop_sensors=sorted(drop), calib_noise_deg=calib_noise_deg,
                                                  samples=n, split=frames.split), depth)
     summary["trajectory"] = traj
     summary["latency"] = lat
     summary["depth"] = depth
     return summary
+
+
+def shard_indices(scenes: list[str], rank: int, world: int, by_scene: bool) -> list[int]:
+    """The sample indices rank ``rank`` of ``world`` predicts (``scenes[i]``: sample i's scene, samples in scene and
+    time order): every world-th sample, or with ``by_scene`` every world-th scene whole, in time order."""
+    if not by_scene:
+        return list(range(rank, len(scenes), world))
+    order = list(dict.fromkeys(scenes))  # scenes in split order
+    mine = {s for k, s in enumerate(order) if k % world == rank}
+    return [i for i, s in enumerate(scenes) if s in mine]
+
+
+def first_frames(scenes: list[str]) -> list[bool]:
+    """Whether each sample (scene and time order) is its scene's first: a temporal model's cold start."""
+    return [i == 0 or scenes[i] != scenes[i - 1] for i in range(len(scenes))]
+
+
+def cold_start_metrics(frames: Any, tokens: list[str], boxes: dict[str, list[dict]], out: Path) -> dict:
+    """The devkit's NDS, mAP and TP errors on each scene's first frame (``first_frames``) and on the later frames,
+    apart (written under ``out/first_frames`` and ``out/later_frames``)."""
+    first = first_frames([frames.samples[i].scene for i in range(len(tokens))])
+    result: dict[str, Any] = {}
+    for name, keep in (("first_frames", True), ("later_frames", False)):
+        subset = [t for t, f in zip(tokens, first) if f == keep]
+        if not subset:
+            result[name] = None
+            continue
+        m = run_devkit(frames.nusc, results_json(boxes, subset), frames.split, out / name, sample_tokens=subset,
+                       progress=False)
+        result[name] = {"samples": len(subset), "nd_score": m["nd_score"], "mean_ap": m["mean_ap"],
+                        "tp_errors": m["tp_errors"]}
+    return result
 
 
 def write_submission(boxes: dict[str, list[dict]], tokens: list[str], out: Path) -> dict:
@@ -305,6 +353,20 @@ def _report(out: Path, summary: dict, traj: dict, lat: dict, snaps: list, setup:
             m = traj[method][group]
             lines.append(f"| {group} | {method} | {m['minADE_1']:.3f} | {m['minFDE_1']:.3f} | {m['MR_1']:.3f} | "
                          f"{m['minADE_6']:.3f} | {m['minFDE_6']:.3f} | {m['MR_6']:.3f} | {m['EPA']:.3f} | {m['matched']} |")
+    cold = summary.get("cold_start") or {}
+    lines += ["", "## Cold start: each scene's first frame apart from the later frames", "",
+              "A temporal model has no history on a scene's first frame; a single-frame model is scored the same way "
+              "for comparison. Compare models on the same subset only: the devkit scores a class absent from a "
+              "small subset as AP 0 (even the GT oracle scores below 1 on a one-scene split's first frame).", "", "| frames | samples | NDS | mAP | mATE | mAVE |", "|---|---|---|---|---|---|"]
+    for key in ("first_frames", "later_frames"):
+        c = cold.get(key)
+        if c:
+            lines.append(f"| {key.replace('_', ' ')} | {c['samples']} | {c['nd_score']:.3f} | {c['mean_ap']:.3f} | "
+                         f"{c['tp_errors']['trans_err']:.3f} | {c['tp_errors']['vel_err']:.3f} |")
+    if cold.get("temporal_state"):
+        st = cold["temporal_state"]
+        lines += ["", f"Temporal state: {st['warm']} frames with a previous state; cold starts by reason: "
+                  f"{st['resets'] or 'none'}."]
     lines += ["", "## Camera depth against lidar", ""]
     if depth is None:
         lines += ["Not measured: the split has no lidar, or the model ran outside PyTorch (the exported graph has "

@@ -14,6 +14,18 @@ pillar_cells        (B, Pp) int64            row * W + col on the BEV grid; padd
 pillar_mask         (B, Pp) bool
 ==================  =======================  ===============================================================
 
+With ``model.temporal.enabled`` (``perception/model/temporal.py``) four more inputs follow
+(``TEMPORAL_INPUT_NAMES``; omitted in PyTorch calls: a cold start):
+
+==================  =======================  ===============================================================
+prev_bev            (B, C, H, W) float32     an earlier frame's ``bev_state`` (C = model.fusion.channels)
+cur_from_prev       (B, 4, 4) float32        current ego <- that frame's ego, as both BEVs see them
+prev_dt             (B,) float32             t0 - that frame's t0, seconds
+prev_valid          (B,) bool                False: no history (cold start); prev_bev is ignored
+==================  =======================  ===============================================================
+
+and one more output, ``bev_state`` (B, C, H, W): this frame's single-frame BEV, the ``prev_bev`` of a later call.
+
 ``forward`` returns the raw head maps (training); ``detect`` also decodes them in the graph to fixed-size
 detections (``OUTPUT_NAMES`` of ``perception.model.decode``).
 """
@@ -35,9 +47,12 @@ from perception.model.heads.center_head import CenterHead
 from perception.model.heads.trajectory_head import TrajectoryHead
 from perception.model.lift import BackwardLift, BevGridPoints, DepthBins
 from perception.model.radar.encoder import PillarEncoder
+from perception.model.temporal import TemporalFusion
 
 INPUT_NAMES = ("images", "img_from_ego", "camera_valid", "radar_points", "radar_valid", "pillar_features",
                "pillar_point_mask", "pillar_cells", "pillar_mask")
+TEMPORAL_INPUT_NAMES = ("prev_bev", "cur_from_prev", "prev_dt", "prev_valid")
+STATE_OUTPUT = "bev_state"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -75,31 +90,64 @@ class CameraBranch(nn.Module):
 class FusionNet(nn.Module):
     def __init__(self, *, camera: CameraBranch | None, radar: PillarEncoder | None, fusion: nn.Module,
                  bev_decoder: BevDecoder, center_head: CenterHead, trajectory_head: TrajectoryHead, decoder: Decoder,
-                 class_names: tuple[str, ...]):
+                 class_names: tuple[str, ...], temporal: TemporalFusion | None = None):
         super().__init__()
         self.camera, self.radar, self.fusion = camera, radar, fusion
         self.bev_decoder, self.center_head, self.trajectory_head, self.decoder = (bev_decoder, center_head,
                                                                                   trajectory_head, decoder)
         self.class_names = tuple(class_names)
+        self.temporal = temporal  # None: single frame (no temporal inputs or outputs, the graph as before)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The graph's inputs in order: ``INPUT_NAMES``, then ``TEMPORAL_INPUT_NAMES`` when temporal."""
+        return INPUT_NAMES + (TEMPORAL_INPUT_NAMES if self.temporal is not None else ())
+
+    @property
+    def state_shape(self) -> tuple[int, int, int] | None:
+        """(C, H, W) of ``bev_state`` / ``prev_bev``; None for a single-frame network."""
+        return None if self.temporal is None else (self.temporal.channels, *self.temporal.shape)
+
+    def single_frame_bev(self, images: Tensor, img_from_ego: Tensor, camera_valid: Tensor, radar_points: Tensor,
+                         radar_valid: Tensor, pillar_features: Tensor, pillar_point_mask: Tensor, pillar_cells: Tensor,
+                         pillar_mask: Tensor) -> Tensor:
+        """The fused camera + radar BEV of one frame, before any temporal fusion: (B, C, H, W). A temporal
+        network's ``bev_state``; training computes the previous frame's with it (without gradient)."""
+        cam_bev = self.camera(images, img_from_ego, camera_valid, radar_points, radar_valid) if self.camera else None
+        rad_bev = self.radar(pillar_features, pillar_point_mask, pillar_cells, pillar_mask) if self.radar else None
+        return self.fusion(cam_bev, rad_bev)  # (B, C, H, W)
 
     def forward(self, images: Tensor, img_from_ego: Tensor, camera_valid: Tensor, radar_points: Tensor,
                 radar_valid: Tensor, pillar_features: Tensor, pillar_point_mask: Tensor, pillar_cells: Tensor,
-                pillar_mask: Tensor) -> dict[str, Tensor]:
+                pillar_mask: Tensor, prev_bev: Tensor | None = None, cur_from_prev: Tensor | None = None,
+                prev_dt: Tensor | None = None, prev_valid: Tensor | None = None) -> dict[str, Tensor]:
         """Shapes in the module docstring. Returns the head maps: CenterHead's ``heatmap``, ``offset``, ``z``,
         ``log_size``, ``rotation``, ``velocity`` and TrajectoryHead's ``offsets`` and ``mode_logits``, each
-        (B, *, H, W) on the BEV grid."""
-        cam_bev = self.camera(images, img_from_ego, camera_valid, radar_points, radar_valid) if self.camera else None
-        rad_bev = self.radar(pillar_features, pillar_point_mask, pillar_cells, pillar_mask) if self.radar else None
-        bev = self.bev_decoder(self.fusion(cam_bev, rad_bev))  # (B, C, H, W)
-        out = self.center_head(bev)
-        traj = self.trajectory_head(bev, out["velocity"])  # the velocity map: used with trajectory_residual
+        (B, *, H, W) on the BEV grid; a temporal network also ``bev_state``. The temporal inputs are ignored by a
+        single-frame network; a temporal one given none runs a cold start."""
+        bev = self.single_frame_bev(images, img_from_ego, camera_valid, radar_points, radar_valid, pillar_features,
+                                    pillar_point_mask, pillar_cells, pillar_mask)  # (B, C, H, W)
+        fused = bev
+        if self.temporal is not None:
+            if prev_bev is None:
+                prev_bev, cur_from_prev, prev_dt, prev_valid = self.temporal.cold_inputs(bev)
+            fused = self.temporal(bev, prev_bev, cur_from_prev, prev_dt, prev_valid)  # (B, C, H, W)
+        x = self.bev_decoder(fused)  # (B, C, H, W)
+        out = self.center_head(x)
+        traj = self.trajectory_head(x, out["velocity"])  # the velocity map: used with trajectory_residual
         out.update({"traj_offsets": traj["offsets"], "traj_mode_logits": traj["mode_logits"]})
+        if self.temporal is not None:
+            out[STATE_OUTPUT] = bev
         return out
 
     def detect(self, *inputs: Tensor) -> dict[str, Tensor]:
-        """Decoded fixed-size detections (boxes, scores, labels, trajectories, mode_probs)."""
+        """Decoded fixed-size detections (boxes, scores, labels, trajectories, mode_probs; ``bev_state`` too when
+        temporal)."""
         out = self.forward(*inputs)
-        return self.decoder(out, {"offsets": out["traj_offsets"], "mode_logits": out["traj_mode_logits"]})
+        det = self.decoder(out, {"offsets": out["traj_offsets"], "mode_logits": out["traj_mode_logits"]})
+        if STATE_OUTPUT in out:
+            det[STATE_OUTPUT] = out[STATE_OUTPUT]
+        return det
 
 
 def build_model(cfg: Config, stereo_pairs: tuple[tuple[int, int], ...] = (), *,
@@ -143,5 +191,6 @@ def build_model(cfg: Config, stereo_pairs: tuple[tuple[int, int], ...] = (), *,
     trajectory = TrajectoryHead(f.channels, m.head.modes, m.head.steps, m.head.channels,
                                 residual=m.head.trajectory_residual.enabled)
     decoder = Decoder(BevGrid(d.grid.x_range, d.grid.y_range, bev_shape), m.head.max_detections)
+    temporal = TemporalFusion(f.channels, d.grid.x_range, d.grid.y_range, bev_shape) if m.temporal.enabled else None
     return FusionNet(camera=camera, radar=radar, fusion=fusion, bev_decoder=bev_decoder, center_head=center,
-                     trajectory_head=trajectory, decoder=decoder, class_names=cfg.classes)
+                     trajectory_head=trajectory, decoder=decoder, class_names=cfg.classes, temporal=temporal)

@@ -19,7 +19,8 @@ from perception.replay.player import FrameJob
 def build_frame(job: FrameJob, cfg: Config, camera_order: tuple[str, ...], radar_order: tuple[str, ...],
                 stereo_pairs: np.ndarray, name: str = "replay", gt: Any = None) -> Frame:
     """The Frame of ``job`` for a network with ``camera_order`` / ``radar_order`` (the radar index order is the
-    Frame's ``sensor`` field) and ``stereo_pairs`` (S, 2); ``sample_token`` is ``"{name}:{t0}"``. ``gt``: the
+    Frame's ``sensor`` field) and ``stereo_pairs`` (S, 2); ``sample_token`` is ``"{name}:{t0}"``, ``scene_token``
+    ``name`` (one drive: a temporal network keeps its state across the frames). ``gt``: the
     source's annotations (``perception.data.nuscenes.SceneGT``, the reader's ``gt``): the Frame's gt_* fields at
     t0 (for the MCAP and the previews; the network never sees them); None: no GT."""
     shots = []
@@ -35,7 +36,7 @@ def build_frame(job: FrameJob, cfg: Config, camera_order: tuple[str, ...], radar
               for m in job.radars if m.channel in job.radar_calib]
     targets = gt.at(job.t0, job.poses.at(job.t0), list(cfg.classes), cfg.data.future_steps) if gt else None
     return assemble_frame(cfg.data, job.t0, job.poses, shots, sweeps, token=f"{name}:{job.t0}",
-                          stereo_pairs=stereo_pairs, targets=targets)
+                          stereo_pairs=stereo_pairs, targets=targets, scene=name)
 
 
 def decoded_camera(cam: Camera | None, image: CameraImage) -> Camera | None:

@@ -201,7 +201,10 @@ class BagReader:
 class NuScenesSceneReader:
     """Every sample_data row of one scene (key frames and sweeps), as the bag of that scene would carry them."""
 
-    def __init__(self, dataroot: str | Path, version: str, scene: str, nusc: Any = None):
+    def __init__(self, dataroot: str | Path, version: str, scene: str, nusc: Any = None,
+                 keyframe_cameras: bool = False):
+        """``keyframe_cameras``: only the key-frame camera images (radar sweeps and poses as recorded), so the
+        replay emits one frame per key frame: the frame sequence offline evaluation sees (2 Hz)."""
         if nusc is None:
             from nuscenes.nuscenes import NuScenes
 
@@ -215,7 +218,8 @@ class NuScenesSceneReader:
             raise ReplayInputError(f"scene '{scene}' is not in {self.dataroot / version} (scenes: "
                                    f"{sorted(scenes)[:5]}...)")
         self.scene = scenes[scene]
-        self.rows = scene_sample_data(nusc, self.scene["token"])
+        self.rows = [sd for sd in scene_sample_data(nusc, self.scene["token"])
+                     if not (keyframe_cameras and sd["sensor_modality"] == "camera" and not sd["is_key_frame"])]
         self.events: list[str] = []
         self.tf_topic, self.tf_static_topic = BAG_TOPICS["tf"].topic(), BAG_TOPICS["tf_static"].topic()
         topics = {self.tf_topic: "", self.tf_static_topic: ""}

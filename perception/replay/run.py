@@ -270,7 +270,7 @@ class _Replay:
         while (item := self.to_infer.get()) is not _END:
             if item.error is None:
                 try:
-                    item.det = self.pipeline.infer_prepared(item.frame, item.batch)
+                    item.det = self.pipeline.infer_prepared(item.frame, item.batch, stream=self.name)
                     item.times["network"] = item.det.timing["network_s"]
                     item.times["postprocess"] = item.det.timing["postprocess_s"]
                 except Exception as err:
@@ -388,6 +388,7 @@ def replay(reader: Any, pipeline: Any, out: str | Path, *, rate: float | None = 
     writer = writer or ReplayWriter(out, pipeline.cfg.classes, preview_every=preview_every, frame_period_s=0.5)
     total = len(reader) if hasattr(reader, "__len__") else None
     bar = tqdm(total=total, unit="msg", disable=not progress, desc=f"replay {name}")
+    pipeline.streams.pop(name, None)  # a temporal network's state starts afresh with the drive
     run = _Replay(reader, pipeline, player, Tracker(pipeline.cfg.classes), writer, rate=rate, max_frames=max_frames,
                   name=name, bar=bar)
     try:
@@ -443,7 +444,30 @@ def _report(run: _Replay, reader: Any, pcfg: PlayerConfig, wall: float, written:
                        "wall_s": round(wall, 2),
                        "frames_per_wall_s": round(s.n_frames / wall, 2) if wall > 0 else None},
         "outputs": written,
+        "temporal": _temporal_report(run),
     }
+
+
+def _temporal_report(run: _Replay) -> dict | None:
+    """A temporal network's state over the drive: frames that had a previous state, cold starts by reason (frames
+    dropped or skipped as stale leave holes: ``no_state_near_gap`` / ``gap_above_max``), the gaps used."""
+    pipe = run.pipeline
+    if not getattr(pipe, "temporal", False) or run.name not in pipe.streams:
+        return None
+    from perception.streaming import RESET_REASONS
+
+    st = pipe.streams[run.name]
+    t = pipe.cfg.model.temporal
+    return {**st.counts(), "reasons": {k: RESET_REASONS[k] for k in st.resets},
+            "policy": {"target_gap_s": t.target_gap_s, "gap_tolerance_s": t.gap_tolerance_s,
+                       "max_gap_s": t.max_gap_s}, "gap_s": _percentiles_s(st.gaps)}
+
+
+def _percentiles_s(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    a = np.asarray(values)
+    return {"min": round(float(a.min()), 4), "p50": round(float(np.median(a)), 4), "max": round(float(a.max()), 4)}
 
 
 def one_line(report: dict) -> str:
@@ -451,9 +475,14 @@ def one_line(report: dict) -> str:
     lat = report["latency"]["processing"]
     pending = f" + pending {m['pending']}" if m.get("pending") else ""
     late = f" ({report['frames']['late']} stale frames skipped)" if report["frames"].get("late") else ""
+    temporal = ""
+    if report.get("temporal"):
+        t = report["temporal"]
+        temporal = f"; temporal state on {t['warm']} frames, cold starts {t['resets'] or 'none'}"
     return (f"{report['frames']['emitted']} frames{late}; messages received {m['received']} = used {m['used']} + "
             f"late {m['late']} + dropped {m['dropped']}{pending}; processing p50 {lat['p50_ms']} ms "
-            f"({report['throughput']['processing_fps']} fps vs sensor {report['throughput']['sensor_fps']} fps)")
+            f"({report['throughput']['processing_fps']} fps vs sensor {report['throughput']['sensor_fps']} fps)"
+            f"{temporal}")
 
 
 def diagnose(report: dict, few: float = 0.5) -> list[str]:

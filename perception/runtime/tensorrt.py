@@ -82,7 +82,12 @@ class TensorRTRunner:
     ``model.json`` exactly as ``OnnxRunner`` does; outputs come back with ``model.json``'s dtypes.
 
     Inputs and outputs keep the export's dtypes: TensorRT 10 takes BOOL, UINT8 and INT64 network I/O, so the
-    masks (bool), images (uint8) and pillar cells (int64) are copied as they are."""
+    masks (bool), images (uint8) and pillar cells (int64) are copied as they are.
+
+    A temporal export (model.json ``temporal``) is run the same way: its state inputs (``prev_bev``,
+    ``cur_from_prev``, ``prev_dt``, ``prev_valid``) and output (``bev_state``) are I/O tensors like the others, and
+    ``Pipeline`` keeps the state per stream on the host (one C x H x W copy each way per frame; unverified here:
+    no TensorRT on the development machines)."""
 
     def __init__(self, folder: str | Path, engine_file: str = "model.engine"):
         trt = import_tensorrt()

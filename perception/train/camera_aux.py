@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from perception.config import Config
@@ -38,7 +39,16 @@ class TrainNet(nn.Module):
             self.perspective = PerspectiveHead(cfg.model.camera.neck_channels, cfg.num_classes,
                                                cfg.model.head.channels)
 
-    def forward(self, *inputs: Tensor) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    def forward(self, *inputs: Tensor, previous: tuple[Tensor, ...] | None = None,
+                temporal: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """``inputs``: the network's ``INPUT_NAMES`` tensors. A temporal network (BEVDet4D style): ``previous``, the
+        earlier frames' ``INPUT_NAMES`` tensors, whose BEV is computed here without gradient (before the hooks, so
+        the taps hold the current frame's), and ``temporal`` = (cur_from_prev, prev_dt, prev_valid)."""
+        extra: tuple[Tensor, ...] = ()
+        if previous is not None:
+            with torch.no_grad():
+                prev_bev = self.net.single_frame_bev(*previous)  # (B, C, H, W)
+            extra = (prev_bev, *temporal)
         taps: dict[str, Tensor] = {}
         handles = []
         cam = self.net.camera
@@ -47,7 +57,7 @@ class TrainNet(nn.Module):
         if self.perspective is not None:
             handles.append(cam.neck.register_forward_hook(lambda m, i, o: taps.__setitem__("features", o)))
         try:
-            out = self.net(*inputs)
+            out = self.net(*inputs, *extra)
         finally:
             for h in handles:
                 h.remove()

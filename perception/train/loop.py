@@ -24,7 +24,7 @@ from perception.data.loader import PillarSpec, make_loader
 from perception.data.nuscenes import DatasetError, NuScenesFrames
 from perception.eval.detection import evaluate_split, summary_line
 from perception.model.decode import BevGrid
-from perception.model.network import INPUT_NAMES, build_model
+from perception.model.network import INPUT_NAMES, STATE_OUTPUT, build_model
 from perception.pipeline import Pipeline
 from perception.train.camera_aux import TrainNet, camera_aux_losses
 from perception.train.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
@@ -159,8 +159,14 @@ def _train_step(o: _Optimisation, batch: dict, grid: Any, cfg: Config, dev: torc
     targets = build_targets(batch["gt_boxes"], batch["gt_labels"], batch["gt_mask"], batch["gt_future"],
                             batch["gt_future_valid"], grid, cfg.num_classes)
     inputs = [batch[k].to(dev, non_blocking=True) for k in INPUT_NAMES]
+    clip = {}
+    if "prev_valid" in batch:  # a temporal model's clip (perception.data.loader.collate_clips)
+        clip = {"previous": tuple(batch[f"prev_{k}"].to(dev, non_blocking=True) for k in INPUT_NAMES),
+                "temporal": tuple(batch[k].to(dev, non_blocking=True) for k in ("cur_from_prev", "prev_dt",
+                                                                                 "prev_valid"))}
     with torch.autocast(dev.type, enabled=o.use_amp):
-        outputs, extras = o.net(*inputs)
+        outputs, extras = o.net(*inputs, **clip)
+    outputs = {k: v for k, v in outputs.items() if k != STATE_OUTPUT}
     losses = detection_losses({k: v.float() for k, v in outputs.items()}, _to(targets, dev), cfg.train.trajectory_loss)
     losses.update(camera_aux_losses(extras, batch, cfg))
     loss = sum(losses.values())

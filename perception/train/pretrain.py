@@ -77,6 +77,7 @@ def pretrain_backbone(cfg: Config, dataroot: str | Path, version: str, out_dir: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     frames = NuScenesFrames(cfg, dataroot, version, tc.split, train=True, seed=tc.seed)
+    frames.clips = False  # single images: a temporal model's previous frames play no part in backbone pretraining
     bs = cfg.data.loader.batch_size
     if len(frames) < bs:
         raise DatasetError(f"split {tc.split} has {len(frames)} samples: fewer than one batch of {bs}")

@@ -26,6 +26,11 @@ def test_oracle_scores_one_and_writes_everything(synth_root, tmp_path, capsys):
     assert main(["--oracle", "gt", "--config", str(REPO / "configs" / "synthetic_tiny.yaml"), *_args(synth_root, out)]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("NDS 1.000 mAP 1.000")
+    # scored apart: the scene's first frame (1 sample) and the 13 later ones, the GT scoring 1 where every class
+    # of the split appears (the single first frame lacks some: the devkit scores them 0)
+    cold = json.loads((out / "summary.json").read_text())["cold_start"]
+    assert cold["first_frames"]["samples"] == 1 and cold["later_frames"]["samples"] == 13
+    assert cold["later_frames"]["nd_score"] == pytest.approx(1.0) and cold["temporal_state"] is None
     for name in ("results_nusc.json", "metrics_summary.json", "metrics_details.json", "trajectory_metrics.json",
                  "latency.json", "report.md", "pr_curves.png", "tp_errors.png", "bev_0.png"):
         assert (out / name).exists(), name

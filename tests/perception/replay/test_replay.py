@@ -648,9 +648,9 @@ class _Slow:
     def __getattr__(self, name):
         return getattr(self._pipe, name)
 
-    def infer_prepared(self, frame, batch):
+    def infer_prepared(self, frame, batch, **kw):
         time.sleep(self.delay)
-        return self._pipe.infer_prepared(frame, batch)
+        return self._pipe.infer_prepared(frame, batch, **kw)
 
 
 def test_paced_replay_skips_stale_frames_and_accounts_for_them(scene, pipe, clean_bag_run, tmp_path):
