@@ -58,7 +58,8 @@ def test_perception_test_reports_depth_where_there_is_lidar(synth_root, small_ck
     assert json.loads((out / "summary.json").read_text())["depth"]["all"] == depth["all"]
     assert "Camera depth against lidar" in (out / "report.md").read_text()
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-2].startswith("depth AbsRel") and lines[-1].startswith("NDS")
+    # the depth line, then the cold-start line (issue 22, every model), then the summary line last
+    assert lines[-3].startswith("depth AbsRel") and lines[-2].startswith("cold start") and lines[-1].startswith("NDS")
 
 
 def test_inspect_draws_predicted_depth_against_lidar(synth_root, small_ckpt, tmp_path, capsys):
