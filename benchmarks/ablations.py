@@ -10,7 +10,7 @@ A table of rows and a loop. A training row is one ``perception-train`` from scra
 steps x batch 4 unless the row says otherwise) followed by ``perception-test`` on ``synth_val`` (devkit metrics,
 trajectory metrics, camera depth against lidar). A test-time row re-tests another row's checkpoint (or the shipped
 one) with sensors masked or the calibration perturbed. Groups: fusion (the first table, issue 10), cameras
-(issue 21), curve (issue 21's camera-only learning curve), temporal (issue 22), shipped (issue 23).
+(issue 21), curve (issue 21's camera-only learning curve), time (issue 22), shipped (issue 23).
 
 Resumable: each finished step leaves ``train.done`` / ``test.done`` (its wall seconds) and is skipped next time; a
 training without one continues from ``run/last.pt`` (``perception-train --resume``); a test older than the
@@ -60,6 +60,8 @@ CAM = ("model.radar.enabled=false",)
 DEPTH = ("train.depth_loss.enabled=true",)
 PERSP = ("train.perspective.enabled=true",)
 PRE = ("model.camera.pretrained={out}/backbone_pre/run/backbone.pt",)
+TRAJ = ("model.head.trajectory_residual.enabled=true", "train.trajectory_loss.median_mode.enabled=true",
+        "train.trajectory_loss.soft_mode_target.enabled=true")
 
 
 @dataclass(frozen=True)
@@ -121,13 +123,19 @@ ROWS = (
     Row("dropout_r25_c10_no_radar", "dropout_r25_c10, all 5 radars masked", test_of="dropout_r25_c10", drop=RADARS),
     Row("dropout_r50_c10", "main model, dropout radar_all 0.5 camera_all 0.1", _dropout(0.5, 0.1)),
     Row("dropout_r50_c10_no_radar", "dropout_r50_c10, all 5 radars masked", test_of="dropout_r50_c10", drop=RADARS),
+    # the fused model with the whole camera recipe and dropout: the candidate for the shipped configuration
+    Row("fused_recipe", "main + depth + perspective + pretrained backbone + dropout radar_all 0.25 camera_all 0.1",
+        DEPTH + PERSP + PRE + _dropout(0.25, 0.1), needs=("backbone_pre",)),
+    Row("fused_recipe_no_radar", "fused_recipe, all 5 radars masked", test_of="fused_recipe", drop=RADARS),
     # issue 21's learning curve of the full camera-only recipe (700 steps: cam_depth_persp_pre)
     Row("cam_curve_1400", "cam_depth_persp_pre at 1400 steps", CAM + DEPTH + PERSP + PRE, steps=1400,
         needs=("backbone_pre",)),
     Row("cam_curve_2800", "cam_depth_persp_pre at 2800 steps", CAM + DEPTH + PERSP + PRE, steps=2800,
         needs=("backbone_pre",)),
     # time (issue 22): the main model is its single-frame counterpart
-    Row("temporal", "main model, streaming temporal fusion", config=TEMPORAL),
+    Row("temporal", "main model, streaming temporal fusion + trajectory residual/median/soft target",
+        config=TEMPORAL),
+    Row("main_traj", "main model + trajectory residual/median/soft target (single frame)", TRAJ),
     # the shipped checkpoint (issue 23), whatever its training budget
     Row("shipped", "checkpoints/synthetic_tiny.pt", checkpoint=SHIPPED),
     Row("shipped_no_radar", "shipped, all 5 radars masked", checkpoint=SHIPPED, drop=RADARS),
@@ -142,9 +150,10 @@ GROUPS = {  # title, rows (a row may sit in several groups; the reference rows o
     "cameras": ("Cameras that count (issue 21)",
                 ("cam_base", "cam_depth", "cam_depth_persp", "backbone_pre", "cam_depth_persp_pre", "stereo",
                  "stereo_cv_off", "main", "main_depth", "drop_all_radar", "dropout_r25_c10",
-                 "dropout_r25_c10_no_radar", "dropout_r50_c10", "dropout_r50_c10_no_radar")),
+                 "dropout_r25_c10_no_radar", "dropout_r50_c10", "dropout_r50_c10_no_radar", "fused_recipe",
+                 "fused_recipe_no_radar")),
     "curve": ("Camera-only learning curve (issue 21)", ("cam_depth_persp_pre", "cam_curve_1400", "cam_curve_2800")),
-    "temporal": ("Time (issue 22): temporal against single-frame", ("main", "temporal")),
+    "time": ("Time (issue 22): temporal against single-frame", ("main", "main_traj", "temporal")),
     "shipped": ("The shipped checkpoint (issue 23)",
                 ("shipped", "shipped_no_radar", "shipped_no_cameras", "shipped_no_cam_front")),
 }
@@ -431,6 +440,12 @@ TARGETS = (
            (("cam_depth_persp_pre", "depth_in"),), lambda a: f"AbsRel {a:.3f}", lambda a: _r6(a) <= 0.25),
     Target("Depth in boxes, fused (21)", "AbsRel in GT boxes <= 0.25 (main_depth)", (("main_depth", "depth_in"),),
            lambda a: f"AbsRel {a:.3f}", lambda a: _r6(a) <= 0.25),
+    Target("Fused recipe, all radar masked (21)", "NDS fused_recipe_no_radar >= 0.7 x cam_depth_persp_pre",
+           (("fused_recipe_no_radar", "nds"), ("cam_depth_persp_pre", "nds")),
+           lambda a, b: f"NDS {a:.3f} vs camera only {b:.3f} (ratio {_ratio(a, b)})",
+           lambda a, b: _r6(a - 0.7 * b) >= 0),
+    Target("Depth in boxes, fused recipe (21)", "AbsRel in GT boxes <= 0.25 (fused_recipe)",
+           (("fused_recipe", "depth_in"),), lambda a: f"AbsRel {a:.3f}", lambda a: _r6(a) <= 0.25),
     Target("Stereo cost volume: mATE (21)", "mATE stereo <= 0.9 x stereo_cv_off",
            (("stereo", "mate"), ("stereo_cv_off", "mate")),
            lambda a, b: f"mATE {a:.3f} vs {b:.3f} m (ratio {_ratio(a, b)})", lambda a, b: _r6(a - 0.9 * b) <= 0),
@@ -447,6 +462,9 @@ TARGETS = (
     Target("Temporal car minADE6 (22)", "<= 0.75 x constant velocity's",
            (("temporal", "minADE_6"), ("temporal", "cv_minADE_6")),
            lambda a, b: f"{a:.3f} vs {b:.3f} m (ratio {_ratio(a, b)})", lambda a, b: _r6(a - 0.75 * b) <= 0),
+    Target("Single-frame trajectories, car minADE1 (22)", "main_traj <= constant velocity's",
+           (("main_traj", "minADE_1"), ("main_traj", "cv_minADE_1")),
+           lambda a, b: f"{a:.3f} vs {b:.3f} m", lambda a, b: _r6(a - b) <= 0),
     Target("Shipped checkpoint (23)", "NDS >= 0.55", (("shipped", "nds"),), lambda a: f"NDS {a:.3f}",
            lambda a: _r6(a) >= 0.55),
     Target("Shipped, all radars masked (23)", "NDS >= 0.30", (("shipped_no_radar", "nds"),), lambda a: f"NDS {a:.3f}",

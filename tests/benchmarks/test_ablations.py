@@ -182,13 +182,23 @@ def test_every_command_parses_with_the_real_clis_and_every_override_is_a_config_
     assert cfg.model.camera.stereo.enabled is False
     cfg = load_config(A.REPO / A.MONO, A.BY_NAME["dropout_r50_c10"].sets)
     assert (cfg.data.dropout.radar_all, cfg.data.dropout.camera_all) == (0.5, 0.1)
+    cfg = load_config(A.REPO / A.MONO, [s.format(out="o") for s in A.BY_NAME["fused_recipe"].sets])
+    assert cfg.train.depth_loss.enabled and cfg.train.perspective.enabled and cfg.data.dropout.radar_all == 0.25
+    assert cfg.model.camera.pretrained == "o/backbone_pre/run/backbone.pt"
+    for cfg in (load_config(A.REPO / A.TEMPORAL), load_config(A.REPO / A.MONO, A.BY_NAME["main_traj"].sets)):
+        assert cfg.model.head.trajectory_residual.enabled and cfg.train.trajectory_loss.median_mode.enabled
+        assert cfg.train.trajectory_loss.soft_mode_target.enabled
+    assert load_config(A.REPO / A.TEMPORAL).model.temporal.enabled
 
 
 def test_select_expands_groups_and_adds_what_rows_need():
     assert [r.name for r in A.select("drop_all_radar")] == ["main", "drop_all_radar"]
     assert [r.name for r in A.select("cam_curve_2800")] == ["backbone_pre", "cam_curve_2800"]
     assert [r.name for r in A.select("dropout_r50_c10_no_radar")] == ["dropout_r50_c10", "dropout_r50_c10_no_radar"]
-    assert {r.name for r in A.select("temporal")} == {"main", "temporal"}
+    assert {r.name for r in A.select("time")} == {"main", "main_traj", "temporal"}
+    assert [r.name for r in A.select("temporal")] == ["temporal"]  # the row (the group is "time")
+    assert [r.name for r in A.select("fused_recipe_no_radar")] == ["backbone_pre", "fused_recipe",
+                                                                   "fused_recipe_no_radar"]
     assert len(A.select("all")) == len(A.ROWS) and A.select("") == []
     with pytest.raises(ValueError, match="unknown row or group 'nope'"):
         A.select("main,nope")
@@ -310,9 +320,9 @@ def test_a_row_whose_config_does_not_exist_yet_is_pending_and_skipped(bench, mon
     monkeypatch.setattr(A, "ROWS", tuple(row if r.name == "temporal" else r for r in A.ROWS))
     kids = FakeChildren()
     assert bench.run(["--run", "temporal"], kids) == 1
-    assert kids.rows("train") == ["main"]
+    assert kids.rows("train") == []
     assert bench.status("temporal") == "pending (configs/not_written_yet.yaml missing)"
-    assert "| `temporal` | main model, streaming temporal fusion | pending (configs/not_written_yet.yaml missing) |" \
+    assert f"| `temporal` | {row.title} | pending (configs/not_written_yet.yaml missing) |" \
         in bench.benchmarks_md.read_text()
 
 
