@@ -169,6 +169,10 @@ class Player:
         self.static: dict[str, tuple[str, np.ndarray]] = {}  # child frame -> (parent frame, parent_from_child)
         self.infos: dict[str, Any] = {}
         self._cam_cache: dict[tuple, Camera] = {}
+        # validated calibrations per channel, valid until /tf_static changes (a Radar/Lidar validates its pose on
+        # construction: rebuilding one per message was a third of the read thread's time, issue 25)
+        self._mounts: dict[str, tuple[np.ndarray | None, str]] = {}
+        self._sensor_cache: dict[tuple, Any] = {}
         self.pending: list[Message] = []  # triggers waiting for their deadline, in arrival order
         self.recent: list[_Emitted] = []
         self.newest_stamp: int | None = None
@@ -181,7 +185,13 @@ class Player:
     # -- calibration ------------------------------------------------------------
     def _mount(self, ch: str) -> tuple[np.ndarray | None, str]:
         """ego_from_sensor of a channel (its TF frame per the topic map): the /tf_static transforms from the
-        sensor's frame up to the pose child frame (``base_link``), composed; a chain of any length."""
+        sensor's frame up to the pose child frame (``base_link``), composed; a chain of any length. Cached until
+        the next /tf_static message."""
+        if ch not in self._mounts:
+            self._mounts[ch] = self._compose_mount(ch)
+        return self._mounts[ch]
+
+    def _compose_mount(self, ch: str) -> tuple[np.ndarray | None, str]:
         frame, root = self.map.frame_of(ch), self.map.pose_child
         ego_from_cur, cur, seen = np.eye(4), frame, set()
         while cur != root:
@@ -230,10 +240,7 @@ class Player:
         if mount is None:
             return None, why
         doppler = self.map.radars[ch].doppler if ch in self.map.radars else "cartesian"
-        try:
-            return Radar(ch, mount, doppler), ""
-        except CalibrationError as err:
-            return None, f"calibration of {ch} is invalid ({err})"
+        return self._calibrated(Radar, ch, mount, doppler)
 
     def lidar(self, ch: str) -> tuple[Lidar | None, str]:
         if self.rig is not None and ch in self.rig.lidars:
@@ -241,10 +248,17 @@ class Player:
         mount, why = self._mount(ch)
         if mount is None:
             return None, why + (" and the --rig has no such lidar" if self.rig is not None else "")
-        try:
-            return Lidar(ch, mount), ""
-        except CalibrationError as err:
-            return None, f"calibration of {ch} is invalid ({err})"
+        return self._calibrated(Lidar, ch, mount)
+
+    def _calibrated(self, kind: type, ch: str, mount: np.ndarray, *args: Any) -> tuple[Any, str]:
+        """A validated Radar/Lidar for this mount, built once (an invalid one is remembered with its reason)."""
+        key = (kind, ch, mount.tobytes(), *args)
+        if key not in self._sensor_cache:
+            try:
+                self._sensor_cache[key] = (kind(ch, mount, *args), "")
+            except CalibrationError as err:
+                self._sensor_cache[key] = (None, f"calibration of {ch} is invalid ({err})")
+        return self._sensor_cache[key]
 
     # -- input ------------------------------------------------------------------
     def push(self, m: Message) -> list[FrameJob]:
@@ -282,6 +296,7 @@ class Player:
         """Every static transform is kept (a sensor may hang below intermediate frames: ``_mount`` composes)."""
         for t in m.payload:
             self.static[t.child] = (t.parent, t.matrix())
+        self._mounts.clear()
         if m.payload:
             self.ledger.use(m)
         else:

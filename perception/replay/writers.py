@@ -35,6 +35,7 @@ every ``preview_every``-th frame, at most ``preview_max`` of them.
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -76,10 +77,16 @@ def _timestamp(t_us: int):
 
 def _quaternion_xyzw_from_matrix(rotation: np.ndarray) -> tuple[float, float, float, float]:
     """Foxglove's (x, y, z, w) order of ``calibration.transforms.matrix_to_quaternion`` (which re-orthonormalises
-    the ~1e-7 rounding poses carry and imports no torch)."""
+    the ~1e-7 rounding poses carry and imports no torch). Memoised on the matrix's bytes: the camera mounts repeat
+    every frame."""
+    return _quaternion_of_bytes(np.ascontiguousarray(rotation, np.float64).tobytes())
+
+
+@functools.lru_cache(maxsize=64)
+def _quaternion_of_bytes(raw: bytes) -> tuple[float, float, float, float]:
     from calibration.transforms import matrix_to_quaternion
 
-    w, x, y, z = (float(v) for v in matrix_to_quaternion(rotation))
+    w, x, y, z = (float(v) for v in matrix_to_quaternion(np.frombuffer(raw, np.float64).reshape(3, 3)))
     return x, y, z, w
 
 

@@ -550,6 +550,32 @@ def test_player_drops_beyond_reorder_buffer_and_picks_closest_image():
     assert p.ledger.topics["/CAM_B"]["dropped"] == {"not_selected": 1}
 
 
+def test_player_calibration_is_built_once_and_follows_tf_static():
+    """Radar/lidar calibrations are cached per mount (issue 25): the same object while /tf_static is unchanged,
+    a new one (and a new reason) as soon as a /tf_static message moves, breaks or repairs the mount."""
+    _, tmap = _rig_map()
+    p = Player(PlayerConfig("CAM_A", ("CAM_A", "CAM_B"), ("RADAR_A",)), tmap)
+    s = _Stream()
+
+    def tf_static(x):
+        m = s("tf_static", "", 0)
+        m.payload = [Transform("base_link", "RADAR_A", 0, np.array([x, 0.0, 0.5]), np.array([1.0, 0, 0, 0]))]
+        return m
+
+    assert p.radar("RADAR_A") == (None, "no /tf_static chain base_link -> RADAR_A")
+    p.push(tf_static(3.0))
+    r1, why = p.radar("RADAR_A")
+    assert why == "" and r1.ego_from_radar[0, 3] == 3.0 and p.radar("RADAR_A")[0] is r1
+    p.push(tf_static(2.0))
+    r2, _ = p.radar("RADAR_A")
+    assert r2 is not r1 and r2.ego_from_radar[0, 3] == 2.0
+    p.push(tf_static(float("nan")))  # an invalid pose, remembered with its reason
+    r3, why = p.radar("RADAR_A")
+    assert r3 is None and "calibration of RADAR_A is invalid" in why and p.radar("RADAR_A") == (None, why)
+    p.push(tf_static(2.0))
+    assert p.radar("RADAR_A")[0].ego_from_radar[0, 3] == 2.0
+
+
 @pytest.mark.slow  # replays a bag through a network
 def test_cli_replay_and_bad_reference(scene, small_ckpt, tmp_path, capsys):
     from perception.cli.replay import main
