@@ -19,6 +19,7 @@ the frame that would have used it was emitted, and no later frame used it) or dr
 """
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -309,7 +310,7 @@ class Player:
         and push every later message out of the buffer."""
         offset = m.log_time_us - stamp_us
         if len(self._offsets) >= 3:
-            lead = float(np.median(self._offsets)) - offset
+            lead = statistics.median(self._offsets) - offset  # 64 ints: ~10x cheaper than np.median per message
             if lead > self.cfg.max_stamp_lead_us:
                 self.ledger.drop(m, "stamp_outlier", f"stamp {lead / 1e6:.1f} s ahead of the stream's time (limit "
                                                      f"{self.cfg.max_stamp_lead_us / 1e6:g} s)")
