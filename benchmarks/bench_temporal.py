@@ -104,7 +104,32 @@ def offline(checkpoint: str, dataroot: str, version: str, split: str, out: Path)
             "cv_minADE_1": cv["minADE_1"], "cv_minADE_6": cv["minADE_6"]}
 
 
-def _targets(single: dict, temporal: dict, replay_rate: dict | None) -> list[list[Any]]:
+def int8_drop(checkpoint: str, dataroot: str, version: str, split: str, out: Path, calib_frames: int = 32,
+              calib_split: str = "synth_train") -> dict[str, Any]:
+    """Export ``checkpoint`` with the INT8 Q/DQ graph (calibrated on ``calib_frames`` Frames of ``calib_split``, a
+    real state threaded: export/quantize.py) and score both graphs in ONNX Runtime with ``perception-test --onnx``
+    (scenes in time order, the state threaded by the runner). Returns both NDS and their difference."""
+    from export.cli import main as export_main
+    from perception.cli.test import main as test_main
+
+    onnx = out / "onnx"
+    rc = export_main(["--checkpoint", checkpoint, "--out", str(onnx), "--overwrite", "--int8", "--dataroot", dataroot,
+                      "--version", version, "--split", calib_split, "--calib-frames", str(calib_frames)])
+    if rc != 0:
+        raise SystemExit(f"perception-export --int8 failed with {rc}")
+    res: dict[str, Any] = {"calib_frames": calib_frames, "calib_split": calib_split}
+    for precision in ("fp32", "int8"):
+        rc = test_main(["--onnx", str(onnx), "--precision", precision, "--dataroot", dataroot, "--version", version,
+                        "--split", split, "--out", str(out / f"test_{precision}"), "--overwrite", "--no-progress"])
+        if rc != 0:
+            raise SystemExit(f"perception-test --onnx --precision {precision} failed with {rc}")
+        s = json.loads((out / f"test_{precision}" / "summary.json").read_text())
+        res[precision] = {"nd_score": s["nd_score"], "mean_ap": s["mean_ap"]}
+    res["nds_drop"] = res["fp32"]["nd_score"] - res["int8"]["nd_score"]
+    return res
+
+
+def _targets(single: dict, temporal: dict, replay_rate: dict | None, int8: dict | None = None) -> list[list[Any]]:
     def row(name: str, value: float, want: str, ok: bool) -> list[Any]:
         return [name, f"{value:.3f}", want, "met" if ok else "**missed**"]
 
@@ -123,6 +148,9 @@ def _targets(single: dict, temporal: dict, replay_rate: dict | None) -> list[lis
     if replay_rate is not None:
         d = replay_rate["nd_score"] - temporal["nd_score"]
         rows.append(row("replay (camera rate) NDS - offline, key frames", d, ">= -0.02", d >= -0.02))
+    if int8 is not None:
+        rows.append(row("INT8 Q/DQ NDS drop (ONNX Runtime, FP32 - INT8)", int8["nds_drop"], "<= 0.01",
+                        int8["nds_drop"] <= 0.01))
     return rows
 
 
@@ -137,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-scenes", type=int, help="replay only the first N scenes of the split (quick look: the "
                     "replay rows then cover fewer key frames than the offline ones; leave it out for the target)")
     ap.add_argument("--no-replay", action="store_true", help="offline rows only")
+    ap.add_argument("--int8", action="store_true", help="also export the temporal checkpoint with its INT8 Q/DQ graph "
+                                                        "and score FP32 and INT8 in ONNX Runtime (the NDS drop)")
+    ap.add_argument("--calib-frames", type=int, default=32, help="with --int8: calibration Frames (synth_train)")
     ap.add_argument("--note", default="", help="a sentence on the conditions (machine load, budget)")
     args = ap.parse_args(argv)
     out = Path(args.out_dir)
@@ -148,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         for key, kf in (("replay_keyframes", True), ("replay_camera_rate", False)):
             results[key] = replay_keyframe_scores(args.temporal, args.dataroot, args.version, args.split,
                                                   out / key, kf, args.max_scenes)
+    if args.int8:
+        results["int8"] = int8_drop(args.temporal, args.dataroot, args.version, args.split, out / "int8",
+                                    args.calib_frames)
     rows = []
     for key in ("single", "temporal", "replay_keyframes", "replay_camera_rate"):
         r = results.get(key)
@@ -159,13 +193,20 @@ def main(argv: list[str] | None = None) -> int:
                      f"{first['nd_score']:.3f}" if first else "", f"{later['nd_score']:.3f}" if later else "",
                      f"{r['car_minADE_1']:.3f} / {r['cv_minADE_1']:.3f}" if "car_minADE_1" in r else "",
                      f"{r['car_minADE_6']:.3f} / {r['cv_minADE_6']:.3f}" if "car_minADE_6" in r else ""])
+    i8 = results.get("int8")
+    flags = (" --no-replay" if args.no_replay else "") + (f" --int8 --calib-frames {args.calib_frames}" if args.int8
+                                                          else "")
     md = ("## Streaming temporal fusion (issue 22)\n\n"
           f"Command: `python -m benchmarks.bench_temporal --single {args.single} --temporal {args.temporal} "
-          f"--dataroot {args.dataroot} --split {args.split}`. {args.note}\n\n"
+          f"--dataroot {args.dataroot} --split {args.split}{flags}`. {args.note}\n\n"
           + table(["model / path", "NDS", "mAP", "mAVE", "NDS first frames", "NDS later frames",
                    "car minADE1 model / CV", "car minADE6 model / CV"], rows)
+          + ("" if i8 is None else
+             f"\n\nINT8 Q/DQ (the temporal graph, calibrated on {i8['calib_frames']} {i8['calib_split']} Frames with a "
+             f"real state), ONNX Runtime, scenes in time order: NDS {i8['fp32']['nd_score']:.3f} FP32 vs "
+             f"{i8['int8']['nd_score']:.3f} INT8 (mAP {i8['fp32']['mean_ap']:.3f} vs {i8['int8']['mean_ap']:.3f}).")
           + "\n\n" + table(["target", "value", "wanted", ""], _targets(results["single"], results["temporal"],
-                                                                   results.get("replay_camera_rate"))) + "\n")
+                                                                   results.get("replay_camera_rate"), i8)) + "\n")
     publish("temporal", results, md)
     return 0
 

@@ -35,3 +35,27 @@ def test_target_rows():
     assert rows["car minADE1 temporal / CV"] == "**missed**" and rows["car minADE6 temporal / CV"] == "met"
     assert rows["cold-start NDS temporal - single (scene first frames)"] == "**missed**"
     assert rows["replay (camera rate) NDS - offline, key frames"] == "met"
+    rows = {r[0]: r[3] for r in _targets(single, temporal, None, {"nds_drop": 0.011})}
+    assert rows["INT8 Q/DQ NDS drop (ONNX Runtime, FP32 - INT8)"] == "**missed**"
+    assert "replay (camera rate) NDS - offline, key frames" not in rows
+    rows = {r[0]: r[3] for r in _targets(single, temporal, None, {"nds_drop": -0.002})}
+    assert rows["INT8 Q/DQ NDS drop (ONNX Runtime, FP32 - INT8)"] == "met"
+
+
+@pytest.mark.slow  # an export with INT8 calibration and two ONNX Runtime evaluations
+def test_int8_drop_scores_both_graphs_of_a_temporal_model(synth_sweeps, tmp_path):
+    from benchmarks.bench_temporal import int8_drop
+    from perception.train.checkpoint import save_checkpoint
+    from small_model import small_config, small_net
+
+    cfg = small_config("model.temporal.enabled=true")
+    save_checkpoint(tmp_path / "t.pt", small_net(cfg), cfg)
+    splits = json.loads((synth_sweeps / "v1.0-synth" / "splits.json").read_text())
+    split = next(k for k, v in splits.items() if v)
+    r = int8_drop(str(tmp_path / "t.pt"), str(synth_sweeps), "v1.0-synth", split, tmp_path / "i8", calib_frames=2,
+                  calib_split=split)
+    assert (tmp_path / "i8" / "onnx" / "model_int8.onnx").exists()
+    for p in ("fp32", "int8"):
+        s = json.loads((tmp_path / "i8" / f"test_{p}" / "summary.json").read_text())
+        assert r[p]["nd_score"] == s["nd_score"] and 0.0 <= s["nd_score"] <= 1.0
+    assert r["nds_drop"] == pytest.approx(r["fp32"]["nd_score"] - r["int8"]["nd_score"])
