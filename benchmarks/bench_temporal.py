@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
                                                         "and score FP32 and INT8 in ONNX Runtime (the NDS drop)")
     ap.add_argument("--calib-frames", type=int, default=32, help="with --int8: calibration Frames (synth_train)")
     ap.add_argument("--note", default="", help="a sentence on the conditions (machine load, budget)")
+    ap.add_argument("--section", default="temporal",
+                    help="BENCHMARKS.md section and benchmarks/out/<section>.json (e.g. temporal_replay for the run on "
+                         "the camera-sweep root, so that it does not replace the ablation world's rows)")
     args = ap.parse_args(argv)
     out = Path(args.out_dir)
     results: dict[str, Any] = {"single": offline(args.single, args.dataroot, args.version, args.split,
@@ -194,9 +197,10 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r['car_minADE_1']:.3f} / {r['cv_minADE_1']:.3f}" if "car_minADE_1" in r else "",
                      f"{r['car_minADE_6']:.3f} / {r['cv_minADE_6']:.3f}" if "car_minADE_6" in r else ""])
     i8 = results.get("int8")
-    flags = (" --no-replay" if args.no_replay else "") + (f" --int8 --calib-frames {args.calib_frames}" if args.int8
-                                                          else "")
-    md = ("## Streaming temporal fusion (issue 22)\n\n"
+    flags = "".join([" --no-replay" if args.no_replay else "",
+                     f" --section {args.section}" if args.section != "temporal" else "",
+                     f" --int8 --calib-frames {args.calib_frames}" if args.int8 else ""])
+    md = (f"## Streaming temporal fusion (issue 22){' on ' + args.dataroot if args.section != 'temporal' else ''}\n\n"
           f"Command: `python -m benchmarks.bench_temporal --single {args.single} --temporal {args.temporal} "
           f"--dataroot {args.dataroot} --split {args.split}{flags}`. {args.note}\n\n"
           + table(["model / path", "NDS", "mAP", "mAVE", "NDS first frames", "NDS later frames",
@@ -207,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{i8['int8']['nd_score']:.3f} INT8 (mAP {i8['fp32']['mean_ap']:.3f} vs {i8['int8']['mean_ap']:.3f}).")
           + "\n\n" + table(["target", "value", "wanted", ""], _targets(results["single"], results["temporal"],
                                                                    results.get("replay_camera_rate"), i8)) + "\n")
-    publish("temporal", results, md)
+    publish(args.section, results, md)
     return 0
 
 
