@@ -175,6 +175,75 @@ def test_ddp_two_gloo_processes_equal_one_process(frames, tmp_path):
             torch.testing.assert_close(ddp_grads[n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
 
 
+TEMPORAL_EXTRA = (*TRAIN_EXTRA, "model.temporal.enabled=true")
+
+
+def _temporal_loss(net, batch, sl, cfg):
+    """The training step's loss of a temporal TrainNet (or its DDP wrapper) on the batch items ``sl``."""
+    from perception.model.network import STATE_OUTPUT
+
+    grid = BevGrid.from_config(cfg.data.grid)
+    t = build_targets(batch["gt_boxes"][sl], batch["gt_labels"][sl], batch["gt_mask"][sl], batch["gt_future"][sl],
+                      batch["gt_future_valid"][sl], grid, 10)
+    clip = {"previous": tuple(batch[f"prev_{k}"][sl] for k in INPUT_NAMES),
+            "temporal": tuple(batch[k][sl] for k in ("cur_from_prev", "prev_dt", "prev_valid"))}
+    out, _ = net(*[batch[k][sl] for k in INPUT_NAMES], **clip)
+    return sum(detection_losses({k: v for k, v in out.items() if k != STATE_OUTPUT}, t).values())
+
+
+def _ddp_temporal_worker(rank: int, world: int, port: int, batch: dict, out: str) -> None:
+    import torch.distributed as dist
+
+    from perception.train.camera_aux import TrainNet
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    cfg = small_config(*TEMPORAL_EXTRA)
+    net = TrainNet(build_model(cfg), cfg).eval()
+    ddp = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
+    _temporal_loss(ddp, batch, slice(rank, rank + 1), cfg).backward()
+    if rank == 0:
+        torch.save({n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_of_a_temporal_model_equals_one_process(frames, tmp_path):
+    """A temporal clip under DDP (the previous frame's BEV computed without gradient inside the wrapped forward):
+    the gradients averaged over 2 gloo processes equal one process on the mean of the per-item losses; and the
+    previous frame matters (another previous frame gives other gradients)."""
+    import torch.multiprocessing as mp
+
+    from perception.data.frame import ClipSample
+    from perception.data.loader import collate_clips
+    from perception.train.camera_aux import TrainNet
+
+    cfg = small_config(*TEMPORAL_EXTRA)
+    pillars = PillarSpec.from_config(cfg)
+    batch = collate_clips([ClipSample(frames[1], frames[0]), ClipSample(frames[8], None)], 200, pillars)
+    batch = {k: v for k, v in batch.items() if k != "meta"}
+    assert batch["prev_valid"].tolist() == [True, False]
+    out = tmp_path / "ddp_grads.pt"
+    mp.spawn(_ddp_temporal_worker, args=(2, _free_port(), batch, str(out)), nprocs=2, join=True)
+    ddp_grads = torch.load(out, weights_only=True)
+
+    def one_process(b):
+        torch.manual_seed(0)
+        net = TrainNet(build_model(cfg), cfg).eval()
+        (sum(_temporal_loss(net, b, slice(i, i + 1), cfg) for i in range(2)) / 2).backward()
+        return {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
+
+    grads = one_process(batch)
+    assert len(ddp_grads) > 50 and set(ddp_grads) == set(grads)
+    assert any("temporal" in n for n in grads)  # the fusion of the warped previous BEV is trained
+    for n, g in grads.items():
+        torch.testing.assert_close(ddp_grads[n], g, rtol=1e-4, atol=1e-6, msg=n)
+    other = collate_clips([ClipSample(frames[1], frames[2]), ClipSample(frames[8], None)], 200, pillars)
+    other_grads = one_process({k: v for k, v in other.items() if k != "meta"})
+    assert any(not torch.allclose(other_grads[n], g) for n, g in grads.items() if "temporal" in n)
+
+
 @pytest.mark.slow
 def test_minimal_evaluation_gives_nds_one_for_gt(synth_root, tmp_path):
     """The same code path as training-time evaluation, fed GT as predictions: NDS = mAP = 1."""
