@@ -185,7 +185,9 @@ def test_every_command_parses_with_the_real_clis_and_every_override_is_a_config_
     cfg = load_config(A.REPO / A.MONO, [s.format(out="o") for s in A.BY_NAME["fused_recipe"].sets])
     assert cfg.train.depth_loss.enabled and cfg.train.perspective.enabled and cfg.data.dropout.radar_all == 0.25
     assert cfg.model.camera.pretrained == "o/backbone_pre/run/backbone.pt"
-    for cfg in (load_config(A.REPO / A.TEMPORAL), load_config(A.REPO / A.MONO, A.BY_NAME["main_traj"].sets)):
+    assert not load_config(A.REPO / A.TEMPORAL).model.head.trajectory_residual.enabled
+    for cfg in (load_config(A.REPO / A.TEMPORAL, A.BY_NAME["temporal_traj"].sets),
+                load_config(A.REPO / A.MONO, A.BY_NAME["main_traj"].sets)):
         assert cfg.model.head.trajectory_residual.enabled and cfg.train.trajectory_loss.median_mode.enabled
         assert cfg.train.trajectory_loss.soft_mode_target.enabled
     assert load_config(A.REPO / A.TEMPORAL).model.temporal.enabled
@@ -195,7 +197,7 @@ def test_select_expands_groups_and_adds_what_rows_need():
     assert [r.name for r in A.select("drop_all_radar")] == ["main", "drop_all_radar"]
     assert [r.name for r in A.select("cam_curve_2800")] == ["backbone_pre", "cam_curve_2800"]
     assert [r.name for r in A.select("dropout_r50_c10_no_radar")] == ["dropout_r50_c10", "dropout_r50_c10_no_radar"]
-    assert {r.name for r in A.select("time")} == {"main", "main_traj", "temporal"}
+    assert {r.name for r in A.select("time")} == {"main", "main_traj", "temporal", "temporal_traj"}
     assert [r.name for r in A.select("temporal")] == ["temporal"]  # the row (the group is "time")
     assert [r.name for r in A.select("fused_recipe_no_radar")] == ["backbone_pre", "fused_recipe",
                                                                    "fused_recipe_no_radar"]
