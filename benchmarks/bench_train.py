@@ -5,16 +5,64 @@
     python -m benchmarks.bench_train runs/synthetic_tiny --ship     # table + curve into docs/, checkpoint into checkpoints/
 
 Reads RUN/summary.json, RUN/history.jsonl and RUN/eval/metrics_summary.json (written by the devkit); with
---ship copies RUN/model.pt to checkpoints/synthetic_tiny.pt.
+--ship copies RUN/model.pt to checkpoints/synthetic_tiny.pt and writes its model card, docs/model_card.md: file
+hash, data hash, config hash, steps, wall time (with the backbone pretraining stage when the config names one),
+machine, commit, metrics.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
-from benchmarks.report import REPO, publish, table
+from benchmarks.report import REPO, machine, publish, table
+from perception.outputs import atomic_write
+
+MODEL_CARD = REPO / "docs" / "model_card.md"
+
+
+def _machine_line(m: dict[str, Any] | None) -> str:
+    if not m:
+        return "not recorded (a run older than the machine field of summary.json)"
+    dev = m.get("gpu") or m.get("device", "cpu")
+    return f"{m.get('cpus')} x {m.get('cpu')} ({dev}, {m.get('processes', 1)} process(es), torch {m.get('torch')})"
+
+
+def model_card(run: Path, checkpoint: Path) -> str:
+    """docs/model_card.md for ``checkpoint`` trained in ``run``: what a user needs to trust or reproduce it."""
+    import yaml
+
+    summary = json.loads((run / "summary.json").read_text())
+    metrics = json.loads((run / "eval" / "metrics_summary.json").read_text())
+    cfg = yaml.safe_load((run / "config.resolved.yaml").read_text())
+    sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    steps, batch = summary["steps"], cfg["data"]["loader"]["batch_size"]
+    minutes = summary["minutes"]
+    stages = [f"detection training {steps} steps x batch {batch}: {minutes:.1f} min"]
+    pre = (cfg.get("model", {}).get("camera", {}) or {}).get("pretrained")
+    if pre and (Path(pre).parent / "summary.json").exists():
+        ps = json.loads((Path(pre).parent / "summary.json").read_text())
+        minutes += ps.get("minutes", 0.0)
+        stages.insert(0, f"backbone pretraining ({pre}): {ps.get('steps')} steps, {ps.get('minutes', 0.0):.1f} min")
+    tp = metrics["tp_errors"]
+    rows = [["file", f"`{checkpoint.relative_to(REPO) if checkpoint.is_relative_to(REPO) else checkpoint}`, "
+                     f"sha256 `{sha[:16]}...`"],
+            ["config", f"`{cfg.get('name')}` (config hash {summary.get('config_hash')}; the resolved config travels in "
+                       "the checkpoint)"],
+            ["data", f"generator {summary.get('generator_version')}, data hash {summary.get('data_hash')}"],
+            ["budget", "; ".join(stages) + f"; **{minutes:.1f} min** in all"],
+            ["machine", _machine_line(summary.get("machine"))],
+            ["recorded", f"{machine()['date']}, commit {machine()['commit']}"],
+            ["synth_val", f"NDS **{metrics['nd_score']:.3f}**, mAP {metrics['mean_ap']:.3f}, mATE {tp['trans_err']:.3f}, "
+                          f"mAVE {tp['vel_err']:.3f} (devkit detection_cvpr_2019)"]]
+    return ("# Model card: the shipped checkpoint\n\n"
+            "Written by `python -m benchmarks.bench_train RUN --ship` when the checkpoint is shipped; do not edit by "
+            "hand. How it was trained, the masked-sensor figures and the targets: "
+            "[BENCHMARKS.md](BENCHMARKS.md) (sections `train_synthetic_tiny` and the ablations' `shipped` rows).\n\n"
+            + table(["", ""], rows) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ship:
         (REPO / "checkpoints").mkdir(exist_ok=True)
         shutil.copy(run / "model.pt", REPO / "checkpoints" / "synthetic_tiny.pt")
+        atomic_write(MODEL_CARD, model_card(run, REPO / "checkpoints" / "synthetic_tiny.pt"))
     nds = metrics["nd_score"]
     table1 = table(["NDS", "mAP", "mATE", "mASE", "mAOE", "mAVE", "mAAE", "target"],
                    [[f"**{nds:.3f}**", f"{metrics['mean_ap']:.3f}", f"{tp['trans_err']:.3f}", f"{tp['scale_err']:.3f}",

@@ -277,7 +277,8 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
     if bar is not None:
         bar.close()
     total = minutes()
-    summary: dict[str, Any] = {"steps": step, "minutes": total, "minutes_this_run": total - prior_minutes, **hashes}
+    summary: dict[str, Any] = {"steps": step, "minutes": total, "minutes_this_run": total - prior_minutes, **hashes,
+                               "machine": _machine(dev, dist_info.world)}
     if dist_info.main:
         # train.ema: the averaged weights are the model that is saved and evaluated
         save_checkpoint(out / "model.pt", o.final, cfg, stereo, {**hashes, "steps": step, "ema": o.ema is not None})
@@ -287,6 +288,22 @@ def train(cfg: Config, dataroot: str | Path, version: str, out_dir: str | Path, 
         writer.close()
     _leave_distributed(dist_info)
     return summary
+
+
+def _machine(dev: torch.device, world: int) -> dict[str, Any]:
+    """What this (last) attempt of the run trained on, for the model card: CPU model and count, device, processes,
+    PyTorch version."""
+    import platform
+
+    cpu = platform.processor()
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                   cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
+    return {"cpu": cpu, "cpus": os.cpu_count(), "device": dev.type, "gpu": gpu, "processes": world,
+            "torch": torch.__version__}
 
 
 def _leave_distributed(dist_info: DistInfo) -> None:

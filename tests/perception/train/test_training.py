@@ -105,6 +105,8 @@ def test_resume_matches_an_uninterrupted_run(synth_root, tmp_path):
     resumed = train(cfg, synth_root, VERSION, tmp_path / "part", resume=True, progress=False, evaluate=False)
     # training time adds up over resumed runs (summary and history), the resumed run's own time kept beside it
     assert resumed["minutes"] == pytest.approx(saved_minutes + resumed["minutes_this_run"])
+    m = resumed["machine"]  # for the model card (benchmarks/bench_train.py)
+    assert m["cpus"] == os.cpu_count() and m["device"] == "cpu" and m["torch"] == torch.__version__ and m["cpu"]
     a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "part" / "model.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()
