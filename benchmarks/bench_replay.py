@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import REPO, publish, table
-from perception.replay.run import STAGE_NICE
 from perception.replay.writers import MemoryWriter
 
 DATA = REPO / "benchmarks" / "out" / "replay_data"
@@ -114,18 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         replay(BagReader(bag), ort, tmp / "full", progress=False, writer=full, draft_decode=False)
         replay(BagReader(bag), ort, tmp / "draft", progress=False, writer=draft)
         outputs = _compare(full, draft)
-        no_draft, equal = [], []  # equal: the stage threads at the network thread's priority (stage_nice=0)
+        no_draft = []
         for rep in range(args.repeats):  # interleaved: the machine's noise hits every backend alike
             for name, pipe in pipes.items():
                 net_fps[name].append(_network_only(pipe, draft.frames))
                 runs[name].append(replay(BagReader(bag), pipe, tmp / f"out_{rep}", progress=False, preview_every=0))
             no_draft.append(replay(BagReader(bag), ort, tmp / "nd", progress=False, preview_every=0,
                                    draft_decode=False))
-            equal.append(replay(BagReader(bag), ort, tmp / "eq", progress=False, preview_every=0, stage_nice=0))
         paced = [replay(BagReader(bag), ort, tmp / f"rt{i}", rate=1.0, progress=False, preview_every=0)
                  for i in range(args.repeats)]
-        paced_equal = [replay(BagReader(bag), ort, tmp / f"rq{i}", rate=1.0, progress=False, preview_every=0,
-                              stage_nice=0) for i in range(args.repeats)]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     load_after = os.getloadavg()
@@ -155,11 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     results["realtime"] = {"lag_ms": lag, "late_frames": late, "frames_built": paced[0]["frames"]["built_by_player"],
                            "runs": [{"latency": r["latency"], "frames": r["frames"]} for r in paced]}
     results["no_draft"] = {"fps": nd_fps, "read_ms": nd_read}
-    eq_fps = med([r["throughput"]["frames_per_wall_s"] for r in equal])
-    eq_ratio = med([r["throughput"]["frames_per_wall_s"] / n for r, n in zip(equal, net_fps["ONNX Runtime FP32"])])
-    eq_lag = med([r["latency"]["behind_real_time"]["p50_ms"] for r in paced_equal])
-    results["stage_nice"] = {"default": STAGE_NICE, "equal_priority": {"fps": eq_fps, "ratio": eq_ratio,
-                                                                       "lag_p50_ms": eq_lag}}
     period_ms = 1000 / CAMERA_HZ
     t_ratio = "met" if o["ratio"] >= 0.9 else "missed"
     t_fps = "met" if o["fps"] >= 12 else "missed"
@@ -194,11 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             f"draft box of the same class within 0.5 m (centre distance p50 {outputs['centre_m_p50']:.3f} m, p95 "
             f"{outputs['centre_m_p95']:.3f} m); network input images {outputs['max_mean_abs_pixel']:.2f} grey levels "
             "apart on average (the test's tolerances, on the small network: scores 0.02, top boxes' centres 0.1 m, 2 "
-            "grey levels; tests/perception/replay/test_replay.py).\n\n"
-          + f"Stage threads (read, prepare, output) at nice +{STAGE_NICE} above the network's thread (the default, "
-            f"`replay(stage_nice=)`) vs at its priority, ONNX Runtime FP32, interleaved: {o['fps']:.1f} vs "
-            f"{eq_fps:.1f} frames/s (ratio to network only {o['ratio']:.2f} vs {eq_ratio:.2f}); `--rate 1.0` lag p50 "
-            f"{lag['p50_ms']:.0f} vs {eq_lag:.0f} ms.")
+            "grey levels; tests/perception/replay/test_replay.py).")
     publish("replay", results, md)
     return 0
 

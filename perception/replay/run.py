@@ -22,7 +22,6 @@ bounded instead of growing without limit.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import threading
 import time
@@ -39,7 +38,6 @@ from perception.replay.player import FrameJob, Player, PlayerConfig
 
 REPORT_SCHEMA = "perception-replay-report/1"
 _END = object()  # end of stream marker passed down the queues
-STAGE_NICE = 5  # the read/prepare/output threads' nice value above the network thread's (replay(stage_nice=))
 
 
 def model_cameras(pipeline: Any) -> tuple[str, ...]:
@@ -168,9 +166,8 @@ class _Replay:
     """The stages of one replay run and the state they share (see the module docstring)."""
 
     def __init__(self, reader: Any, pipeline: Any, player: Player, tracker: Any, writer: Any, *, rate: float | None,
-                 max_frames: int | None, name: str, bar: Any, stage_nice: int = 0):
+                 max_frames: int | None, name: str, bar: Any):
         self.reader, self.pipeline, self.player = reader, pipeline, player
-        self.stage_nice = stage_nice
         self.tracker, self.writer = tracker, writer
         self.rate, self.max_frames, self.name, self.bar = rate, max_frames, name, bar
         self.stats = _Stats()
@@ -203,14 +200,8 @@ class _Replay:
             self._release(item, "late")
 
     # -- stages -----------------------------------------------------------------------------------------------
-    def _guard(self, stage: Callable[[], None], nice: int = 0) -> Callable[[], None]:
+    def _guard(self, stage: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
-            if nice > 0:  # this thread only (Linux: a thread is a task with its own nice value)
-                try:
-                    tid = threading.get_native_id()
-                    os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
-                except (OSError, AttributeError):  # not Linux, or not permitted: the stage runs at the same priority
-                    pass
             try:
                 stage()
             except BaseException as err:  # a failing stage ends the run; the caller re-raises it
@@ -338,7 +329,7 @@ class _Replay:
                 self.stop.set()
 
     def run(self) -> None:
-        threads = [threading.Thread(target=self._guard(f, self.stage_nice), name=f"replay-{f.__name__}", daemon=True)
+        threads = [threading.Thread(target=self._guard(f), name=f"replay-{f.__name__}", daemon=True)
                    for f in (self.read, self.prepare, self.output)]
         for th in threads:
             th.start()
@@ -373,14 +364,11 @@ def lidar_clouds(job: FrameJob) -> list[LidarCloud]:
 def replay(reader: Any, pipeline: Any, out: str | Path, *, rate: float | None = None, reference: str = "CAM_FRONT",
            max_wait_ms: float = 60.0, max_frames: int | None = None, rig: Any = None, name: str = "replay",
            progress: bool = True, preview_every: int = 10, writer: Any = None, draft_decode: bool = True,
-           lidar: bool = True, stage_nice: int = STAGE_NICE) -> dict:
+           lidar: bool = True) -> dict:
     """Replay every message of ``reader`` (a BagReader or NuScenesSceneReader) through ``pipeline``.
     ``draft_decode``: decode JPEGs at the size the network needs (``messages.decode_image``) instead of full size.
     ``lidar``: pass the drive's lidar sweeps through to the MCAP (never to the network); False: its topics are
-    ``ignored`` and never decoded. GT boxes go to the MCAP and previews where the reader has them (``reader.gt``).
-    ``stage_nice``: the read, prepare and output threads run this much nicer than the network's thread (and the
-    runtime's own threads), so that where cores are scarce they fill the network's idle moments instead of slowing
-    it (docs/replay.md); 0 keeps them equal."""
+    ``ignored`` and never decoded. GT boxes go to the MCAP and previews where the reader has them (``reader.gt``)."""
     from tqdm import tqdm
 
     from perception.replay.tracker import Tracker
@@ -402,7 +390,7 @@ def replay(reader: Any, pipeline: Any, out: str | Path, *, rate: float | None = 
     bar = tqdm(total=total, unit="msg", disable=not progress, desc=f"replay {name}")
     pipeline.streams.pop(name, None)  # a temporal network's state starts afresh with the drive
     run = _Replay(reader, pipeline, player, Tracker(pipeline.cfg.classes), writer, rate=rate, max_frames=max_frames,
-                  name=name, bar=bar, stage_nice=stage_nice)
+                  name=name, bar=bar)
     try:
         run.run()
     finally:

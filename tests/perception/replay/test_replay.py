@@ -837,27 +837,3 @@ def test_replay_refuses_a_held_out_and_keeps_it_on_failure(tmp_path, capsys):
                  "--no-progress"]) == 1
     assert "in use by another run" in capsys.readouterr().err
     assert (out / "detections.jsonl").read_text() == "old\n"
-
-
-def test_stage_threads_run_nicer_than_the_network_thread():
-    """replay(stage_nice=N): the read/prepare/output threads get N more nice than the caller's (network) thread,
-    which keeps its own; N = 0 changes nothing."""
-    import os
-    import threading
-
-    from perception.replay.run import _Replay
-
-    seen = {}
-
-    def probe(key):
-        def stage():
-            seen[key] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        return stage
-
-    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    for key, nice in (("nicer", 3), ("equal", 0)):
-        th = threading.Thread(target=_Replay._guard(object.__new__(_Replay), probe(key), nice))
-        th.start()
-        th.join()
-    assert seen == {"nicer": min(base + 3, 19), "equal": base}
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
