@@ -375,6 +375,7 @@ class SceneGT:
             anns = (_annotation(nusc, nusc.get("sample_annotation", a)) for a in sample["anns"])
             self.samples.append((int(sample["timestamp"]), {a.instance: a for a in anns if a is not None}))
             tok = sample["next"]
+        self.times = np.array([t for t, _ in self.samples], np.int64)  # key-frame timestamps, µs
         self.max_outside_us = int(max_outside_us)
 
     def __len__(self) -> int:
@@ -386,7 +387,7 @@ class SceneGT:
         scene's key frames (see the class docstring)."""
         if not self.samples:
             return None
-        ts = np.array([t for t, _ in self.samples], np.int64)
+        ts = self.times
         k = int(np.argmin(np.abs(ts - t_us)))
         if abs(int(ts[k]) - t_us) > self.max_outside_us and not ts[0] <= t_us <= ts[-1]:
             return None

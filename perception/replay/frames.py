@@ -13,7 +13,7 @@ from perception.config import Config
 from perception.data.assemble import CameraShot, assemble_frame
 from perception.data.frame import Frame
 from perception.data.radar import SweepRef
-from perception.replay.messages import CameraImage
+from perception.replay.messages import CameraImage, decoded_from_full
 from perception.replay.player import FrameJob
 
 
@@ -55,5 +55,4 @@ def decoded_camera(cam: Camera | None, image: CameraImage) -> Camera | None:
 def _reduced(cam: Camera, reduction: int, w: int, h: int) -> Camera:
     """Built once per (camera, decode size): the player reuses one Camera object per calibration (Camera hashes
     by identity), and a Camera validates its pose on construction (issue 25: per-frame rebuilds cost ~5 ms)."""
-    a = CameraImage(np.zeros((0, 0, 3), np.uint8), reduction=reduction).decoded_from_full()
-    return replace(cam, width=w, height=h, intrinsics=a @ cam.intrinsics)
+    return replace(cam, width=w, height=h, intrinsics=decoded_from_full(reduction) @ cam.intrinsics)

@@ -53,10 +53,15 @@ class CameraImage:
         return self.full_size or (int(self.rgb.shape[1]), int(self.rgb.shape[0]))
 
     def decoded_from_full(self) -> np.ndarray:
-        """(3, 3) pixels of the decoded ``rgb`` <- pixels of the full image (pixel centres at integers):
-        u' = (u + 0.5) / s - 0.5, the same for v. The identity for a full-size decode."""
-        s = float(self.reduction)
-        return np.array([[1 / s, 0, 0.5 / s - 0.5], [0, 1 / s, 0.5 / s - 0.5], [0, 0, 1]])
+        """(3, 3) pixels of the decoded ``rgb`` <- pixels of the full image (``decoded_from_full``)."""
+        return decoded_from_full(self.reduction)
+
+
+def decoded_from_full(reduction: int) -> np.ndarray:
+    """(3, 3) pixels of an image decoded at 1/``reduction`` of its size <- pixels of the full image (pixel centres
+    at integers): u' = (u + 0.5) / s - 0.5, the same for v. The identity for a full-size decode."""
+    s = float(reduction)
+    return np.array([[1 / s, 0, 0.5 / s - 0.5], [0, 1 / s, 0.5 / s - 0.5], [0, 0, 1]])
 
 
 @dataclass

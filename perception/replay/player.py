@@ -170,10 +170,10 @@ class Player:
         self.static: dict[str, tuple[str, np.ndarray]] = {}  # child frame -> (parent frame, parent_from_child)
         self.infos: dict[str, Any] = {}
         self._cam_cache: dict[tuple, Camera] = {}
-        # validated calibrations per channel, valid until /tf_static changes (a Radar/Lidar validates its pose on
-        # construction: rebuilding one per message was a third of the read thread's time, issue 25)
+        # per channel, valid until the next /tf_static message: its mount, and its validated Radar/Lidar (built on
+        # every message, the pose check was a third of the read thread's time, issue 25)
         self._mounts: dict[str, tuple[np.ndarray | None, str]] = {}
-        self._sensor_cache: dict[tuple, Any] = {}
+        self._sensors: dict[tuple[type, str], tuple[Any, str]] = {}
         self.pending: list[Message] = []  # triggers waiting for their deadline, in arrival order
         self.recent: list[_Emitted] = []
         self.newest_stamp: int | None = None
@@ -252,14 +252,14 @@ class Player:
         return self._calibrated(Lidar, ch, mount)
 
     def _calibrated(self, kind: type, ch: str, mount: np.ndarray, *args: Any) -> tuple[Any, str]:
-        """A validated Radar/Lidar for this mount, built once (an invalid one is remembered with its reason)."""
-        key = (kind, ch, mount.tobytes(), *args)
-        if key not in self._sensor_cache:
+        """The validated Radar/Lidar of ``ch`` on ``mount`` (its current ``_mount``), built once until the next
+        /tf_static message (an invalid one is remembered with its reason)."""
+        if (kind, ch) not in self._sensors:
             try:
-                self._sensor_cache[key] = (kind(ch, mount, *args), "")
+                self._sensors[kind, ch] = (kind(ch, mount, *args), "")
             except CalibrationError as err:
-                self._sensor_cache[key] = (None, f"calibration of {ch} is invalid ({err})")
-        return self._sensor_cache[key]
+                self._sensors[kind, ch] = (None, f"calibration of {ch} is invalid ({err})")
+        return self._sensors[kind, ch]
 
     # -- input ------------------------------------------------------------------
     def push(self, m: Message) -> list[FrameJob]:
@@ -298,6 +298,7 @@ class Player:
         for t in m.payload:
             self.static[t.child] = (t.parent, t.matrix())
         self._mounts.clear()
+        self._sensors.clear()
         if m.payload:
             self.ledger.use(m)
         else:

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from calibration.sync import SyncError
+from calibration.transforms import transform_points
 from perception.replay.frames import build_frame
 from perception.replay.messages import DROP_REASONS, LidarCloud
 from perception.replay.player import FrameJob, Player, PlayerConfig
@@ -354,9 +355,8 @@ def lidar_clouds(job: FrameJob) -> list[LidarCloud]:
             pose = job.poses.at(m.stamp_us, m.channel)
         except SyncError:
             continue
-        ego = np.asarray(job.lidar_calib[m.channel].ego_from_lidar, np.float64)
         pts = np.array(m.payload, np.float32)
-        pts[:, :3] = (pts[:, :3].astype(np.float64) @ ego[:3, :3].T + ego[:3, 3]).astype(np.float32)
+        pts[:, :3] = transform_points(job.lidar_calib[m.channel].ego_from_lidar, pts[:, :3])
         out.append(LidarCloud(m.channel, m.stamp_us, pts, pose))
     return out
 

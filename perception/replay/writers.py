@@ -414,12 +414,11 @@ def _lidar_at_t0(frame: Frame, clouds: list[LidarCloud]) -> np.ndarray | None:
     """The sweeps' x, y, z moved into ego@t0 (for the preview's BEV), None without lidar."""
     if not clouds:
         return None
-    ego_t0_from_global = np.linalg.inv(np.asarray(frame.global_from_ego, np.float64))
-    out = []
-    for c in clouds:
-        m = ego_t0_from_global @ np.asarray(c.global_from_ego, np.float64)
-        out.append(np.asarray(c.points, np.float64)[:, :3] @ m[:3, :3].T + m[:3, 3])
-    return np.concatenate(out).astype(np.float32)
+    from calibration.transforms import invert, transform_points
+
+    ego_t0_from_global = invert(frame.global_from_ego)
+    return np.concatenate([transform_points(ego_t0_from_global @ np.asarray(c.global_from_ego, np.float64),
+                                            np.asarray(c.points, np.float32)[:, :3]) for c in clouds])
 
 
 class MemoryWriter:
