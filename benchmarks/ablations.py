@@ -132,6 +132,10 @@ ROWS = (
     Row("fused_recipe", "main + depth + perspective + pretrained backbone + dropout radar_all 0.25 camera_all 0.1",
         DEPTH + PERSP + PRE + _dropout(0.25, 0.1), needs=("backbone_pre",)),
     Row("fused_recipe_no_radar", "fused_recipe, all 5 radars masked", test_of="fused_recipe", drop=RADARS),
+    # the recipe without the raised dropout (config 0.02 / 0.02): separates what dropout adds to the recipe
+    Row("recipe_nodrop", "main + depth + perspective + pretrained backbone (dropout as the config)",
+        DEPTH + PERSP + PRE, needs=("backbone_pre",)),
+    Row("recipe_nodrop_no_radar", "recipe_nodrop, all 5 radars masked", test_of="recipe_nodrop", drop=RADARS),
     # issue 21's learning curve of the full camera-only recipe (700 steps: cam_depth_persp_pre)
     Row("cam_curve_1400", "cam_depth_persp_pre at 1400 steps", CAM + DEPTH + PERSP + PRE, steps=1400,
         needs=("backbone_pre",)),
@@ -156,7 +160,7 @@ GROUPS = {  # title, rows (a row may sit in several groups; the reference rows o
                 ("cam_base", "cam_depth", "cam_depth_persp", "backbone_pre", "cam_depth_persp_pre", "stereo",
                  "stereo_cv_off", "stereo_depth", "stereo_depth_cv_off", "main", "main_depth", "drop_all_radar", "dropout_r25_c10",
                  "dropout_r25_c10_no_radar", "dropout_r50_c10", "dropout_r50_c10_no_radar", "fused_recipe",
-                 "fused_recipe_no_radar")),
+                 "fused_recipe_no_radar", "recipe_nodrop", "recipe_nodrop_no_radar")),
     "curve": ("Camera-only learning curve (issue 21)", ("cam_depth_persp_pre", "cam_curve_1400", "cam_curve_2800")),
     "time": ("Time (issue 22): temporal against single-frame", ("main", "main_traj", "temporal", "temporal_traj")),
     "shipped": ("The shipped checkpoint (issue 23)",
