@@ -42,3 +42,20 @@ def test_model_card_without_pretraining_or_machine(tmp_path):
     card = model_card(*_run(tmp_path, machine=False))
     assert "backbone pretraining" not in card and "**30.5 min** in all" in card
     assert "not recorded" in card
+
+
+def test_train_commands_start_with_the_backbone_stage_when_the_config_loads_one(tmp_path):
+    from benchmarks.bench_train import pretrain_note, train_commands
+
+    pre = tmp_path / "pre"
+    pre.mkdir()
+    (pre / "summary.json").write_text(json.dumps({"steps": 700, "minutes": 5.25}))
+    run, _ = _run(tmp_path, pretrained=str(pre / "backbone.pt"))
+    lines = train_commands(run).splitlines()
+    stage = next(i for i, line in enumerate(lines) if "--stage backbone" in line)
+    detect = next(i for i, line in enumerate(lines) if "--out runs/synthetic_tiny --resume" in line)
+    assert stage < detect and f"--out {pre}" in lines[stage]
+    assert "configs/synthetic_tiny.yaml" in lines[detect] and lines[-1].endswith("--ship")
+    assert pretrain_note(run) == " after a backbone pretraining stage of 700 steps in 5.2 min"
+    plain, _ = _run(tmp_path / "b")
+    assert "--stage backbone" not in train_commands(plain) and pretrain_note(plain) == ""
