@@ -530,6 +530,8 @@ def markdown(res: dict[str, dict[str, Any]]) -> str:
                          _f(r.get("map")), _f(r.get("mate")), _f(r.get("mave"))] + [_f(ap.get(c)) for c in CLASSES]
                         + [_f(r.get("depth_all")), _f(r.get("depth_in"))])
         parts += ["", f"### {title}", "", table(header, rows)]
+        if names == GROUPS["curve"][1] and curve_points(res):
+            parts += ["", f"![camera-only learning curve](images/{CURVE_PNG})"]
     parts += ["", "### Targets", "", "Judged on the figures rounded to 6 decimals; `main` is seed 0 and every row "
               "it is compared with shares its seed, budget and data; a difference below the seed spread is training "
               "noise. A missed target stays missed; the reasons are in docs/ablations.md (Findings).", "",
@@ -541,8 +543,52 @@ def markdown(res: dict[str, dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
+CURVE_PNG = "ablation_camera_curve.png"
+
+
+def curve_points(res: dict[str, dict[str, Any]]) -> list[tuple[int, float, float, float | None]]:
+    """(steps, NDS, mAP, depth AbsRel in boxes) of the finished rows of the camera-only learning curve."""
+    pts = [(BY_NAME[n].steps, res[n]["nds"], res[n]["map"], res[n].get("depth_in"))
+           for n in GROUPS["curve"][1] if res[n]["status"] == "done"]
+    return sorted(pts) if len(pts) >= 2 else []
+
+
+def plot_curve(res: dict[str, dict[str, Any]], path: Path) -> bool:
+    """The camera-only learning curve against issue 21's targets (a picture says more than three rows)."""
+    pts = curve_points(res)
+    if not pts:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [p[0] for p in pts]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax.plot(steps, [p[1] for p in pts], "o-", label="NDS")
+    ax.plot(steps, [p[2] for p in pts], "s-", label="mAP")
+    ax.axhline(0.35, color="C0", ls=":", label="NDS target 0.35")
+    ax.axhline(0.20, color="C1", ls=":", label="mAP target 0.20")
+    bx.plot(steps, [p[3] for p in pts], "o-", color="C2", label="depth AbsRel in GT boxes")
+    bx.axhline(0.25, color="C2", ls=":", label="target 0.25")
+    for a, title in ((ax, "camera only, full recipe"), (bx, "camera depth vs lidar")):
+        a.set_xlabel("optimiser steps (batch 4)")
+        a.set_xticks(steps)
+        a.set_title(title)
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
 def publish(out: Path, echo: bool) -> None:
     res = collect(out)
+    plot_curve(res, report.BENCHMARKS_MD.parent / "images" / CURVE_PNG)  # beside the Markdown that links it
     md = markdown(res)
     results = {"out_dir": rel(out), "rows": res,
                "targets": [dict(zip(("target", "figures", "goal", "status"), judge(t, res))) for t in TARGETS]}

@@ -401,6 +401,12 @@ def _verdict(title: str, **rows: dict) -> str:
     ("Stereo cost volume: mATE", {"stereo": {"mate": 0.4501}, "stereo_cv_off": {"mate": 0.5}}, "**missed**"),
     ("Stereo cost volume: depth", {"stereo": {"depth_stereo": 0.3}, "stereo_cv_off": {"depth_stereo": 0.3}},
      "**missed**"),
+    ("Stereo cost volume with depth supervision: mATE",
+     {"stereo_depth": {"mate": 0.45}, "stereo_depth_cv_off": {"mate": 0.5}}, "**met**"),
+    ("Stereo cost volume with depth supervision: mATE",
+     {"stereo_depth": {"mate": 0.4501}, "stereo_depth_cv_off": {"mate": 0.5}}, "**missed**"),
+    ("Stereo cost volume with depth supervision: depth",
+     {"stereo_depth": {"depth_stereo": 0.2999}, "stereo_depth_cv_off": {"depth_stereo": 0.3}}, "**met**"),
     ("Temporal velocity", {"temporal": {"mave": 0.85}, "main": {"mave": 1.0}}, "**met**"),
     ("Temporal NDS", {"temporal": {"nds": 0.42}, "main": {"nds": 0.4}}, "**met**"),
     ("Temporal NDS", {"temporal": {"nds": 0.4199}, "main": {"nds": 0.4}}, "**missed**"),
@@ -424,3 +430,16 @@ def test_a_target_waits_for_rows_not_done():
     res["conv_fusion"] = {"status": "failed (test)", "nds": 0.1}  # figures of a failed row are not judged
     t = next(t for t in A.TARGETS if t.title.startswith("Cross-attention"))
     assert A.judge(t, res) == [t.title, "waiting for conv_fusion", t.goal, "pending"]
+
+
+def test_the_camera_curve_is_drawn_from_the_finished_curve_rows(tmp_path):
+    res = {r.name: {"status": "pending"} for r in A.ROWS}
+    assert A.curve_points(res) == [] and not A.plot_curve(res, tmp_path / "c.png")
+    res["cam_curve_2800"] = {"status": "done", "nds": 0.3, "map": 0.24, "depth_in": 0.27}
+    assert A.curve_points(res) == []  # one point is not a curve
+    res["cam_depth_persp_pre"] = {"status": "done", "nds": 0.2, "map": 0.1, "depth_in": 0.36}
+    res["cam_curve_1400"] = {"status": "failed (test)", "nds": 0.9, "map": 0.9}  # a failed row is not drawn
+    assert A.curve_points(res) == [(700, 0.2, 0.1, 0.36), (2800, 0.3, 0.24, 0.27)]
+    png = tmp_path / "images" / "c.png"
+    assert A.plot_curve(res, png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"images/{A.CURVE_PNG}" in A.markdown(res)
