@@ -128,7 +128,8 @@ ROWS = (
     Row("dropout_r25_c10_no_radar", "dropout_r25_c10, all 5 radars masked", test_of="dropout_r25_c10", drop=RADARS),
     Row("dropout_r50_c10", "main model, dropout radar_all 0.5 camera_all 0.1", _dropout(0.5, 0.1)),
     Row("dropout_r50_c10_no_radar", "dropout_r50_c10, all 5 radars masked", test_of="dropout_r50_c10", drop=RADARS),
-    # the fused model with the whole camera recipe and dropout: the candidate for the shipped configuration
+    # the fused model with the whole camera recipe and raised dropout (the shipped recipe keeps the camera supervision,
+    # not the raised dropout: recipe_nodrop)
     Row("fused_recipe", "main + depth + perspective + pretrained backbone + dropout radar_all 0.25 camera_all 0.1",
         DEPTH + PERSP + PRE + _dropout(0.25, 0.1), needs=("backbone_pre",)),
     Row("fused_recipe_no_radar", "fused_recipe, all 5 radars masked", test_of="fused_recipe", drop=RADARS),

@@ -33,6 +33,16 @@ def test_backbone_stage_writes_weights_a_detection_run_loads(synth_root, tmp_pat
     with pytest.raises(SystemExit) as exc:  # bad arguments: argparse's exit 2
         main(args + ["--resume"])
     assert exc.value.code == 2
+    # the shipped recipe's config names the stage's own output as its init: the stage starts from scratch ...
+    own = tmp_path / "own"
+    assert main([a if a != str(out) else str(own) for a in args]
+                + ["--set", f"model.camera.pretrained={own / 'backbone.pt'}"]) == 0, capsys.readouterr().err
+    assert (own / "backbone.pt").is_file()
+    # ... while any other init file must exist (a missing one is a clear error, exit 1)
+    other = tmp_path / "other"
+    assert main([a if a != str(out) else str(other) for a in args]
+                + ["--set", f"model.camera.pretrained={tmp_path / 'nope.pt'}"]) == 1
+    assert "nope.pt" in capsys.readouterr().err
 
 
 def test_a_checkpoint_loads_without_its_backbone_init_file(tmp_path):
