@@ -38,11 +38,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from benchmarks import report
-from benchmarks.report import REPO, table
+from benchmarks.report import GLIBC_TUNABLES, REPO, table
 from perception.outputs import atomic_write
 
 NAME = "ablations"
-GLIBC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=268435456"
 VERSION, SPLIT = "v1.0-synth", "synth_val"
 MONO, STEREO = "configs/synthetic_tiny.yaml", "configs/synthetic_tiny_stereo.yaml"
 TEMPORAL = "configs/synthetic_tiny_temporal.yaml"

@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import REPO, cpu, publish, table
+from benchmarks.report import GLIBC_TUNABLES, REPO, cpu, publish, table
 
 CONFIGS = ("synthetic_tiny", "nuscenes_r18_256x704", "nuscenes_r50_256x704")
 BACKENDS = ("eager", "ort_fp32", "ort_int8")
@@ -62,7 +62,6 @@ LABELS = {"eager": "PyTorch eager", "ort_fp32": "ORT FP32", "ort_int8": "ORT INT
           "ort_int8_before": "ORT INT8 Q/DQ, defining-form lift (before)"}
 MODEL_FILES = {"ort_fp32": ("onnx", "model.onnx"), "ort_int8": ("onnx", "model_int8.onnx"),
                "ort_fp32_before": ("onnx_before", "model.onnx"), "ort_int8_before": ("onnx_before", "model_int8.onnx")}
-GLIBC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=268435456"
 TARGETS = {"ort_fp32": 1.25, "ort_int8": 2.0}
 PAUSE_S = 0.05  # between two timed calls: lets the previous backend's worker threads stop spinning
 # 1-min load average above which a run counts as contended: the timed backend itself adds up to ~2 (2 threads)

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import REPO, machine, publish, table
+from benchmarks.report import GLIBC_TUNABLES, REPO, machine, publish, table
 from perception.outputs import atomic_write
 
 MODEL_CARD = REPO / "docs" / "model_card.md"
@@ -33,18 +33,15 @@ def _machine_line(m: dict[str, Any] | None) -> str:
 
 def model_card(run: Path, checkpoint: Path) -> str:
     """docs/model_card.md for ``checkpoint`` trained in ``run``: what a user needs to trust or reproduce it."""
-    import yaml
-
     summary = json.loads((run / "summary.json").read_text())
     metrics = json.loads((run / "eval" / "metrics_summary.json").read_text())
-    cfg = yaml.safe_load((run / "config.resolved.yaml").read_text())
+    cfg = _config(run)
     sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     steps, batch = summary["steps"], cfg["data"]["loader"]["batch_size"]
     minutes = summary["minutes"]
     stages = [f"detection training {steps} steps x batch {batch}: {minutes:.1f} min"]
-    pre = (cfg.get("model", {}).get("camera", {}) or {}).get("pretrained")
-    if pre and (Path(pre).parent / "summary.json").exists():
-        ps = json.loads((Path(pre).parent / "summary.json").read_text())
+    pre, ps = _pretraining(cfg)
+    if ps is not None:
         minutes += ps.get("minutes", 0.0)
         stages.insert(0, f"backbone pretraining ({pre}): {ps.get('steps')} steps, {ps.get('minutes', 0.0):.1f} min")
     tp = metrics["tp_errors"]
@@ -71,18 +68,22 @@ def _config(run: Path) -> dict[str, Any]:
     return yaml.safe_load((run / "config.resolved.yaml").read_text()) or {}
 
 
-def _pretrained(run: Path) -> str:
-    return str(((_config(run).get("model") or {}).get("camera") or {}).get("pretrained") or "")
+def _pretraining(cfg: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+    """The config's ``model.camera.pretrained`` ("" without one) and the summary.json of the backbone stage that
+    wrote it (None when there is none beside it)."""
+    pre = str(((cfg.get("model") or {}).get("camera") or {}).get("pretrained") or "")
+    summary = Path(pre).parent / "summary.json" if pre else None
+    return pre, json.loads(summary.read_text()) if summary and summary.exists() else None
 
 
 def train_commands(run: Path) -> str:
     """The commands that train RUN's config from scratch: the backbone stage first when the config loads one."""
-    name = _config(run).get("name", "synthetic_tiny")
+    config = _config(run)
+    name = config.get("name", "synthetic_tiny")
     cfg = f"configs/{name}.yaml"
     lines = ["perception-synth --out data/synth --scenes 60 --samples-per-scene 20 --seed 0 --keyframes-only",
-             "export GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:"
-             "glibc.malloc.top_pad=268435456"]
-    pre = _pretrained(run)
+             f"export GLIBC_TUNABLES={GLIBC_TUNABLES}"]
+    pre, _ = _pretraining(config)
     if pre:
         lines.append(f"perception-train {cfg} --dataroot data/synth --stage backbone --out {Path(pre).parent} "
                      "--set train.steps=700")
@@ -92,11 +93,9 @@ def train_commands(run: Path) -> str:
 
 
 def pretrain_note(run: Path) -> str:
-    pre = _pretrained(run)
-    summary = Path(pre).parent / "summary.json" if pre else None
-    if not summary or not summary.exists():
+    _, ps = _pretraining(_config(run))
+    if ps is None:
         return ""
-    ps = json.loads(summary.read_text())
     return f" after a backbone pretraining stage of {ps.get('steps')} steps in {ps.get('minutes', 0.0):.1f} min"
 
 

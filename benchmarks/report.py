@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = REPO / "docs" / "BENCHMARKS.md"
+# glibc allocator tunables for CPU training/inference (docs/training.md: the default allocator page-faults most of a step)
+GLIBC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=268435456"
 
 
 def cpu() -> dict[str, Any]:

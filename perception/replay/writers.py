@@ -42,6 +42,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from calibration.transforms import invert, matrix_to_quaternion, transform_points
 from perception.data.frame import Frame
 from perception.pipeline import Detections
 from perception.replay.messages import LidarCloud
@@ -84,8 +85,6 @@ def _quaternion_xyzw_from_matrix(rotation: np.ndarray) -> tuple[float, float, fl
 
 @functools.lru_cache(maxsize=64)
 def _quaternion_of_bytes(raw: bytes) -> tuple[float, float, float, float]:
-    from calibration.transforms import matrix_to_quaternion
-
     w, x, y, z = (float(v) for v in matrix_to_quaternion(np.frombuffer(raw, np.float64).reshape(3, 3)))
     return x, y, z, w
 
@@ -414,8 +413,6 @@ def _lidar_at_t0(frame: Frame, clouds: list[LidarCloud]) -> np.ndarray | None:
     """The sweeps' x, y, z moved into ego@t0 (for the preview's BEV), None without lidar."""
     if not clouds:
         return None
-    from calibration.transforms import invert, transform_points
-
     ego_t0_from_global = invert(frame.global_from_ego)
     return np.concatenate([transform_points(ego_t0_from_global @ np.asarray(c.global_from_ego, np.float64),
                                             np.asarray(c.points, np.float32)[:, :3]) for c in clouds])

@@ -29,8 +29,8 @@ from perception.config import Config
 class BackbonePretrainNet(nn.Module):
     """Backbone + neck of the camera branch with the perspective head and a lidar depth head on the features."""
 
-    def __init__(self, cfg: Config, init: str | Path | None = None):
-        """``init``: weights to start the backbone from (default ``model.camera.pretrained``; "" = from scratch)."""
+    def __init__(self, cfg: Config, init: str | Path = ""):
+        """``init``: a weights file to start the backbone from ("" = from scratch)."""
         super().__init__()
         from perception.model.camera.backbone import ResNet, load_pretrained
         from perception.model.camera.neck import FPNNeck
@@ -40,7 +40,6 @@ class BackbonePretrainNet(nn.Module):
         c, m = cfg.model.camera, cfg.model
         self.backbone = ResNet(depth=c.backbone_depth, width=c.backbone_width, blocks=c.backbone_blocks,
                                out_indices=(2, 3), norm=m.norm, frozen_stages=c.frozen_stages)
-        init = c.pretrained if init is None else init
         if init:
             load_pretrained(self.backbone, init)
         self.neck = FPNNeck(self.backbone.out_channels, c.neck_channels, norm=m.norm)
@@ -85,8 +84,10 @@ def pretrain_backbone(cfg: Config, dataroot: str | Path, version: str, out_dir: 
         raise DatasetError(f"split {tc.split} has {len(frames)} samples: fewer than one batch of {bs}")
     # a config that names this stage's own output as its init (the two-stage recipe of synthetic_tiny_shipped.yaml)
     # starts the stage from scratch; any other file (ImageNet weights, an earlier stage) is the stage's init
-    own = bool(cfg.model.camera.pretrained) and Path(cfg.model.camera.pretrained).resolve() == (out / "backbone.pt").resolve()
-    net = BackbonePretrainNet(cfg, init="" if own else None).to(dev).train()
+    init = cfg.model.camera.pretrained
+    if init and Path(init).resolve() == (out / "backbone.pt").resolve():
+        init = ""
+    net = BackbonePretrainNet(cfg, init).to(dev).train()
     opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.steps, pct_start=0.3,
                                                 div_factor=10.0, final_div_factor=100.0)
