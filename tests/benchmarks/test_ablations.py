@@ -419,6 +419,14 @@ def _verdict(title: str, **rows: dict) -> str:
     ("Shipped, all cameras", {"shipped": {"nds": 0.55}, "shipped_no_cameras": {"nds": 0.45}}, "**met**"),
     ("Shipped, all cameras", {"shipped": {"nds": 0.55}, "shipped_no_cameras": {"nds": 0.4501}}, "**missed**"),
     ("Shipped, one camera", {"shipped": {"nds": 0.55}, "shipped_no_cam_front": {"nds": 0.5}}, "**missed**"),
+    ("Shipped, all radars masked: a working", {"shipped_no_radar": {"nds": 0.21, "map": 0.1},
+                                               "cam_curve_1400": {"nds": 0.3}}, "**met**"),
+    ("Shipped, all radars masked: a working", {"shipped_no_radar": {"nds": 0.2099, "map": 0.2},
+                                               "cam_curve_1400": {"nds": 0.3}}, "**missed**"),
+    ("Shipped, depth in boxes", {"shipped": {"depth_in": 0.2501}}, "**missed**"),
+    ("Shipped velocity", {"shipped": {"mave": 0.1}, "recipe_nodrop": {"mave": 1.0}}, "reported"),
+    ("Shipped car minADE1", {"shipped": {"minADE_1": 1.0001, "cv_minADE_1": 1.0}}, "**missed**"),
+    ("Shipped car minADE6", {"shipped": {"minADE_6": 0.75, "cv_minADE_6": 1.0}}, "**met**"),
 ])
 def test_target_rules_at_their_boundaries(title, rows, verdict):
     assert _verdict(title, **rows) == verdict
