@@ -145,6 +145,11 @@ ROWS = (
     Row("temporal", "main model, streaming temporal fusion", config=TEMPORAL),
     Row("temporal_traj", "temporal + trajectory residual/median/soft target", TRAJ, config=TEMPORAL),
     Row("main_traj", "main model + trajectory residual/median/soft target (single frame)", TRAJ),
+    # issue 23: the shipped model (temporal + camera recipe, 1400 steps) lost temporal's velocity (car AVE 1.13 vs
+    # 0.47): is temporal's gain repeatable (a second seed), and does the camera recipe remove it (the same budget)?
+    Row("temporal_seed1", "temporal, seed 1", ("train.seed=1",), config=TEMPORAL),
+    Row("temporal_recipe", "temporal + depth + perspective + pretrained backbone (the shipped recipe at 700 steps)",
+        DEPTH + PERSP + PRE, config=TEMPORAL, needs=("backbone_pre",)),
     # the shipped checkpoint (issue 23), whatever its training budget
     Row("shipped", "checkpoints/synthetic_tiny.pt", checkpoint=SHIPPED),
     Row("shipped_no_radar", "shipped, all 5 radars masked", checkpoint=SHIPPED, drop=RADARS),
@@ -162,7 +167,8 @@ GROUPS = {  # title, rows (a row may sit in several groups; the reference rows o
                  "dropout_r25_c10_no_radar", "dropout_r50_c10", "dropout_r50_c10_no_radar", "fused_recipe",
                  "fused_recipe_no_radar", "recipe_nodrop", "recipe_nodrop_no_radar")),
     "curve": ("Camera-only learning curve (issue 21)", ("cam_depth_persp_pre", "cam_curve_1400", "cam_curve_2800")),
-    "time": ("Time (issue 22): temporal against single-frame", ("main", "main_traj", "temporal", "temporal_traj")),
+    "time": ("Time (issue 22): temporal against single-frame",
+             ("main", "main_traj", "temporal", "temporal_seed1", "temporal_traj", "temporal_recipe", "recipe_nodrop")),
     "shipped": ("The shipped checkpoint (issue 23)",
                 ("shipped", "shipped_no_radar", "shipped_no_cameras", "shipped_no_cam_front")),
 }
