@@ -197,7 +197,8 @@ def test_select_expands_groups_and_adds_what_rows_need():
     assert [r.name for r in A.select("drop_all_radar")] == ["main", "drop_all_radar"]
     assert [r.name for r in A.select("cam_curve_2800")] == ["backbone_pre", "cam_curve_2800"]
     assert [r.name for r in A.select("dropout_r50_c10_no_radar")] == ["dropout_r50_c10", "dropout_r50_c10_no_radar"]
-    assert {r.name for r in A.select("time")} == {"main", "main_traj", "temporal", "temporal_traj"}
+    assert {r.name for r in A.select("time")} == {"main", "main_traj", "temporal", "temporal_seed1", "temporal_traj",
+                                                  "temporal_recipe", "recipe_nodrop", "backbone_pre"}
     assert [r.name for r in A.select("temporal")] == ["temporal"]  # the row (the group is "time")
     assert [r.name for r in A.select("fused_recipe_no_radar")] == ["backbone_pre", "fused_recipe",
                                                                    "fused_recipe_no_radar"]
