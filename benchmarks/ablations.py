@@ -78,6 +78,7 @@ class Row:
     drop: tuple[str, ...] = ()       # ... with these channels masked
     calib_deg: float = 0.0           # ... or this extrinsic rotation noise
     test_sets: tuple[str, ...] = ()  # perception-test --set (data-side overrides)
+    no_history: bool = False         # perception-test --no-history (a temporal network, every frame cold)
 
     @property
     def trains(self) -> bool:
@@ -148,6 +149,8 @@ ROWS = (
     # issue 23: the shipped model (temporal + camera recipe, 1400 steps) lost temporal's velocity (car AVE 1.13 vs
     # 0.47): is temporal's gain repeatable (a second seed), and does the camera recipe remove it (the same budget)?
     Row("temporal_seed1", "temporal, seed 1", ("train.seed=1",), config=TEMPORAL),
+    Row("temporal_no_history", "temporal, every frame a cold start (what the history adds)", test_of="temporal",
+        no_history=True),
     Row("temporal_recipe", "temporal + depth + perspective + pretrained backbone (the shipped recipe at 700 steps)",
         DEPTH + PERSP + PRE, config=TEMPORAL, needs=("backbone_pre",)),
     # the shipped checkpoint (issue 23), whatever its training budget
@@ -155,6 +158,8 @@ ROWS = (
     Row("shipped_no_radar", "shipped, all 5 radars masked", checkpoint=SHIPPED, drop=RADARS),
     Row("shipped_no_cameras", "shipped, all 6 cameras masked", checkpoint=SHIPPED, drop=CAMERAS),
     Row("shipped_no_cam_front", "shipped, CAM_FRONT masked", checkpoint=SHIPPED, drop=("CAM_FRONT",)),
+    Row("shipped_no_history", "shipped, every frame a cold start (what the history adds)", checkpoint=SHIPPED,
+        no_history=True),
 )
 BY_NAME = {r.name: r for r in ROWS}
 GROUPS = {  # title, rows (a row may sit in several groups; the reference rows of a comparison are repeated)
@@ -168,9 +173,10 @@ GROUPS = {  # title, rows (a row may sit in several groups; the reference rows o
                  "fused_recipe_no_radar", "recipe_nodrop", "recipe_nodrop_no_radar")),
     "curve": ("Camera-only learning curve (issue 21)", ("cam_depth_persp_pre", "cam_curve_1400", "cam_curve_2800")),
     "time": ("Time (issue 22): temporal against single-frame",
-             ("main", "main_traj", "temporal", "temporal_seed1", "temporal_traj", "temporal_recipe", "recipe_nodrop")),
+             ("main", "main_traj", "temporal", "temporal_no_history", "temporal_seed1", "temporal_traj",
+              "temporal_recipe", "recipe_nodrop")),
     "shipped": ("The shipped checkpoint (issue 23)",
-                ("shipped", "shipped_no_radar", "shipped_no_cameras", "shipped_no_cam_front")),
+                ("shipped", "shipped_no_radar", "shipped_no_cameras", "shipped_no_cam_front", "shipped_no_history")),
 }
 
 
@@ -246,6 +252,8 @@ def test_cmd(row: Row, out: Path, roots: dict[bool, str]) -> list[str]:
         cmd += ["--calib-noise-deg", f"{row.calib_deg:g}"]
     for s in row.test_sets:
         cmd += ["--set", s]
+    if row.no_history:
+        cmd.append("--no-history")
     return cmd
 
 
@@ -513,6 +521,11 @@ TARGETS = (
            "mAVE shipped vs recipe_nodrop (the same recipe single-frame, 700 steps: budgets differ, no verdict)",
            (("shipped", "mave"), ("recipe_nodrop", "mave")),
            lambda a, b: f"mAVE {a:.3f} vs {b:.3f} (ratio {_ratio(a, b)})"),
+    Target("What the history adds (22, 23)", "mAVE and NDS with the state against every frame cold (no verdict)",
+           (("temporal", "mave"), ("temporal_no_history", "mave"), ("shipped", "mave"), ("shipped_no_history", "mave"),
+            ("temporal", "nds"), ("temporal_no_history", "nds"), ("shipped", "nds"), ("shipped_no_history", "nds")),
+           lambda a, b, c, d, e, f, g, h: f"temporal mAVE {a:.3f} vs {b:.3f} cold, NDS {e:.3f} vs {f:.3f}; shipped "
+                                          f"mAVE {c:.3f} vs {d:.3f} cold, NDS {g:.3f} vs {h:.3f}"),
     Target("Shipped car minADE1 (22, 23)", "<= constant velocity's", (("shipped", "minADE_1"),
                                                                        ("shipped", "cv_minADE_1")),
            lambda a, b: f"{a:.3f} vs {b:.3f} m", lambda a, b: _r6(a - b) <= 0),

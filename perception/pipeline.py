@@ -149,6 +149,7 @@ class Pipeline:
         # warns once per camera set whose overlap exceeds what the lift samples (model.camera.cameras_per_voxel)
         self.coverage_check = CoverageCheck(cfg)
         self.streams: dict[str, StreamState] = {}  # temporal networks: the state of each stream
+        self.no_history = False  # True: every frame a cold start (perception-test --no-history); set before infer
 
     @property
     def temporal(self) -> bool:
@@ -162,7 +163,7 @@ class Pipeline:
     def stream(self, name: str = "") -> StreamState:
         """The temporal state of stream ``name`` (created on first use)."""
         if name not in self.streams:
-            self.streams[name] = StreamState(self.cfg.model.temporal, self.state_shape)
+            self.streams[name] = StreamState(self.cfg.model.temporal, self.state_shape, self.no_history)
         return self.streams[name]
 
     def reset_streams(self) -> None:

@@ -12,7 +12,8 @@ small ring with their times and poses) and chooses the previous state for the ne
 - otherwise a cold start (``prev_valid`` False), counted with its reason.
 
 Reset reasons (``RESET_REASONS``): the first frame of a stream, a new scene token, a time jump backwards, every
-kept state older than ``max_gap_s`` (frames dropped or a pause), no kept state near the target gap.
+kept state older than ``max_gap_s`` (frames dropped or a pause), no kept state near the target gap, history
+switched off (``no_history``: every frame cold, to measure what the history adds).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ RESET_REASONS = {
     "gap_above_max": "every kept state is older than model.temporal.max_gap_s (frames dropped, or a pause)",
     "no_state_near_gap": "no kept state within model.temporal.gap_tolerance_s of target_gap_s (stream younger "
                          "than the target gap, or frames dropped around it)",
+    "no_history": "history switched off (perception-test --no-history: every frame a cold start)",
 }
 
 
@@ -64,9 +66,11 @@ class StreamState:
     ``push(t0, global_from_ego, bev)`` after it ran. ``resets`` counts the cold starts by reason; ``warm`` the
     frames that got a previous state."""
 
-    def __init__(self, policy: TemporalConfig, state_shape: tuple[int, ...]):
-        """``policy``: ``cfg.model.temporal`` (max_gap_s, target_gap_s, gap_tolerance_s, history)."""
+    def __init__(self, policy: TemporalConfig, state_shape: tuple[int, ...], no_history: bool = False):
+        """``policy``: ``cfg.model.temporal`` (max_gap_s, target_gap_s, gap_tolerance_s, history). ``no_history``:
+        every frame after the stream's first is a cold start with reason ``no_history``."""
         self.policy, self.state_shape = policy, tuple(state_shape)
+        self.no_history = no_history
         self.kept: deque[_Kept] = deque(maxlen=policy.history)
         self.scene: str | None = None
         self.last_t0: int | None = None
@@ -87,6 +91,8 @@ class StreamState:
             self._reset("stream_start")
         elif scene != self.scene:
             self._reset("new_scene")
+        elif self.no_history:
+            self._reset("no_history")
         elif t0 <= self.last_t0:
             self._reset("time_backwards")
         elif self.kept and all((t0 - k.t0) / 1e6 > p.max_gap_s for k in self.kept):

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--drop-sensors", default="", help="comma-separated channels masked in every frame")
     p.add_argument("--calib-noise-deg", type=number(float, min=0.0, max=180.0), default=0.0, help="random extrinsic rotation error per sensor")
+    p.add_argument("--no-history", action="store_true",
+                   help="temporal networks: reset the state before every frame (each a cold start), to measure "
+                        "what the history adds; an error for a single-frame network")
     p.add_argument("--max-samples", type=number(int, min=1), help="score only the first N samples of the split")
     p.add_argument("--seed", type=number(int, min=0), default=0, help="seed of the calibration noise")
     p.add_argument("--device", type=torch_device,
@@ -114,7 +117,10 @@ def _score(args: argparse.Namespace, out: str | Path) -> int:
                                       "checkpoint; override data settings only (e.g. data.sync.enabled=false)")
         pipe.cfg = cfg
         frames = NuScenesFrames(cfg, args.dataroot, args.version, args.split)
-        predict = model_predictor(pipe)
+        if args.no_history and not pipe.temporal:
+            raise BackendNotAvailable("--no-history needs a temporal network (model.temporal.enabled in the "
+                                      "checkpoint's config); this one is single-frame and has no state to reset")
+        predict = model_predictor(pipe, no_history=args.no_history)
     drop = tuple(s.strip() for s in args.drop_sensors.split(",") if s.strip())
     summary = run_benchmark(predict, frames, out, drop_sensors=drop, calib_noise_deg=args.calib_noise_deg,
                             seed=args.seed, max_samples=args.max_samples, progress=not args.no_progress,

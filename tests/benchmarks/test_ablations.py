@@ -159,6 +159,9 @@ def test_commands(tmp_path):
     assert A.test_cmd(A.BY_NAME["stereo"], out, roots)[5:7] == ["--dataroot", "DS"]
     s = A.test_cmd(A.BY_NAME["shipped_no_cam_front"], out, roots)
     assert s[s.index("--checkpoint") + 1] == A.SHIPPED and s[-2:] == ["--drop-sensors", "CAM_FRONT"]
+    h = A.test_cmd(A.BY_NAME["temporal_no_history"], out, roots)
+    assert h[h.index("--checkpoint") + 1].endswith("temporal/run/model.pt") and h[-1] == "--no-history"
+    assert "--no-history" not in A.test_cmd(A.BY_NAME["temporal"], out, roots)
 
 
 def test_every_command_parses_with_the_real_clis_and_every_override_is_a_config_key(tmp_path):
@@ -197,8 +200,9 @@ def test_select_expands_groups_and_adds_what_rows_need():
     assert [r.name for r in A.select("drop_all_radar")] == ["main", "drop_all_radar"]
     assert [r.name for r in A.select("cam_curve_2800")] == ["backbone_pre", "cam_curve_2800"]
     assert [r.name for r in A.select("dropout_r50_c10_no_radar")] == ["dropout_r50_c10", "dropout_r50_c10_no_radar"]
-    assert {r.name for r in A.select("time")} == {"main", "main_traj", "temporal", "temporal_seed1", "temporal_traj",
-                                                  "temporal_recipe", "recipe_nodrop", "backbone_pre"}
+    assert {r.name for r in A.select("time")} == {"main", "main_traj", "temporal", "temporal_no_history",
+                                                  "temporal_seed1", "temporal_traj", "temporal_recipe",
+                                                  "recipe_nodrop", "backbone_pre"}
     assert [r.name for r in A.select("temporal")] == ["temporal"]  # the row (the group is "time")
     assert [r.name for r in A.select("fused_recipe_no_radar")] == ["backbone_pre", "fused_recipe",
                                                                    "fused_recipe_no_radar"]
@@ -428,6 +432,9 @@ def _verdict(title: str, **rows: dict) -> str:
     ("Shipped velocity", {"shipped": {"mave": 0.1}, "recipe_nodrop": {"mave": 1.0}}, "reported"),
     ("Shipped car minADE1", {"shipped": {"minADE_1": 1.0001, "cv_minADE_1": 1.0}}, "**missed**"),
     ("Shipped car minADE6", {"shipped": {"minADE_6": 0.75, "cv_minADE_6": 1.0}}, "**met**"),
+    ("What the history adds", {"temporal": {"mave": 0.4, "nds": 0.3}, "temporal_no_history": {"mave": 0.5, "nds": 0.3},
+                               "shipped": {"mave": 1.0, "nds": 0.3}, "shipped_no_history": {"mave": 1.1, "nds": 0.3}},
+     "reported"),
 ])
 def test_target_rules_at_their_boundaries(title, rows, verdict):
     assert _verdict(title, **rows) == verdict

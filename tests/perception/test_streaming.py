@@ -43,6 +43,15 @@ def test_key_frames_take_the_previous_key_frame_and_resets_have_reasons():
     assert set(st.resets) <= set(RESET_REASONS)
 
 
+def test_no_history_makes_every_frame_cold_with_its_own_reason():
+    st = StreamState(POLICY, SHAPE, no_history=True)
+    for k in range(4):  # key frames 0.5 s apart: each would be warm with history
+        arrays = _run(st, 1_000_000 + 500_000 * k)
+        assert not arrays["prev_valid"][0] and not arrays["prev_bev"].any()
+    assert st.counts() == {"warm": 0, "resets": {"no_history": 3, "stream_start": 1}}
+    assert set(st.resets) <= set(RESET_REASONS)
+
+
 def test_at_camera_rate_the_state_nearest_to_the_target_gap_is_taken():
     """83 ms frames: frames 0-3 (ages up to 0.249999 s) have no state within 0.25 s of 0.5 s (cold starts); then
     the frame nearest to 0.5 s back."""

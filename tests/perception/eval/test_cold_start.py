@@ -38,3 +38,30 @@ def test_perception_test_threads_the_state_and_reports_cold_start(synth_root, tm
     assert cold["temporal_state"] == {"warm": 13, "resets": {"stream_start": 1}}
     assert (out / "cold_start" / "first_frames" / "metrics_summary.json").exists()
     assert "## Cold start" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_no_history_makes_every_frame_a_cold_start(synth_root, small_ckpt, tmp_path, capsys):
+    from perception.cli.test import main
+    from perception.train.checkpoint import save_checkpoint
+    from small_model import small_config, small_net
+
+    cfg = small_config("model.temporal.enabled=true")
+    save_checkpoint(tmp_path / "t.pt", small_net(cfg), cfg)
+    common = ["--dataroot", str(synth_root), "--version", VERSION, "--split", "synth_val", "--no-progress"]
+    results = {}
+    for name, extra in (("warm", []), ("cold", ["--no-history"])):
+        out = tmp_path / name
+        assert main(["--checkpoint", str(tmp_path / "t.pt"), *common, "--out", str(out), *extra]) == 0
+        results[name] = json.loads((out / "results_nusc.json").read_text())["results"]
+        state = json.loads((out / "summary.json").read_text())["cold_start"]["temporal_state"]
+        assert state == ({"warm": 13, "resets": {"stream_start": 1}} if name == "warm"
+                         else {"warm": 0, "resets": {"no_history": 13, "stream_start": 1}})
+    tokens = sorted(results["warm"])
+    scores = {k: [sorted(b["detection_score"] for b in results[k][t]) for t in tokens] for k in results}
+    same = [a == b for a, b in zip(scores["warm"], scores["cold"])]
+    assert len(same) == 14 and sum(same) == 1  # only the scene's first frame (cold in both runs) is the same
+    capsys.readouterr()
+    # a single-frame network has no state: a clear error, not a silent no-op
+    rc = main(["--checkpoint", str(small_ckpt), *common, "--out", str(tmp_path / "single"), "--no-history"])
+    assert rc != 0 and "--no-history needs a temporal network" in capsys.readouterr().err
