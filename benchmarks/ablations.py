@@ -100,6 +100,7 @@ ROWS = (
     Row("cam_base", "camera only, no camera supervision", CAM),
     Row("radar_only", "radar only", ("model.camera.enabled=false",)),
     Row("conv_fusion", "conv fusion instead of cross-attention", ("model.fusion.kind=conv",)),
+    Row("conv_fusion_seed1", "conv fusion, seed 1", ("model.fusion.kind=conv", "train.seed=1")),
     Row("sync_off", "time sync off (train and test)", ("data.sync.enabled=false",),
         test_sets=("data.sync.enabled=false",)),
     Row("stereo", "main model, stereo rig (cost volume on)", config=STEREO, stereo=True),
@@ -164,7 +165,7 @@ ROWS = (
 BY_NAME = {r.name: r for r in ROWS}
 GROUPS = {  # title, rows (a row may sit in several groups; the reference rows of a comparison are repeated)
     "fusion": ("The first table (issue 10) on the synth/2 world",
-               ("main", "main_seed1", "cam_base", "radar_only", "conv_fusion", "sync_off", "stereo", "calib_0.5",
+               ("main", "main_seed1", "cam_base", "radar_only", "conv_fusion", "conv_fusion_seed1", "sync_off", "stereo", "calib_0.5",
                 "calib_1", "calib_2", "drop_cam_front", "drop_all_cameras", "drop_radar_front", "drop_all_radar")),
     "cameras": ("Cameras that count (issue 21)",
                 ("cam_base", "cam_depth", "cam_depth_persp", "backbone_pre", "cam_depth_persp_pre", "stereo",
@@ -438,6 +439,11 @@ TARGETS = (
     Target("Cross-attention >= conv fusion (10, 23)", "NDS main >= conv_fusion",
            (("main", "nds"), ("conv_fusion", "nds")),
            lambda a, b: f"NDS {a:.3f} vs {b:.3f} (diff {a - b:+.3f})", lambda a, b: _r6(a - b) >= 0),
+    Target("Cross-attention vs conv fusion over 2 seeds (23)", "mean NDS and mAP of each pair (no verdict)",
+           (("main", "nds"), ("main_seed1", "nds"), ("conv_fusion", "nds"), ("conv_fusion_seed1", "nds"),
+            ("main", "map"), ("main_seed1", "map"), ("conv_fusion", "map"), ("conv_fusion_seed1", "map")),
+           lambda a, b, c, d, e, f, g, h: f"NDS {(a + b) / 2:.3f} vs {(c + d) / 2:.3f} (conv); "
+                                          f"mAP {(e + f) / 2:.3f} vs {(g + h) / 2:.3f}"),
     Target("Sync on beats sync off (10)", "NDS main - sync_off >= 0.03", (("main", "nds"), ("sync_off", "nds")),
            lambda a, b: f"NDS {a:.3f} vs {b:.3f} (diff {a - b:+.3f})", lambda a, b: _r6(a - b) >= 0.03),
     Target("Stereo rig beats mono rig on mATE (10)", "mATE stereo < main", (("stereo", "mate"), ("main", "mate")),

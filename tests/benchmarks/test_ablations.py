@@ -432,6 +432,9 @@ def _verdict(title: str, **rows: dict) -> str:
     ("Shipped velocity", {"shipped": {"mave": 0.1}, "recipe_nodrop": {"mave": 1.0}}, "reported"),
     ("Shipped car minADE1", {"shipped": {"minADE_1": 1.0001, "cv_minADE_1": 1.0}}, "**missed**"),
     ("Shipped car minADE6", {"shipped": {"minADE_6": 0.75, "cv_minADE_6": 1.0}}, "**met**"),
+    ("Cross-attention vs conv fusion over 2 seeds", {k: {"nds": 0.3, "map": 0.2} for k in
+                                                    ("main", "main_seed1", "conv_fusion", "conv_fusion_seed1")},
+     "reported"),
     ("What the history adds", {"temporal": {"mave": 0.4, "nds": 0.3}, "temporal_no_history": {"mave": 0.5, "nds": 0.3},
                                "shipped": {"mave": 1.0, "nds": 0.3}, "shipped_no_history": {"mave": 1.1, "nds": 0.3}},
      "reported"),
