@@ -165,8 +165,9 @@ ROWS = (
 BY_NAME = {r.name: r for r in ROWS}
 GROUPS = {  # title, rows (a row may sit in several groups; the reference rows of a comparison are repeated)
     "fusion": ("The first table (issue 10) on the synth/2 world",
-               ("main", "main_seed1", "cam_base", "radar_only", "conv_fusion", "conv_fusion_seed1", "sync_off", "stereo", "calib_0.5",
-                "calib_1", "calib_2", "drop_cam_front", "drop_all_cameras", "drop_radar_front", "drop_all_radar")),
+               ("main", "main_seed1", "cam_base", "radar_only", "conv_fusion", "conv_fusion_seed1", "sync_off",
+                "stereo", "calib_0.5", "calib_1", "calib_2", "drop_cam_front", "drop_all_cameras", "drop_radar_front",
+                "drop_all_radar")),
     "cameras": ("Cameras that count (issue 21)",
                 ("cam_base", "cam_depth", "cam_depth_persp", "backbone_pre", "cam_depth_persp_pre", "stereo",
                  "stereo_cv_off", "stereo_depth", "stereo_depth_cv_off", "main", "main_depth", "drop_all_radar", "dropout_r25_c10",

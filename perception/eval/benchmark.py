@@ -99,9 +99,9 @@ def model_predictor(pipeline: Any, no_history: bool = False) -> Callable[[Frame]
     """Predictions of a ``Pipeline``; with a PyTorch network that has cameras, also the camera depth
     (``perception.eval.depth.DepthProbe``: the exported graph has no depth output). ``no_history``: a temporal
     network's state is reset before every frame (each one a cold start), which measures what the history adds."""
-    if no_history and not pipeline.temporal:
-        raise ValueError("no_history needs a temporal network (model.temporal.enabled); this one has no state")
     if no_history:
+        if not pipeline.temporal:
+            raise ValueError("no_history needs a temporal network (model.temporal.enabled); this one has no state")
         pipeline.no_history = True
         pipeline.reset_streams()  # streams made from here on reset before every frame (reason no_history)
     probe = None
