@@ -167,7 +167,8 @@ def _train_step(o: _Optimisation, batch: dict, grid: Any, cfg: Config, dev: torc
     with torch.autocast(dev.type, enabled=o.use_amp):
         outputs, extras = o.net(*inputs, **clip)
     outputs = {k: v for k, v in outputs.items() if k != STATE_OUTPUT}
-    losses = detection_losses({k: v.float() for k, v in outputs.items()}, _to(targets, dev), cfg.train.trajectory_loss)
+    losses = detection_losses({k: v.float() for k, v in outputs.items()}, _to(targets, dev), cfg.train.trajectory_loss,
+                              cfg.train.velocity_weight)
     losses.update(camera_aux_losses(extras, batch, cfg))
     loss = sum(losses.values())
     if not torch.isfinite(loss):

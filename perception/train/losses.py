@@ -24,7 +24,7 @@ from torch import Tensor
 from perception.config import TrajectoryLossConfig
 from perception.train.targets import Targets
 
-REG_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)  # offset x2, z, log size x3, sin, cos, vel x2
+REG_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)  # offset x2, z, log size x3, sin, cos; then vel x2 (argument)
 
 
 def gaussian_focal_loss(logits: Tensor, target: Tensor, alpha: float = 2.0, gamma: float = 4.0) -> Tensor:
@@ -46,14 +46,16 @@ def gather_cells(maps: Tensor, ind: Tensor) -> Tensor:
 
 
 def detection_losses(out: dict[str, Tensor], t: Targets,
-                     trajectory: TrajectoryLossConfig = TrajectoryLossConfig()) -> dict[str, Tensor]:
+                     trajectory: TrajectoryLossConfig = TrajectoryLossConfig(),
+                     velocity_weight: float = 0.2) -> dict[str, Tensor]:
     """out: the network's head maps; t: targets; trajectory: the trajectory supervision (module docstring;
-    ``cfg.train.trajectory_loss``). Returns named scalar losses (their sum is trained)."""
+    ``cfg.train.trajectory_loss``); velocity_weight: the vx, vy L1 against the other regressions
+    (``cfg.train.velocity_weight``). Returns named scalar losses (their sum is trained)."""
     heat = gaussian_focal_loss(out["heatmap"], t.heatmap)
     pred = torch.cat([gather_cells(out[name], t.ind) for name in ("offset", "z", "log_size", "rotation", "velocity")],
                      dim=2)  # (B, G, 10)
     m = t.mask.unsqueeze(-1).float()
-    w = pred.new_tensor(REG_WEIGHTS)
+    w = pred.new_tensor(REG_WEIGHTS + (velocity_weight, velocity_weight))
     n = t.mask.sum().clamp(min=1).float()
     reg = (F.l1_loss(pred, t.regression, reduction="none") * m * w).sum() / n
     # trajectories: (B, G, M, T, 2)

@@ -96,7 +96,7 @@ class FusionDetector(Base3DDetector):
         dev = next(iter(out.values())).device
         targets = replace(targets, **{f.name: getattr(targets, f.name).to(dev) for f in fields(targets)})
         losses = detection_losses({k: v.float() for k, v in out.items()}, targets,
-                                  self.project_cfg.train.trajectory_loss)
+                                  self.project_cfg.train.trajectory_loss, self.project_cfg.train.velocity_weight)
         return {f"loss_{k}": v for k, v in losses.items()}
 
     @torch.no_grad()
