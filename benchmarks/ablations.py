@@ -162,6 +162,11 @@ ROWS = (
     Row("main_vel1", "main model, velocity loss weight 1.0, seed 0", ("train.velocity_weight=1.0",)),
     Row("main_vel1_seed1", "main model, velocity loss weight 1.0, seed 1", ("train.velocity_weight=1.0",
                                                                            "train.seed=1")),
+    # ... or does a short path from the radar's Doppler to the heads (model.head.radar_skip; 61 % of moving cars
+    # within 50 m show |v_r| > 0.5 m/s in one frame's radar, 0.9 % of parked ones)? Three seeds against main's three
+    Row("main_rskip", "main model + radar BEV skip into the heads, seed 0", ("model.head.radar_skip.enabled=true",)),
+    Row("main_rskip_seed1", "main + radar skip, seed 1", ("model.head.radar_skip.enabled=true", "train.seed=1")),
+    Row("main_rskip_seed2", "main + radar skip, seed 2", ("model.head.radar_skip.enabled=true", "train.seed=2")),
     # the shipped checkpoint (issue 23), whatever its training budget
     Row("shipped", "checkpoints/synthetic_tiny.pt", checkpoint=SHIPPED),
     Row("shipped_no_radar", "shipped, all 5 radars masked", checkpoint=SHIPPED, drop=RADARS),
@@ -174,8 +179,8 @@ BY_NAME = {r.name: r for r in ROWS}
 GROUPS = {  # title, rows (a row may sit in several groups; the reference rows of a comparison are repeated)
     "fusion": ("The first table (issue 10) on the synth/2 world",
                ("main", "main_seed1", "main_seed2", "cam_base", "radar_only", "conv_fusion", "conv_fusion_seed1",
-                "conv_fusion_seed2", "sync_off", "stereo", "calib_0.5", "calib_1", "calib_2", "drop_cam_front", "drop_all_cameras", "drop_radar_front",
-                "drop_all_radar")),
+                "conv_fusion_seed2", "sync_off", "stereo", "calib_0.5", "calib_1", "calib_2", "drop_cam_front",
+                "drop_all_cameras", "drop_radar_front", "drop_all_radar")),
     "cameras": ("Cameras that count (issue 21)",
                 ("cam_base", "cam_depth", "cam_depth_persp", "backbone_pre", "cam_depth_persp_pre", "stereo",
                  "stereo_cv_off", "stereo_depth", "stereo_depth_cv_off", "main", "main_depth", "drop_all_radar",
@@ -187,9 +192,9 @@ GROUPS = {  # title, rows (a row may sit in several groups; the reference rows o
              ("main", "main_traj", "temporal", "temporal_no_history", "temporal_seed1", "temporal_traj",
               "temporal_recipe", "recipe_nodrop")),
     "velocity": ("The velocity head over seeds (issue 23): loss weight 0.2 (CenterPoint's) against 1.0, "
-                 "cross-attention against conv fusion",
-                 ("main", "main_seed1", "main_seed2", "main_vel1", "main_vel1_seed1", "conv_fusion",
-                  "conv_fusion_seed1", "conv_fusion_seed2")),
+                 "the radar skip, cross-attention against conv fusion",
+                 ("main", "main_seed1", "main_seed2", "main_vel1", "main_vel1_seed1", "main_rskip", "main_rskip_seed1",
+                  "main_rskip_seed2", "conv_fusion", "conv_fusion_seed1", "conv_fusion_seed2")),
     "shipped": ("The shipped checkpoint (issue 23)",
                 ("shipped", "shipped_no_radar", "shipped_no_cameras", "shipped_no_cam_front", "shipped_no_history")),
 }
@@ -525,6 +530,19 @@ TARGETS = (
            lambda a, b, c, d, e, f, g, h: f"mAVE {a:.3f} / {b:.3f} (weight 0.2: {g:.3f} / {h:.3f}); mean mAP "
                                           f"{(c + d) / 2:.3f} vs {(e + f) / 2:.3f}",
            lambda a, b, c, d, e, f, g, h: _r6(max(a, b)) <= 0.7 and _r6((c + d) / 2 - (e + f) / 2) >= -0.02),
+    Target("Radar skip: no seed collapses (23)",
+           "mAVE <= 0.7 on all 3 seeds, and mean mAP >= main's 3-seed mean - 0.02",
+           (("main_rskip", "mave"), ("main_rskip_seed1", "mave"), ("main_rskip_seed2", "mave"),
+            ("main_rskip", "map"), ("main_rskip_seed1", "map"), ("main_rskip_seed2", "map"),
+            ("main", "map"), ("main_seed1", "map"), ("main_seed2", "map"),
+            ("main", "mave"), ("main_seed1", "mave"), ("main_seed2", "mave")),
+           lambda *v: f"mAVE {v[0]:.3f} / {v[1]:.3f} / {v[2]:.3f} (main: {v[9]:.3f} / {v[10]:.3f} / {v[11]:.3f}); "
+                      f"mean mAP {sum(v[3:6]) / 3:.3f} vs {sum(v[6:9]) / 3:.3f}",
+           lambda *v: _r6(max(v[:3])) <= 0.7 and _r6(sum(v[3:6]) / 3 - sum(v[6:9]) / 3) >= -0.02),
+    Target("Velocity head over seeds (23)", "mAVE per seed of main, conv fusion (no verdict)",
+           (("main", "mave"), ("main_seed1", "mave"), ("main_seed2", "mave"), ("conv_fusion", "mave"),
+            ("conv_fusion_seed1", "mave"), ("conv_fusion_seed2", "mave")),
+           lambda a, b, c, d, e, f: f"cross-attention {a:.3f} / {b:.3f} / {c:.3f}; conv {d:.3f} / {e:.3f} / {f:.3f}"),
     Target("Shipped checkpoint (23)", "NDS >= 0.55", (("shipped", "nds"),), lambda a: f"NDS {a:.3f}",
            lambda a: _r6(a) >= 0.55),
     Target("Shipped, all radars masked (23)", "NDS >= 0.30", (("shipped_no_radar", "nds"),), lambda a: f"NDS {a:.3f}",

@@ -284,6 +284,9 @@ class HeadConfig:
     # waypoints as residuals over the constant-velocity extrapolation of the cell's predicted velocity
     # (perception/model/heads/trajectory_head.py); off for checkpoints trained before it (their offsets are direct)
     trajectory_residual: Switch = field(default_factory=lambda: Switch(False))
+    # the heads read this frame's radar BEV beside the decoded BEV (issue 23: a short path from Doppler to the
+    # velocity branch); off for checkpoints trained before it (their heads have fewer input channels)
+    radar_skip: Switch = field(default_factory=lambda: Switch(False))
 
 
 @dataclass(frozen=True)
@@ -337,6 +340,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not (self.camera.enabled or self.radar.enabled):
             raise ConfigError("model.camera.enabled and model.radar.enabled are both false: enable at least one")
+        if self.head.radar_skip.enabled and not self.radar.enabled:
+            raise ConfigError("model.head.radar_skip.enabled needs model.radar.enabled (the heads read the radar BEV)")
 
 
 @dataclass(frozen=True)

@@ -90,9 +90,14 @@ class CameraBranch(nn.Module):
 class FusionNet(nn.Module):
     def __init__(self, *, camera: CameraBranch | None, radar: PillarEncoder | None, fusion: nn.Module,
                  bev_decoder: BevDecoder, center_head: CenterHead, trajectory_head: TrajectoryHead, decoder: Decoder,
-                 class_names: tuple[str, ...], temporal: TemporalFusion | None = None):
+                 class_names: tuple[str, ...], temporal: TemporalFusion | None = None, radar_skip: bool = False):
         super().__init__()
+        if radar_skip and radar is None:
+            raise ValueError("FusionNet: radar_skip needs the radar branch (model.radar.enabled)")
         self.camera, self.radar, self.fusion = camera, radar, fusion
+        # the heads also read this frame's radar BEV (model.head.radar_skip): a short path from the Doppler
+        # features to the velocity branch, past fusion, temporal fusion and the BEV decoder
+        self.radar_skip = radar_skip
         self.bev_decoder, self.center_head, self.trajectory_head, self.decoder = (bev_decoder, center_head,
                                                                                   trajectory_head, decoder)
         self.class_names = tuple(class_names)
@@ -113,9 +118,16 @@ class FusionNet(nn.Module):
                          pillar_mask: Tensor) -> Tensor:
         """The fused camera + radar BEV of one frame, before any temporal fusion: (B, C, H, W). A temporal
         network's ``bev_state``; training computes the previous frame's with it (without gradient)."""
+        return self._fuse(images, img_from_ego, camera_valid, radar_points, radar_valid, pillar_features,
+                          pillar_point_mask, pillar_cells, pillar_mask)[0]
+
+    def _fuse(self, images: Tensor, img_from_ego: Tensor, camera_valid: Tensor, radar_points: Tensor,
+              radar_valid: Tensor, pillar_features: Tensor, pillar_point_mask: Tensor, pillar_cells: Tensor,
+              pillar_mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(the fused BEV (B, C, H, W), the radar BEV (B, C_r, H, W) or None without the radar branch)."""
         cam_bev = self.camera(images, img_from_ego, camera_valid, radar_points, radar_valid) if self.camera else None
         rad_bev = self.radar(pillar_features, pillar_point_mask, pillar_cells, pillar_mask) if self.radar else None
-        return self.fusion(cam_bev, rad_bev)  # (B, C, H, W)
+        return self.fusion(cam_bev, rad_bev), rad_bev  # (B, C, H, W), (B, C_r, H, W) | None
 
     def forward(self, images: Tensor, img_from_ego: Tensor, camera_valid: Tensor, radar_points: Tensor,
                 radar_valid: Tensor, pillar_features: Tensor, pillar_point_mask: Tensor, pillar_cells: Tensor,
@@ -125,14 +137,16 @@ class FusionNet(nn.Module):
         ``log_size``, ``rotation``, ``velocity`` and TrajectoryHead's ``offsets`` and ``mode_logits``, each
         (B, *, H, W) on the BEV grid; a temporal network also ``bev_state``. The temporal inputs are ignored by a
         single-frame network; a temporal one given none runs a cold start."""
-        bev = self.single_frame_bev(images, img_from_ego, camera_valid, radar_points, radar_valid, pillar_features,
-                                    pillar_point_mask, pillar_cells, pillar_mask)  # (B, C, H, W)
+        bev, rad_bev = self._fuse(images, img_from_ego, camera_valid, radar_points, radar_valid, pillar_features,
+                                  pillar_point_mask, pillar_cells, pillar_mask)  # (B, C, H, W), (B, C_r, H, W)
         fused = bev
         if self.temporal is not None:
             if prev_bev is None:
                 prev_bev, cur_from_prev, prev_dt, prev_valid = self.temporal.cold_inputs(bev)
             fused = self.temporal(bev, prev_bev, cur_from_prev, prev_dt, prev_valid)  # (B, C, H, W)
         x = self.bev_decoder(fused)  # (B, C, H, W)
+        if self.radar_skip:
+            x = torch.cat([x, rad_bev], 1)  # (B, C + C_r, H, W)
         out = self.center_head(x)
         traj = self.trajectory_head(x, out["velocity"])  # the velocity map: used with trajectory_residual
         out.update({"traj_offsets": traj["offsets"], "traj_mode_logits": traj["mode_logits"]})
@@ -187,10 +201,13 @@ def build_model(cfg: Config, stereo_pairs: tuple[tuple[int, int], ...] = (), *,
         fusion = ConvFusion(m.bev_channels, m.radar.channels, f.channels, camera_enabled=m.camera.enabled,
                             radar_enabled=m.radar.enabled)
     bev_decoder = BevDecoder(f.channels, f.channels)
-    center = CenterHead(f.channels, len(cfg.classes), m.head.channels)
-    trajectory = TrajectoryHead(f.channels, m.head.modes, m.head.steps, m.head.channels,
+    skip = m.head.radar_skip.enabled  # the config refuses it without the radar branch
+    head_in = f.channels + (m.radar.channels if skip else 0)
+    center = CenterHead(head_in, len(cfg.classes), m.head.channels)
+    trajectory = TrajectoryHead(head_in, m.head.modes, m.head.steps, m.head.channels,
                                 residual=m.head.trajectory_residual.enabled)
     decoder = Decoder(BevGrid(d.grid.x_range, d.grid.y_range, bev_shape), m.head.max_detections)
     temporal = TemporalFusion(f.channels, d.grid.x_range, d.grid.y_range, bev_shape) if m.temporal.enabled else None
     return FusionNet(camera=camera, radar=radar, fusion=fusion, bev_decoder=bev_decoder, center_head=center,
-                     trajectory_head=trajectory, decoder=decoder, class_names=cfg.classes, temporal=temporal)
+                     trajectory_head=trajectory, decoder=decoder, class_names=cfg.classes, temporal=temporal,
+                     radar_skip=skip)

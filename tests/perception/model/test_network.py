@@ -78,7 +78,7 @@ def test_missing_sensors_give_finite_outputs(inputs, case):
 
 @pytest.mark.parametrize("overrides", [["model.camera.enabled=false"], ["model.radar.enabled=false"],
                                        ["model.fusion.kind=conv"], ["model.camera.radar_depth.enabled=false"],
-                                       ["model.norm=group"]])
+                                       ["model.norm=group"], ["model.head.radar_skip.enabled=true"]])
 def test_switches_build_and_run(inputs, overrides):
     cfg = small_config(*overrides)
     net = build_model(cfg, ((0, 1),)).eval()
@@ -96,6 +96,46 @@ def test_both_modalities_off_is_a_config_error():
         small_config("model.camera.enabled=false", "model.radar.enabled=false")
 
 
+class _ZeroFusion(torch.nn.Module):
+    """A fusion that forgets its inputs: what still reaches the heads reaches them some other way."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, camera_bev, radar_bev):
+        ref = radar_bev if radar_bev is not None else camera_bev
+        return ref.new_zeros(ref.shape[0], self.channels, *ref.shape[2:])
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_radar_skip_is_a_path_from_radar_to_the_velocity_head(inputs, skip):
+    """``model.head.radar_skip``: the heads read the radar BEV beside the decoded BEV, so with the fusion cut
+    the velocity map still changes with the radar's Doppler; without the skip it cannot."""
+    torch.manual_seed(0)
+    cfg = small_config(f"model.head.radar_skip.enabled={str(skip).lower()}")
+    net = build_model(cfg).eval()
+    assert net.center_head.shared[0].in_channels == cfg.model.fusion.channels + skip * cfg.model.radar.channels
+    net.fusion = _ZeroFusion(cfg.model.fusion.channels)
+    feeds = list(inputs)
+    i = INPUT_NAMES.index("pillar_features")
+    assert bool(feeds[INPUT_NAMES.index("pillar_mask")].any()), "the frames need radar pillars"
+    moved = feeds[i].clone()
+    moved[..., 4:6] += 8.0  # vx, vy (PILLAR_FEATURES order x y z rcs vx vy ...): every radar return moving
+    with torch.no_grad():
+        a = net(*feeds)["velocity"]
+        feeds[i] = moved
+        b = net(*feeds)["velocity"]
+    assert (a - b).abs().max().item() > 1e-4 if skip else torch.equal(a, b)
+
+
+def test_radar_skip_without_radar_is_a_config_error():
+    from perception.config import ConfigError
+
+    with pytest.raises(ConfigError, match="radar_skip"):
+        small_config("model.radar.enabled=false", "model.head.radar_skip.enabled=true")
+
+
 def test_training_step_reaches_every_parameter(inputs):
     net = build_model(small_config(), ((0, 1),)).train()
     out = net(*inputs)
@@ -104,10 +144,12 @@ def test_training_step_reaches_every_parameter(inputs):
     assert not missing, missing[:5]
 
 
-def test_export_budget_and_onnxruntime_parity(inputs, tmp_path):
+@pytest.mark.parametrize("overrides", [(), ("model.head.radar_skip.enabled=true",)], ids=["default", "radar_skip"])
+def test_export_budget_and_onnxruntime_parity(inputs, tmp_path, overrides):
     """The whole network with a stereo pair, radar-assisted depth, cross-attention fusion and in-graph decoding
-    exports to ONNX opset 17; every op is TensorRT-native, every GridSample 4-D; ONNX Runtime matches PyTorch on
-    the raw head maps (rtol 1e-3, atol 1e-4) and on the decoded detections."""
+    (and again with the radar skip into the heads) exports to ONNX opset 17; every op is TensorRT-native, every
+    GridSample 4-D; ONNX Runtime matches PyTorch on the raw head maps (rtol 1e-3, atol 1e-4) and on the decoded
+    detections."""
     import onnx
     import onnxruntime as ort
 
@@ -116,7 +158,7 @@ def test_export_budget_and_onnxruntime_parity(inputs, tmp_path):
     from perception.model.decode import OUTPUT_NAMES
 
     torch.manual_seed(0)
-    net = build_model(small_config(), ((0, 1),)).eval()
+    net = build_model(small_config(*overrides), ((0, 1),)).eval()
     # make BatchNorm statistics non-trivial so that parity is not checked on a degenerate net
     for mod in net.modules():
         if isinstance(mod, torch.nn.BatchNorm2d):
