@@ -76,6 +76,9 @@ def summary(s: dict) -> dict:
             "recount_equal": s["num_radar_pts_recount"]["equal_fraction"],
             "in_box_share": s["returns_in_boxes"]["fraction"],
             "radial_velocity_error_median_abs": s["radial_velocity_error"].get("median_abs"),
+            "doppler_moving": s["doppler"]["moving"]["overall"]["fraction"],
+            "doppler_moving_car": s["doppler"]["moving"]["per_class"]["car"]["fraction"],
+            "doppler_static": s["doppler"]["static"]["overall"]["fraction"],
             "rcs_median_per_class": {c: v.get("median") for c, v in s["rcs_in_box_per_class"].items()},
             "filter_pass": s["returns_per_key_frame"]["filtered"]["mean"] / max(s["returns_per_key_frame"]["raw"]["mean"], 1e-9)}
 
@@ -127,7 +130,11 @@ def markdown(results: dict) -> str:
         rows.append(row(f"  no radar, {b} m", "", lambda w, b=b: w["no_radar_per_band"][b]))
     rows += [row("num_radar_pts recount == table", "(definition)", lambda w: w["recount_equal"]),
              row("returns inside any box", "", lambda w: w["in_box_share"]),
-             row("radial velocity error, median abs (m/s)", "", lambda w: w["radial_velocity_error_median_abs"])]
+             row("radial velocity error, median abs (m/s)", "", lambda w: w["radial_velocity_error_median_abs"]),
+             row("moving boxes (> 0.5 m/s) whose motion shows in the frame's Doppler", "not measured here",
+                 lambda w: w.get("doppler_moving")),
+             row("  cars", "", lambda w: w.get("doppler_moving_car")),
+             row("static boxes with a moving return (false motion)", "", lambda w: w.get("doppler_static"))]
     t = results["targets"]
     lines = [f"Sensor statistics (issue 20): `python -m benchmarks.bench_stats {results['args']}` "
              f"({results['scenes']} scenes x {results['samples_per_scene']} key frames per world; "

@@ -34,6 +34,7 @@ from perception.outputs import confined
 
 SCHEMA = "perception-stats/1"
 DISTANCE_BANDS = ((0.0, 20.0), (20.0, 30.0), (30.0, 40.0), (40.0, 50.0))
+MOVING_MPS = 0.5  # a box faster than this over ground is moving; a return with |v_r| above it shows motion
 STATE_FIELDS = ("dyn_prop", "ambig_state", "invalid_state", "pdh0", "x_rms", "y_rms", "vx_rms", "vy_rms")
 
 
@@ -96,6 +97,8 @@ class _Acc:
     ann_radar: list[int]
     ann_lidar: list[int]
     ann_recount: list[int]
+    ann_speed: list[float]  # |annotation velocity| over ground, m/s (NaN where the devkit has none)
+    ann_doppler: list[float]  # max |compensated radial velocity| of the filtered returns inside the box (0: none)
     ret_in_box: list[np.ndarray]
     ret_class: list[np.ndarray]  # class index of the box a return lies in (-1 none)
     ret_rcs: list[np.ndarray]
@@ -121,7 +124,7 @@ def measure(dataroot: str | Path, version: str, split: str | None = None, progre
         raise DatasetError(f"{root / version / 'sample.json'}: no sample in "
                            + (f"split '{split}' (its scenes: {sorted(scenes)[:5]})" if split else "the table"))
     classes = list(ranges)
-    acc = _Acc([], [], [], [], [], [], [], [], [], [], [], [], {f: [] for f in STATE_FIELDS})
+    acc = _Acc([], [], [], [], [], [], [], [], [], [], [], [], [], [], {f: [] for f in STATE_FIELDS})
     bar = progress(len(samples)) if progress else None
     n_radars = set()
     for s in samples:
@@ -145,6 +148,7 @@ def measure(dataroot: str | Path, version: str, split: str | None = None, progre
         cls_idx = np.array([classes.index(c) if c in classes else -1 for c in cls], np.int64)
         vel = np.array([nusc.box_velocity(a["token"]) for a in anns], float).reshape(-1, 3)
         recount = np.zeros(len(anns), np.int64)
+        doppler = np.zeros(len(anns), np.float64)
         n_filtered = n_raw = 0
         for sd, cal, channel in radar_sds:
             n_radars.add(channel)
@@ -157,6 +161,7 @@ def measure(dataroot: str | Path, version: str, split: str | None = None, progre
             keep = radar_filter.mask(cloud)
             n_filtered += int(keep.sum())
             n_raw += len(cloud)
+            full_xyz = cloud.xyz
             cloud = cloud.select(np.all(np.isfinite(cloud.xyz), axis=1))
             g_from_r = pose_matrix(nusc.get("ego_pose", sd["ego_pose_token"])) @ pose_matrix(cal)
             pts = cloud.xyz.astype(np.float64) @ g_from_r[:3, :3].T + g_from_r[:3, 3]  # (N, 3) global
@@ -170,6 +175,9 @@ def measure(dataroot: str | Path, version: str, split: str | None = None, progre
             los = los / np.maximum(dist_r, 1e-6)[:, None]
             v_comp = np.stack([cloud.column("vx_comp"), cloud.column("vy_comp"), np.zeros(len(cloud))], 1) @ g_from_r[:3, :3].T
             vr_meas = np.sum(v_comp[:, :2] * los, axis=1)
+            if len(anns) and len(cloud):  # what the network sees: filtered returns' Doppler per box
+                seen = inside & keep[np.all(np.isfinite(full_xyz), axis=1)][None, :]
+                doppler = np.maximum(doppler, np.where(seen, np.abs(vr_meas)[None, :], 0.0).max(1))
             in_idx = np.flatnonzero(any_in)
             v_true = vel[owner[in_idx], :2] if len(in_idx) else np.zeros((0, 2))
             vr_true = np.sum(v_true * los[in_idx], axis=1)
@@ -185,9 +193,11 @@ def measure(dataroot: str | Path, version: str, split: str | None = None, progre
         acc.returns_filtered.append(n_filtered)
         acc.returns_raw.append(n_raw)
         ego_xy = np.asarray(lidar_pose["translation"], float)[:2]
-        for a, c, n in zip(anns, cls, recount):
+        for a, c, n, v, d in zip(anns, cls, recount, vel, doppler):
             if c is None:
                 continue
+            acc.ann_speed.append(float(np.hypot(v[0], v[1])))
+            acc.ann_doppler.append(float(d))
             acc.ann_class.append(c)
             acc.ann_dist.append(float(np.linalg.norm(np.asarray(a["translation"][:2], float) - ego_xy)))
             acc.ann_radar.append(int(a["num_radar_pts"]))
@@ -220,6 +230,29 @@ def no_return_fractions(classes: Sequence[str], dist: np.ndarray, counts: np.nda
             "per_band": {f"{lo:g}-{hi:g}": frac(in_range & (dist >= lo) & (dist < hi)) for lo, hi in DISTANCE_BANDS}}
 
 
+def doppler_fractions(classes: Sequence[str], dist: np.ndarray, speed: np.ndarray, doppler: np.ndarray,
+                      ranges: dict[str, float], threshold: float = MOVING_MPS) -> dict:
+    """What one key frame's radar says about motion, per annotation within its class range: ``moving`` = of the
+    boxes faster than ``threshold`` (m/s over ground), the share with a filtered return inside whose compensated
+    radial velocity exceeds it (the motion is in the frame's Doppler); ``static`` = of the slower ones, the share
+    with such a return (false motion). Boxes without a devkit velocity are left out. Entries as
+    ``no_return_fractions``' ({"fraction", "zero", "total"}, "zero" counting the boxes with such a return)."""
+    classes = np.asarray(classes, dtype=object)
+    dist, speed, doppler = (np.asarray(x, float) for x in (dist, speed, doppler))
+    limit = np.array([ranges.get(c, -1.0) for c in classes], float)
+    known = (dist <= limit) & np.isfinite(speed)
+    hit = doppler > threshold
+
+    def frac(m: np.ndarray) -> dict:
+        total, n = int(m.sum()), int((m & hit).sum())
+        return {"fraction": n / total if total else None, "zero": n, "total": total}
+
+    out = {}
+    for name, group in (("moving", known & (speed > threshold)), ("static", known & (speed <= threshold))):
+        out[name] = {"overall": frac(group), "per_class": {c: frac(group & (classes == c)) for c in ranges}}
+    return {**out, "threshold_mps": threshold}
+
+
 def _describe(x: np.ndarray) -> dict:
     x = np.asarray(x, float)
     if x.size == 0:
@@ -248,6 +281,8 @@ def _summarise(acc: _Acc, ranges: dict, classes: list[str], root: Path, version:
         "no_radar": no_return_fractions(acc.ann_class, dist, radar, ranges),
         "no_lidar": no_return_fractions(acc.ann_class, dist, lidar, ranges),
         "no_radar_no_lidar": no_return_fractions(acc.ann_class, dist, radar + lidar, ranges),
+        "doppler": doppler_fractions(acc.ann_class, dist, np.array(acc.ann_speed, float),
+                                     np.array(acc.ann_doppler, float), ranges),
         "num_radar_pts_recount": {
             "annotations": int(len(recount)), "equal": int((recount == radar).sum()),
             "equal_fraction": float((recount == radar).mean()) if len(recount) else None,
@@ -304,6 +339,17 @@ def to_markdown(stats: dict) -> str:
     for b in stats["no_radar"]["per_band"]:
         lines.append(f"| {b} m | {_pct(stats['no_radar']['per_band'][b])} | {_pct(stats['no_lidar']['per_band'][b])} | "
                      f"{_pct(stats['no_radar_no_lidar']['per_band'][b])} |")
+    dop = stats.get("doppler")
+    if dop:
+        lines += ["", "## Motion in one frame's Doppler", "",
+                  f"Boxes in class range with a devkit velocity; \"shows motion\": a return inside the box that passes "
+                  f"the filters and whose compensated radial velocity exceeds {dop['threshold_mps']:g} m/s. Moving: "
+                  f"faster than {dop['threshold_mps']:g} m/s over ground (the rest: a crossing target's radial "
+                  "component is small, or no return); static: the false-motion rate.", "",
+                  "| | moving boxes showing motion | static boxes showing motion |", "|---|---|---|",
+                  f"| **all classes** | {_pct(dop['moving']['overall'])} | {_pct(dop['static']['overall'])} |"]
+        for c in dop["moving"]["per_class"]:
+            lines.append(f"| {c} | {_pct(dop['moving']['per_class'][c])} | {_pct(dop['static']['per_class'][c])} |")
     lines += ["", "## `num_radar_pts` recounted from the radar files", "",
               "Returns inside each box (faces included), all radars, key-frame sweep, no filtering.", "",
               f"- equal to the table: {rc['equal']} of {rc['annotations']} annotations"

@@ -12,7 +12,7 @@ from calibration.transforms import invert
 from conftest import write_minimal_nuscenes
 from perception.cli.stats import main as stats_main
 from perception.data.io import NUSCENES_RADAR_FIELDS, write_radar_pcd
-from perception.eval.stats import devkit_conventions, measure, no_return_fractions, pose_matrix
+from perception.eval.stats import devkit_conventions, doppler_fractions, measure, no_return_fractions, pose_matrix
 
 F = {n: i for i, n in enumerate(NUSCENES_RADAR_FIELDS)}
 
@@ -104,6 +104,29 @@ def test_golden_values_on_a_hand_built_root(tiny_root):
     # vx_comp/vy_comp were written as the car's 10 m/s along the line of sight: no error
     assert s["radial_velocity_error"]["n"] == 2 and s["radial_velocity_error"]["mean_abs"] < 1e-5
     assert s["fields"]["dyn_prop"] == {"0": 3, "1": 2, "7": 1}
+    # Doppler: the moving car (10 m/s) shows its motion in sample 0 (its valid return, radial ~10 m/s; the other
+    # is filtered out as invalid_state 1), not in sample 1 (no return); the pedestrians have no devkit velocity
+    dop = s["doppler"]
+    assert dop["moving"]["overall"] == {"fraction": 0.5, "zero": 1, "total": 2}
+    assert dop["moving"]["per_class"]["car"]["total"] == 2 and dop["static"]["overall"]["total"] == 0
+
+
+def test_doppler_counts_only_returns_that_pass_the_filter(tiny_root):
+    from perception.data.io import RadarFilter
+
+    # a filter no car return passes (both have dyn_prop 0): the car's motion is in no return the network sees
+    s = measure(tiny_root, "v1.0-fixture", radar_filter=RadarFilter(dyn_prop=(5,)))
+    assert s["doppler"]["moving"]["overall"] == {"fraction": 0.0, "zero": 0, "total": 2}
+
+
+def test_doppler_fractions_by_hand():
+    ranges = {"car": 50.0, "pedestrian": 40.0}
+    d = doppler_fractions(["car", "car", "car", "pedestrian", "car", "car"], [10, 20, 60, 5, 30, 12],
+                          [8.0, 8.0, 8.0, 1.2, 0.1, float("nan")], [7.5, 0.2, 9.0, 0.0, 0.9, 5.0], ranges)
+    # car at 60 m out of range, the NaN-velocity car left out; moving: 2 cars (one seen) + 1 pedestrian (not)
+    assert d["moving"]["overall"] == {"fraction": pytest.approx(1 / 3), "zero": 1, "total": 3}
+    assert d["moving"]["per_class"]["car"] == {"fraction": 0.5, "zero": 1, "total": 2}
+    assert d["static"]["overall"] == {"fraction": 1.0, "zero": 1, "total": 1}  # 0.1 m/s car with a 0.9 m/s return
 
 
 def test_cli_writes_report_and_fails_clearly(tiny_root, tmp_path, capsys):
