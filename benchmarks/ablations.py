@@ -458,11 +458,11 @@ TARGETS = (
     Target("Cross-attention >= conv fusion (10, 23)", "NDS main >= conv_fusion",
            (("main", "nds"), ("conv_fusion", "nds")),
            lambda a, b: f"NDS {a:.3f} vs {b:.3f} (diff {a - b:+.3f})", lambda a, b: _r6(a - b) >= 0),
-    Target("Cross-attention vs conv fusion over 2 seeds (23)", "mean NDS and mAP of each pair (no verdict)",
-           (("main", "nds"), ("main_seed1", "nds"), ("conv_fusion", "nds"), ("conv_fusion_seed1", "nds"),
-            ("main", "map"), ("main_seed1", "map"), ("conv_fusion", "map"), ("conv_fusion_seed1", "map")),
-           lambda a, b, c, d, e, f, g, h: f"NDS {(a + b) / 2:.3f} vs {(c + d) / 2:.3f} (conv); "
-                                          f"mAP {(e + f) / 2:.3f} vs {(g + h) / 2:.3f}"),
+    Target("Cross-attention vs conv fusion over 3 seeds (23)", "mean NDS, mAP and mAVE of each triple (no verdict)",
+           tuple((r, k) for k in ("nds", "map", "mave") for r in ("main", "main_seed1", "main_seed2", "conv_fusion",
+                                                                   "conv_fusion_seed1", "conv_fusion_seed2")),
+           lambda *v: "; ".join(f"{k} {sum(v[6 * i:6 * i + 3]) / 3:.3f} vs {sum(v[6 * i + 3:6 * i + 6]) / 3:.3f} (conv)"
+                                for i, k in enumerate(("NDS", "mAP", "mAVE")))),
     Target("Sync on beats sync off (10)", "NDS main - sync_off >= 0.03", (("main", "nds"), ("sync_off", "nds")),
            lambda a, b: f"NDS {a:.3f} vs {b:.3f} (diff {a - b:+.3f})", lambda a, b: _r6(a - b) >= 0.03),
     Target("Stereo rig beats mono rig on mATE (10)", "mATE stereo < main", (("stereo", "mate"), ("main", "mate")),
@@ -474,10 +474,11 @@ TARGETS = (
            (("drop_all_radar", "nds"), ("drop_all_radar", "map"), ("cam_base", "nds")),
            lambda n, p, c: f"NDS {n:.3f} (ratio {_ratio(n, c)} of camera only's {c:.3f}), mAP {p:.3f}",
            lambda n, p, c: _r6(n - 0.7 * c) >= 0 and _r6(p) >= 0.10),
-    Target("Main model over 2 seeds (10)", "mean +/- half-range (differences below it are noise)",
-           (("main", "nds"), ("main_seed1", "nds"), ("main", "map"), ("main_seed1", "map")),
-           lambda a, b, c, d: f"NDS {(a + b) / 2:.3f} +/- {abs(a - b) / 2:.3f} (seeds 0/1: {a:.3f}/{b:.3f}); "
-                              f"mAP {(c + d) / 2:.3f} +/- {abs(c - d) / 2:.3f}"),
+    Target("Main model over 3 seeds (10, 23)", "mean +/- half-range (differences below it are noise)",
+           tuple((r, k) for k in ("nds", "map") for r in ("main", "main_seed1", "main_seed2")),
+           lambda *v: f"NDS {sum(v[:3]) / 3:.3f} +/- {(max(v[:3]) - min(v[:3])) / 2:.3f} (seeds 0/1/2: "
+                      f"{v[0]:.3f}/{v[1]:.3f}/{v[2]:.3f}); "
+                      f"mAP {sum(v[3:]) / 3:.3f} +/- {(max(v[3:]) - min(v[3:])) / 2:.3f}"),
     Target("Camera only at 700 steps (21)", "NDS >= 0.35 and mAP >= 0.20 (or the 2800-step row)",
            (("cam_depth_persp_pre", "nds"), ("cam_depth_persp_pre", "map")),
            lambda n, p: f"NDS {n:.3f}, mAP {p:.3f}", lambda n, p: _r6(n) >= 0.35 and _r6(p) >= 0.20),
