@@ -23,6 +23,13 @@ the training docs. ``D`` must be the ablation world (``perception-synth --out D 
 Outputs: ``OUT/<row>/`` (``run/``, ``train.log``, ``test/``, ``test.log`` and the markers); the table goes to the
 ``ablations`` section of docs/BENCHMARKS.md and to ablations.json beside OUT. docs/ablations.md has the rows,
 the targets and how to resume.
+
+The ledger (``benchmarks/ablations_results.json``, committed): every finished row's figures, keyed by the row's
+definition (config, overrides, steps, rig, test settings, and the checkpoint's sha256 for a row that scores a
+shipped file). OUT is scratch on one machine; the ledger is what lets a fresh machine publish the whole table and
+run only what is missing. A row done in OUT is taken from OUT and written to the ledger; a row with nothing finished
+in OUT is taken from the ledger when its definition still matches (shown as "recorded"); a row whose definition
+changed (a new shipped checkpoint, say) is pending again.
 """
 from __future__ import annotations
 
@@ -422,8 +429,84 @@ def result(row: Row, out: Path) -> dict[str, Any]:
     return r
 
 
-def collect(out: Path) -> dict[str, dict[str, Any]]:
-    return {row.name: result(row, out) for row in ROWS}
+LEDGER = REPO / "benchmarks" / "ablations_results.json"
+LEDGER_SCHEMA = "ablations-ledger/1"
+
+
+def sha256_16(path: Path) -> str | None:
+    import hashlib
+
+    try:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()[:16]
+    except OSError:
+        return None
+
+
+def definition(row: Row) -> dict[str, Any]:
+    """What makes a row's figures what they are, as the ledger keys them; a changed definition is a new row."""
+    d: dict[str, Any] = {k: getattr(row, k) for k in ("config", "sets", "steps", "stereo", "pretrain", "needs",
+                                                       "test_of", "checkpoint", "drop", "calib_deg", "test_sets",
+                                                       "no_history")}
+    d = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+    if row.test_of:  # a test-time row scores its trained row's checkpoint
+        d["trained"] = definition(BY_NAME[row.test_of])
+    if row.checkpoint:
+        d["checkpoint_sha256"] = sha256_16(REPO / row.checkpoint)
+    return d
+
+
+def read_ledger(path: Path | None) -> dict[str, dict[str, Any]]:
+    """The ledger's rows ({} when there is none). A ledger that is not one is an error, never silently replaced."""
+    if path is None or not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as err:
+        raise SystemExit(f"error: {path}: not JSON ({err}); restore it from git (git checkout -- {rel(path)})")
+    if not isinstance(data, dict) or data.get("schema") != LEDGER_SCHEMA or not isinstance(data.get("rows"), dict):
+        raise SystemExit(f"error: {path}: schema {data.get('schema') if isinstance(data, dict) else None!r}, "
+                         f"need {LEDGER_SCHEMA!r}; restore it from git (git checkout -- {rel(path)})")
+    return data["rows"]
+
+
+def collect(out: Path, ledger: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Every row's result: from OUT where it is done there, else from the ledger where the row's definition still
+    matches (``recorded`` holds where the figures came from), else OUT's status (pending, failed, ...)."""
+    recorded = read_ledger(ledger)
+    res = {}
+    for row in ROWS:
+        r = result(row, out)
+        entry = recorded.get(row.name)
+        if r["status"] != "done" and entry and entry.get("definition") == definition(row) \
+                and not r["status"].startswith(("failed", "trained", "started", "stale")):
+            r = {**entry["result"], "title": row.title, "status": "done", "recorded": entry.get("source", "ledger")}
+        res[row.name] = r
+    return res
+
+
+def write_ledger(path: Path, res: dict[str, dict[str, Any]], out: Path) -> None:
+    """Record the rows done in OUT (the others keep their entries); atomic, and only when something changed."""
+    rows = dict(read_ledger(path))
+    stamp = report.machine()
+    for row in ROWS:
+        r = res[row.name]
+        if r["status"] != "done" or r.get("recorded"):
+            continue
+        entry = {"definition": definition(row), "result": {k: v for k, v in r.items() if k not in ("title", "status")},
+                 "source": f"run {stamp['date']}, commit {stamp['commit']}, out {rel(out / row.name)}"}
+        old = rows.get(row.name)
+        if old and old.get("definition") == entry["definition"] and old.get("result") == entry["result"]:
+            continue
+        rows[row.name] = entry
+    if rows == read_ledger(path) and path.exists():
+        return
+    text = json.dumps({"schema": LEDGER_SCHEMA, "rows": {n: rows[n] for n in sorted(rows)}}, indent=1,
+                      sort_keys=True) + "\n"
+    atomic_write(path, text)
 
 
 def _f(v: Any, nd: int = 3) -> str:
@@ -604,14 +687,18 @@ def markdown(res: dict[str, dict[str, Any]]) -> str:
         "AbsRel of the camera depth head against the nearest lidar return per stride-16 cell. Trainings: from "
         "scratch, 700 steps x batch 4 unless stated, seed 0; train minutes are perception-train's own count over "
         "every resumed attempt, on a shared 2-core machine (compare loads, not variants). "
-        f"{sum(r['status'] == 'done' for r in res.values())} of {len(res)} rows done."]
+        f"{sum(r['status'] == 'done' for r in res.values())} of {len(res)} rows done"
+        + (f" ({n_rec} of them \"recorded\": figures from the ledger `{rel(LEDGER)}`, which keeps every finished "
+           "row's figures with the row's definition, because that run's output folder is not on the machine that "
+           "published this table)" if (n_rec := sum(bool(r.get("recorded")) for r in res.values())) else "")
+        + "."]
     for title, names in GROUPS.values():
         rows = []
         for n in names:
             row, r = BY_NAME[n], res[n]
             ap = r.get("ap") or {}
             steps = row.steps if row.trains else f"= {row.test_of or 'shipped'}"
-            rows.append([f"`{n}`", row.title, r["status"], steps, _f(r.get("train_min"), 1), _f(r.get("nds")),
+            rows.append([f"`{n}`", row.title, "recorded" if r.get("recorded") else r["status"], steps, _f(r.get("train_min"), 1), _f(r.get("nds")),
                          _f(r.get("map")), _f(r.get("mate")), _f(r.get("mave"))] + [_f(ap.get(c)) for c in CLASSES]
                         + [_f(r.get("depth_all")), _f(r.get("depth_in"))])
         parts += ["", f"### {title}", "", table(header, rows)]
@@ -671,8 +758,10 @@ def plot_curve(res: dict[str, dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def publish(out: Path, echo: bool) -> None:
-    res = collect(out)
+def publish(out: Path, echo: bool, ledger: Path | None = None) -> None:
+    ledger = LEDGER if ledger is None else ledger
+    res = collect(out, ledger)
+    write_ledger(ledger, res, out)
     plot_curve(res, report.BENCHMARKS_MD.parent / "images" / CURVE_PNG)  # beside the Markdown that links it
     md = markdown(res)
     results = {"out_dir": rel(out), "rows": res,
@@ -696,7 +785,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default="", help=f"comma-separated rows and groups ({', '.join(GROUPS)}), or 'all'")
     p.add_argument("--out-dir", default=str(REPO / "benchmarks" / "out" / NAME), help="OUT: one folder per row")
     p.add_argument("--dry-run", action="store_true", help="print the commands and what is done; run nothing")
-    p.add_argument("--publish-only", action="store_true", help="rewrite the table from what is on disk")
+    p.add_argument("--publish-only", action="store_true",
+                   help="rewrite the table from what is on disk (OUT, then the ledger)")
+    p.add_argument("--ledger", default=str(LEDGER),
+                   help="the committed record of finished rows (default: %(default)s)")
     return p
 
 
@@ -708,8 +800,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = select(a.run)
     except ValueError as err:
         p.error(str(err))
+    ledger = Path(os.path.abspath(a.ledger))
     if a.publish_only:
-        publish(out, echo=True)
+        publish(out, echo=True, ledger=ledger)
         return 0
     if not rows:
         p.error("--run: name rows, groups or 'all' (see --help)")
@@ -717,6 +810,15 @@ def main(argv: list[str] | None = None) -> int:
     bad_world = {st: e for st in {on_stereo(r) for r in rows} if (e := check_world(roots[st], st))}
     for e in bad_world.values():
         print("error: " + e, file=sys.stderr)
+    # rows the ledger holds are not run again, unless a row that is run needs their checkpoint on this machine
+    recorded = {n: r["recorded"] for n, r in collect(out, ledger).items() if r.get("recorded")}
+    on_disk: set[str] = set()
+    todo = [r.name for r in rows if r.name not in recorded]
+    while todo:
+        for dep in BY_NAME[todo.pop()].deps:
+            if dep not in on_disk:
+                on_disk.add(dep)
+                todo.append(dep)
     old = signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill -> KeyboardInterrupt, child stopped too
     failed: set[str] = set()
     try:
@@ -725,6 +827,9 @@ def main(argv: list[str] | None = None) -> int:
             blocked = [d for d in row.deps if d in failed]
             if why == "done":
                 pass
+            elif row.name in recorded and row.name not in on_disk:
+                print(f"recorded  {row.name} ({recorded[row.name]})", flush=True)
+                continue
             elif blocked:
                 skip = f"needs {', '.join(blocked)}"
             elif why.startswith("pending ("):  # its config or checkpoint does not exist yet
@@ -738,14 +843,14 @@ def main(argv: list[str] | None = None) -> int:
             if not run_row(row, out, roots, a.dry_run):
                 failed.add(row.name)
             if not a.dry_run:
-                publish(out, echo=False)
+                publish(out, echo=False, ledger=ledger)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume (trainings continue from run/last.pt)", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, old)
     if not a.dry_run:
-        publish(out, echo=True)
+        publish(out, echo=True, ledger=ledger)
     if failed:
         print(f"\n{len(failed)} of {len(rows)} row(s) failed, blocked or skipped: {', '.join(sorted(failed))}")
     else:

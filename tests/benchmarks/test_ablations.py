@@ -83,6 +83,7 @@ def bench(tmp_path, monkeypatch):
     md = tmp_path / "BENCHMARKS.md"
     md.write_text("# Benchmarks\n")
     monkeypatch.setattr(report, "BENCHMARKS_MD", md)
+    monkeypatch.setattr(A, "LEDGER", tmp_path / "ablations_results.json")  # never the committed ledger
 
     class Bench:
         out = tmp_path / "out" / "ablations"
@@ -348,6 +349,93 @@ def test_publish_only_needs_no_data(bench, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         A.main(["--run", "nope", "--out-dir", str(bench.out)])
     assert e.value.code == 2
+
+
+# -- the ledger: finished rows outlive the machine that ran them ---------------------------------------------------
+
+def test_finished_rows_go_to_the_ledger_and_a_fresh_machine_publishes_them_without_running(bench, tmp_path):
+    kids = FakeChildren(nds={"main": 0.5, "cam_base": 0.2, "radar_only": 0.3})
+    assert bench.run(["--run", "main,cam_base,radar_only"], kids) == 0
+    ledger = json.loads(A.LEDGER.read_text())
+    assert ledger["schema"] == A.LEDGER_SCHEMA and sorted(ledger["rows"]) == ["cam_base", "main", "radar_only"]
+    assert ledger["rows"]["main"]["result"]["nds"] == 0.5
+    assert ledger["rows"]["main"]["definition"] == A.definition(A.BY_NAME["main"])
+    # a fresh machine: OUT is gone, the ledger (committed) is not
+    import shutil
+    shutil.rmtree(bench.out)
+    kids = FakeChildren()
+    assert bench.run(["--run", "main,cam_base,radar_only"], kids) == 0
+    assert kids.calls == []  # nothing is trained or tested again
+    md = bench.benchmarks_md.read_text()
+    assert "| `main` | cross-attention fusion (main model), seed 0 | recorded | 700 | 2.5 | 0.500 |" in md
+    assert "(3 of them \"recorded\"" in md
+    fusion = next(ln for ln in md.splitlines() if ln.startswith("| Fusion beats the best single modality"))
+    assert "NDS 0.500 vs camera only 0.200, radar only 0.300 (margin +0.200)" in fusion and "**met**" in fusion
+    # the ledger is not rewritten from recorded rows (their source stays the run that made them)
+    assert json.loads(A.LEDGER.read_text()) == ledger
+
+
+def test_a_recorded_row_is_rerun_when_a_row_that_is_run_needs_its_checkpoint(bench):
+    assert bench.run(["--run", "main"], FakeChildren()) == 0
+    import shutil
+    shutil.rmtree(bench.out)
+    kids = FakeChildren()
+    assert bench.run(["--run", "drop_all_radar"], kids) == 0  # not recorded: needs main's model.pt on this machine
+    assert kids.rows("train") == ["main"] and sorted(kids.rows("test")) == ["drop_all_radar", "main"]
+
+
+def test_a_changed_row_definition_or_shipped_checkpoint_is_pending_not_recorded(bench, monkeypatch, tmp_path):
+    ckpt = tmp_path / "shipped.pt"
+    ckpt.write_bytes(b"checkpoint one")
+    shipped = dataclasses.replace(A.BY_NAME["shipped"], checkpoint=str(ckpt))
+    main = A.BY_NAME["main"]
+    monkeypatch.setattr(A, "ROWS", tuple(shipped if r.name == "shipped" else r for r in A.ROWS))
+    monkeypatch.setitem(A.BY_NAME, "shipped", shipped)
+    assert bench.run(["--run", "main,shipped"], FakeChildren()) == 0
+    import shutil
+    shutil.rmtree(bench.out)
+    res = A.collect(bench.out, A.LEDGER)
+    assert res["main"]["status"] == res["shipped"]["status"] == "done" and res["shipped"]["recorded"]
+    ckpt.write_bytes(b"checkpoint two")  # a new shipped checkpoint: its old figures are not its figures
+    monkeypatch.setitem(A.BY_NAME, "main", dataclasses.replace(main, sets=("train.seed=7",)))
+    monkeypatch.setattr(A, "ROWS", tuple(A.BY_NAME[r.name] for r in A.ROWS))
+    res = A.collect(bench.out, A.LEDGER)
+    assert res["shipped"]["status"] == "pending" and "recorded" not in res["shipped"]
+    assert res["main"]["status"] == "pending"  # its overrides changed
+
+
+def test_a_failed_row_in_out_is_not_hidden_by_its_ledger_entry(bench):
+    assert bench.run(["--run", "main"], FakeChildren(nds={"main": 0.5})) == 0
+    import shutil
+    shutil.rmtree(bench.out)
+    (bench.out / "main").mkdir(parents=True)
+    (bench.out / "main" / "train.failed").write_text("exit 1: error: boom")
+    assert A.collect(bench.out, A.LEDGER)["main"]["status"] == "failed (train)"
+
+
+def test_a_ledger_that_is_not_one_is_an_error_and_is_left_as_it_is(bench, capsys):
+    A.LEDGER.write_text("{not json")
+    with pytest.raises(SystemExit) as e:
+        bench.run(["--publish-only"])
+    assert "ablations_results.json: not JSON" in str(e.value) and "git checkout" in str(e.value)
+    assert A.LEDGER.read_text() == "{not json"
+    A.LEDGER.write_text(json.dumps({"schema": "other/9", "rows": {}}))
+    with pytest.raises(SystemExit) as e:
+        bench.run(["--publish-only"])
+    assert "schema 'other/9'" in str(e.value)
+
+
+def test_the_committed_ledger_matches_the_rows_it_records():
+    """A row whose definition changed after it was recorded would silently drop out of the published table: the
+    committed ledger must describe the current rows (rerun a changed row, or restore its definition)."""
+    rows = A.read_ledger(A.REPO / "benchmarks" / "ablations_results.json")
+    assert len(rows) >= 40  # the finished table, not an empty file
+    stale = [n for n, e in rows.items() if n not in A.BY_NAME or e["definition"] != A.definition(A.BY_NAME[n])]
+    assert stale == []
+    for n, e in rows.items():
+        r = e["result"]
+        assert A.BY_NAME[n].pretrain or 0 < r["nds"] < 1 and 0 <= r["map"] < 1, n
+        assert e["source"]
 
 
 # -- the table and the targets ------------------------------------------------------------------------------------
