@@ -15,6 +15,25 @@ from pathlib import Path
 from benchmarks.report import REPO, publish, table
 
 
+def describe_world(generator_json: Path, checkpoint: Path) -> str:
+    """Which world was scored (the root's generator.json) and which data the checkpoint was trained on (its
+    recorded data hash), so the table says what it measured; "unknown" parts where a file does not say."""
+    try:
+        g = json.loads(generator_json.read_text())
+        world = (f"generator {g.get('generator')}, `perception-synth --scenes {g.get('scenes')} --samples-per-scene "
+                 f"{g.get('samples_per_scene')} --seed {g.get('seed')}"
+                 + (" --keyframes-only`" if g.get("keyframes_only") else "`"))
+    except (OSError, ValueError):
+        world = "not a synthetic root (no generator.json)"
+    try:
+        from perception.train.checkpoint import load_checkpoint
+
+        trained = load_checkpoint(checkpoint).get("data_hash") or "unknown"
+    except Exception as err:  # noqa: BLE001 - a description, never a reason to lose the report
+        trained = f"unknown ({type(err).__name__})"
+    return f"{world}; the checkpoint was trained on data hash {trained}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataroot", default="data/synth")
@@ -46,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     car_model, car_cv = traj["model"]["car"]["minADE_6"], traj["constant_velocity"]["car"]["minADE_6"]
     gain = 1.0 - car_model / car_cv if car_cv else float("nan")
     lat_rows = [[k, f"{v['median_ms']:.1f}", f"{v['p90_ms']:.1f}"] for k, v in lat.items() if isinstance(v, dict)]
+    world = describe_world(Path(args.dataroot) / args.version / "generator.json", Path(args.checkpoint))
     md = ("## Offline benchmark of the shipped checkpoint (issue 7)\n\n"
-          f"Command: `python -m benchmarks.bench_test --dataroot {args.dataroot}` (= `perception-test --checkpoint "
+          f"Command: `python -m benchmarks.bench_test --dataroot {args.dataroot}` ({args.dataroot}: {world}; "
+          "= `perception-test --checkpoint "
           f"checkpoints/synthetic_tiny.pt --dataroot {args.dataroot} --version {args.version} --split {args.split}`; "
           "held-out scenes, 2 CPU cores).\n\n" + det + "\n\nForecasting on matched detections:\n\n"
           + table(["group", "method", "minADE1", "minFDE1", "MR1", "minADE6", "minFDE6", "MR6", "EPA", "matched"], rows)
