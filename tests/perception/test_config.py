@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -116,8 +117,8 @@ def test_base_chain_states_only_differences(tmp_path):
 
 
 def test_shipped_recipe_is_temporal_plus_the_camera_recipe():
-    """configs/synthetic_tiny_shipped.yaml (issue 23) is the temporal config with the measured camera recipe, and
-    nothing else changed: the network is the temporal one, so the ablation rows are its evidence."""
+    """configs/synthetic_tiny_shipped.yaml (issue 23) is the temporal config with the measured camera recipe and the
+    radar skip into the heads, and nothing else changed: the ablation rows are its evidence."""
     tiny = load_config(REPO / "configs" / "synthetic_tiny.yaml")
     temporal = load_config(REPO / "configs" / "synthetic_tiny_temporal.yaml")
     shipped = load_config(REPO / "configs" / "synthetic_tiny_shipped.yaml")
@@ -126,8 +127,10 @@ def test_shipped_recipe_is_temporal_plus_the_camera_recipe():
     assert shipped.train.depth_loss.enabled and shipped.train.depth_loss.weight == 3.0
     assert shipped.train.perspective.enabled
     assert shipped.model.camera.pretrained.endswith("backbone.pt")
+    assert shipped.model.head.radar_skip.enabled and not tiny.model.head.radar_skip.enabled  # main_rskip's evidence
     # everything outside the recipe is the tiny config's: data (dropout included: the raised one measured no gain),
-    # fusion, head, schedule
+    # fusion, the head but for the skip, schedule
     assert shipped.data == tiny.data
-    assert shipped.model.fusion == tiny.model.fusion and shipped.model.head == tiny.model.head
+    assert shipped.model.fusion == tiny.model.fusion
+    assert dataclasses.replace(shipped.model.head, radar_skip=tiny.model.head.radar_skip) == tiny.model.head
     assert (shipped.train.lr, shipped.train.steps) == (tiny.train.lr, tiny.train.steps)
