@@ -48,6 +48,7 @@ from typing import Any, Callable
 from benchmarks import report
 from benchmarks.report import GLIBC_TUNABLES, REPO, table
 from perception.outputs import atomic_write
+from perception.runtime.onnxruntime import file_sha256
 
 NAME = "ablations"
 VERSION, SPLIT = "v1.0-synth", "synth_val"
@@ -207,6 +208,18 @@ GROUPS = {  # title, rows (a row may sit in several groups; the reference rows o
 }
 
 
+def needs_of(names) -> set[str]:
+    """Every row the named rows need, transitively (not the named rows themselves unless one needs another)."""
+    found: set[str] = set()
+    todo = list(names)
+    while todo:
+        for dep in BY_NAME[todo.pop()].deps:
+            if dep not in found:
+                found.add(dep)
+                todo.append(dep)
+    return found
+
+
 def select(spec: str) -> list[Row]:
     """``all``, groups and rows, comma-separated, plus the rows they need; in table order."""
     names: set[str] = set()
@@ -220,12 +233,7 @@ def select(spec: str) -> list[Row]:
         else:
             raise ValueError(f"--run: unknown row or group {token!r}; groups: all, {', '.join(GROUPS)}; rows: "
                              f"{', '.join(BY_NAME)}")
-    todo = list(names)
-    while todo:
-        for dep in BY_NAME[todo.pop()].deps:
-            if dep not in names:
-                names.add(dep)
-                todo.append(dep)
+    names |= needs_of(names)
     return [r for r in ROWS if r.name in names]
 
 
@@ -434,14 +442,8 @@ LEDGER_SCHEMA = "ablations-ledger/1"
 
 
 def sha256_16(path: Path) -> str | None:
-    import hashlib
-
     try:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()[:16]
+        return file_sha256(path)[:16]
     except OSError:
         return None
 
@@ -490,7 +492,8 @@ def collect(out: Path, ledger: Path | None = None) -> dict[str, dict[str, Any]]:
 
 def write_ledger(path: Path, res: dict[str, dict[str, Any]], out: Path) -> None:
     """Record the rows done in OUT (the others keep their entries); atomic, and only when something changed."""
-    rows = dict(read_ledger(path))
+    before = read_ledger(path)
+    rows = dict(before)
     stamp = report.machine()
     for row in ROWS:
         r = res[row.name]
@@ -502,7 +505,7 @@ def write_ledger(path: Path, res: dict[str, dict[str, Any]], out: Path) -> None:
         if old and old.get("definition") == entry["definition"] and old.get("result") == entry["result"]:
             continue
         rows[row.name] = entry
-    if rows == read_ledger(path) and path.exists():
+    if rows == before and path.exists():
         return
     text = json.dumps({"schema": LEDGER_SCHEMA, "rows": {n: rows[n] for n in sorted(rows)}}, indent=1,
                       sort_keys=True) + "\n"
@@ -698,7 +701,8 @@ def markdown(res: dict[str, dict[str, Any]]) -> str:
             row, r = BY_NAME[n], res[n]
             ap = r.get("ap") or {}
             steps = row.steps if row.trains else f"= {row.test_of or 'shipped'}"
-            rows.append([f"`{n}`", row.title, "recorded" if r.get("recorded") else r["status"], steps, _f(r.get("train_min"), 1), _f(r.get("nds")),
+            status = "recorded" if r.get("recorded") else r["status"]
+            rows.append([f"`{n}`", row.title, status, steps, _f(r.get("train_min"), 1), _f(r.get("nds")),
                          _f(r.get("map")), _f(r.get("mate")), _f(r.get("mave"))] + [_f(ap.get(c)) for c in CLASSES]
                         + [_f(r.get("depth_all")), _f(r.get("depth_in"))])
         parts += ["", f"### {title}", "", table(header, rows)]
@@ -812,13 +816,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: " + e, file=sys.stderr)
     # rows the ledger holds are not run again, unless a row that is run needs their checkpoint on this machine
     recorded = {n: r["recorded"] for n, r in collect(out, ledger).items() if r.get("recorded")}
-    on_disk: set[str] = set()
-    todo = [r.name for r in rows if r.name not in recorded]
-    while todo:
-        for dep in BY_NAME[todo.pop()].deps:
-            if dep not in on_disk:
-                on_disk.add(dep)
-                todo.append(dep)
+    on_disk = needs_of(r.name for r in rows if r.name not in recorded)
     old = signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill -> KeyboardInterrupt, child stopped too
     failed: set[str] = set()
     try:
