@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import subprocess
 import types
 from pathlib import Path
@@ -361,7 +362,6 @@ def test_finished_rows_go_to_the_ledger_and_a_fresh_machine_publishes_them_witho
     assert ledger["rows"]["main"]["result"]["nds"] == 0.5
     assert ledger["rows"]["main"]["definition"] == A.definition(A.BY_NAME["main"])
     # a fresh machine: OUT is gone, the ledger (committed) is not
-    import shutil
     shutil.rmtree(bench.out)
     kids = FakeChildren()
     assert bench.run(["--run", "main,cam_base,radar_only"], kids) == 0
@@ -377,7 +377,6 @@ def test_finished_rows_go_to_the_ledger_and_a_fresh_machine_publishes_them_witho
 
 def test_a_recorded_row_is_rerun_when_a_row_that_is_run_needs_its_checkpoint(bench):
     assert bench.run(["--run", "main"], FakeChildren()) == 0
-    import shutil
     shutil.rmtree(bench.out)
     kids = FakeChildren()
     assert bench.run(["--run", "drop_all_radar"], kids) == 0  # not recorded: needs main's model.pt on this machine
@@ -392,7 +391,6 @@ def test_a_changed_row_definition_or_shipped_checkpoint_is_pending_not_recorded(
     monkeypatch.setattr(A, "ROWS", tuple(shipped if r.name == "shipped" else r for r in A.ROWS))
     monkeypatch.setitem(A.BY_NAME, "shipped", shipped)
     assert bench.run(["--run", "main,shipped"], FakeChildren()) == 0
-    import shutil
     shutil.rmtree(bench.out)
     res = A.collect(bench.out, A.LEDGER)
     assert res["main"]["status"] == res["shipped"]["status"] == "done" and res["shipped"]["recorded"]
@@ -406,7 +404,6 @@ def test_a_changed_row_definition_or_shipped_checkpoint_is_pending_not_recorded(
 
 def test_a_failed_row_in_out_is_not_hidden_by_its_ledger_entry(bench):
     assert bench.run(["--run", "main"], FakeChildren(nds={"main": 0.5})) == 0
-    import shutil
     shutil.rmtree(bench.out)
     (bench.out / "main").mkdir(parents=True)
     (bench.out / "main" / "train.failed").write_text("exit 1: error: boom")
